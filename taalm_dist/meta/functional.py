@@ -1,0 +1,78 @@
+"""Helpers to evaluate θ's per-token loss at given values of its trainable tensors."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from taalm_dist.losses import PerTokenLossFn, eager_per_token_nll
+from taalm_dist.models.lora import trainable_parameters
+
+
+class _PerTokenLossModule(nn.Module):
+    """Module view of ``fn(model, batch)`` so ``torch.func.functional_call`` can swap θ's tensors."""
+
+    def __init__(self, model: nn.Module, fn: PerTokenLossFn):
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, input_ids, attention_mask, **extra):
+        return self.fn(self.model, {"input_ids": input_ids, "attention_mask": attention_mask, **extra})
+
+
+class ThetaView:
+    """θ's trainable tensors plus a per-token loss: in-place and functional evaluation.
+
+    Attributes:
+        names: dotted names of the trainable parameters.
+        params: the parameters themselves (edited in place by the closed-form path).
+    """
+
+    def __init__(self, model: nn.Module, per_token_loss: PerTokenLossFn | None = None):
+        self.model = model
+        self.fn = per_token_loss or eager_per_token_nll
+        named = trainable_parameters(model)
+        if not named:
+            raise ValueError("θ has no trainable parameters (requires_grad): add LoRA or use trainable: full")
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self._module = _PerTokenLossModule(model, self.fn)
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, L]`` per-token NLL at the current (in-place) values."""
+        return self.fn(self.model, batch)
+
+    def loss_at(self, tensors: Sequence[torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, L]`` per-token NLL with the trainable tensors replaced by ``tensors`` (differentiable)."""
+        params = {"model." + n: t for n, t in zip(self.names, tensors)}
+        kwargs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        return torch.func.functional_call(self._module, params, args=(), kwargs=kwargs, strict=False)
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """Detached copies of the current trainable tensors."""
+        return [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def assign(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Copy ``tensors`` into the trainable parameters in place."""
+        for p, t in zip(self.params, tensors):
+            p.copy_(t)
+
+    def grad(self, scalar: torch.Tensor) -> list[torch.Tensor]:
+        """First-order gradient of ``scalar`` w.r.t. the trainable parameters (no graph kept)."""
+        return list(torch.autograd.grad(scalar, self.params, allow_unused=True, materialize_grads=True))
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Dropout off for the duration (the meta-gradient is exact only for a deterministic θ)."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)

@@ -1,0 +1,249 @@
+"""The exact one-step meta-gradient dL/dw without double backward (DESIGN §2).
+
+For an inner step θ' = θ_pre − ṽ-direction update on the token-weighted loss of the document batch D,
+
+    u_bj       = ⟨∇ℓ_bj(θ_pre), ṽ⟩                  (one JVP, or a central difference of two forwards)
+    dL/dw_bj   = −valid_bj / (B·S_b) · (u_bj − Σ_i (w_bi / S_b) u_bi),   S_b = Σ_i w_bi valid_bi + 1e-6
+
+with ṽ = lr·∇L(θ') for SGD (θ_pre = θ₀) and ṽ = lr·A′(g)⊙∇L(θ') for AdamW (θ_pre = θ₁, after the dummy
+step; A′ in :mod:`taalm_dist.meta.inner`). Weight decay does not depend on w and drops out. No graph of
+the inner backward is ever built; θ's trainable tensors are edited in place and restored to θ₀.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from taalm_dist.losses import PerTokenLossFn, WEIGHT_SUM_EPS, next_token_valid_mask, token_weighted_mean
+from taalm_dist.meta.functional import ThetaView, eval_mode
+from taalm_dist.meta.inner import InnerStep, adam_direction_derivative, adam_moments, apply_adamw, apply_sgd
+from taalm_dist.meta.objectives import NEEDS_BEFORE, objective_value, restrict_value
+
+METHODS = ("jvp", "fd", "double_backward")
+Batch = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class MetaGradient:
+    """Result of :func:`meta_gradient`.
+
+    Attributes:
+        grad: ``[B, L]`` dL/dw (0 at column 0 and at padding), dtype of ``weights``.
+        objective: scalar L(θ') (objective + restrict term), detached fp32+.
+        task_objective: the objective alone (without the restrict term).
+    """
+
+    grad: torch.Tensor
+    objective: torch.Tensor
+    task_objective: torch.Tensor
+
+
+def default_fd_eps(dtype: torch.dtype) -> float:
+    """Central-difference step along the unit direction: 1e-5 for fp64, 1e-3 otherwise."""
+    return 1e-5 if dtype == torch.float64 else 1e-3
+
+
+def centre_and_scale(u: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``−valid/(B·S_b) · (u − Σ_i (w_i/S_b) u_i)``: dL/dw from the directional derivatives ``u`` [B, L]."""
+    dtype = torch.promote_types(u.dtype, torch.float32)
+    v = valid.to(dtype)
+    w = weights.to(dtype) * v
+    u = u.to(dtype) * v
+    s = w.sum(dim=1, keepdim=True) + WEIGHT_SUM_EPS
+    centred = u - (w * u).sum(dim=1, keepdim=True) / s
+    return -(v * centred) / (s * u.shape[0])
+
+
+def directional_jvp(view: ThetaView, at: list[torch.Tensor], direction: list[torch.Tensor], batch: Batch):
+    """``[B, L]`` u = ⟨∇ℓ_j(at), direction⟩ for every token, exactly (forward-mode AD, one pass)."""
+    primals = tuple(t.detach() for t in at)
+    tangents = tuple(d.to(t.dtype) for d, t in zip(direction, primals))
+    _, u = torch.func.jvp(lambda *ts: view.loss_at(ts, batch), primals, tangents)
+    return u
+
+
+@torch.no_grad()
+def directional_fd(view: ThetaView, at: list[torch.Tensor], direction: list[torch.Tensor], batch: Batch, eps: float):
+    """``[B, L]`` u by a central difference of two no-grad forwards along the unit direction."""
+    norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in direction))
+    if norm == 0.0:
+        return torch.zeros_like(view.loss(batch))
+    view.assign([a + (eps / norm) * d.to(a.dtype) for a, d in zip(at, direction)])
+    plus = view.loss(batch)
+    view.assign([a - (eps / norm) * d.to(a.dtype) for a, d in zip(at, direction)])
+    minus = view.loss(batch)
+    view.assign(at)
+    return (plus - minus) * (norm / (2 * eps))
+
+
+def _scored(view, task_batch, objective, before, restrict_batch, restrict_before, restrict_coef):
+    """(L, objective-only) at the current θ (differentiable)."""
+    task_obj = objective_value(objective, view.loss(task_batch), task_batch, before)
+    total = task_obj
+    if restrict_batch is not None and restrict_coef:
+        total = total + restrict_coef * restrict_value(
+            view.loss(restrict_batch), restrict_before, restrict_batch["attention_mask"]
+        )
+    return total, task_obj
+
+
+def _reference_losses(view, task_batch, objective, restrict_batch, restrict_coef):
+    """θ₀'s per-token NLL on T_D (for change objectives) and on T_U (for the restrict term)."""
+    with torch.no_grad():
+        before = view.loss(task_batch) if objective in NEEDS_BEFORE else None
+        use_restrict = restrict_batch is not None and restrict_coef
+        r_before = view.loss(restrict_batch) if use_restrict else None
+    return before, r_before
+
+
+def inner_update_(view: ThetaView, doc_batch: Batch, weights: torch.Tensor, valid: torch.Tensor, inner: InnerStep):
+    """In place θ₀ → θ'. Returns ``(θ_pre, A′ or None)``: the point the differentiated step's gradient
+    is taken at (θ₀ for SGD, θ₁ after the dummy AdamW step) and, for AdamW, dA/dg per tensor (fp32+)."""
+    state = None
+    if inner.kind == "adamw":  # dummy step: not differentiated (DESIGN §2)
+        g0 = view.grad(token_weighted_mean(view.loss(doc_batch), weights, valid))
+        state = apply_adamw(view.params, g0, None, inner)
+    pre = view.snapshot()
+    g = view.grad(token_weighted_mean(view.loss(doc_batch), weights, valid))
+    if inner.kind == "sgd":
+        apply_sgd(view.params, g, inner.lr)
+        return pre, None
+    g32 = [x.to(torch.promote_types(x.dtype, torch.float32)) for x in g]
+    moments = [adam_moments(x, m, v, inner.betas) for x, m, v in zip(g32, state.m, state.v)]
+    scale = [adam_direction_derivative(x, m, v, state.t + 1, inner.betas, inner.eps) for x, (m, v) in zip(g32, moments)]
+    apply_adamw(view.params, g, state, inner)
+    return pre, scale
+
+
+def _jvp_with_advice(view, pre, direction, doc_batch):
+    try:
+        return directional_jvp(view, pre, direction, doc_batch)
+    except (NotImplementedError, RuntimeError) as e:
+        if "forward AD" not in str(e) and "forward-mode" not in str(e):
+            raise
+        raise RuntimeError(
+            "method='jvp' needs an attention that supports forward-mode AD: load θ with "
+            "attn_implementation='taalm_eager' (or 'eager'), or use method='fd', which works with any kernel. "
+            f"({str(e).splitlines()[0]})"
+        ) from None
+
+
+def updated_objective(
+    theta: torch.nn.Module,
+    doc_batch: Batch,
+    weights: torch.Tensor,
+    task_batch: Batch,
+    *,
+    inner: InnerStep,
+    objective: str,
+    per_token_loss: PerTokenLossFn | None = None,
+) -> torch.Tensor:
+    """L(θ'): the objective after one inner step with ``weights`` (θ restored after). Scalar, detached."""
+    view = ThetaView(theta, per_token_loss)
+    valid = next_token_valid_mask(doc_batch["attention_mask"])
+    theta0 = view.snapshot()
+    with eval_mode(theta):
+        try:
+            before, _ = _reference_losses(view, task_batch, objective, None, 0.0)
+            inner_update_(view, doc_batch, weights.detach(), valid, inner)
+            with torch.no_grad():
+                return objective_value(objective, view.loss(task_batch), task_batch, before)
+        finally:
+            view.assign(theta0)
+
+
+def meta_gradient(
+    theta: torch.nn.Module,
+    doc_batch: Batch,
+    weights: torch.Tensor,
+    task_batch: Batch,
+    *,
+    inner: InnerStep,
+    objective: str,
+    method: str = "jvp",
+    per_token_loss: PerTokenLossFn | None = None,
+    fd_eps: float | None = None,
+    restrict_batch: Batch | None = None,
+    restrict_coef: float = 0.0,
+) -> MetaGradient:
+    """dL/dw for one inner step of θ on ``doc_batch`` weighted by ``weights``; see the module docstring.
+
+    θ's trainable tensors are left exactly as they were (θ₀). θ runs in eval mode (no dropout).
+    """
+    if method == "double_backward":
+        from taalm_dist.meta.reference import reference_meta_gradient
+
+        return reference_meta_gradient(
+            theta, doc_batch, weights, task_batch, inner=inner, objective=objective,
+            per_token_loss=per_token_loss, restrict_batch=restrict_batch, restrict_coef=restrict_coef,
+        )
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}")
+    view = ThetaView(theta, per_token_loss)
+    weights = weights.detach()
+    valid = next_token_valid_mask(doc_batch["attention_mask"])
+    theta0 = view.snapshot()
+    with eval_mode(theta):
+        try:
+            before, r_before = _reference_losses(view, task_batch, objective, restrict_batch, restrict_coef)
+            pre, scale = inner_update_(view, doc_batch, weights, valid, inner)
+            total, task_obj = _scored(view, task_batch, objective, before, restrict_batch, r_before, restrict_coef)
+            v = view.grad(total)
+            if scale is None:
+                direction = [inner.lr * x.to(torch.promote_types(x.dtype, torch.float32)) for x in v]
+            else:
+                direction = [inner.lr * a * x.to(a.dtype) for a, x in zip(scale, v)]
+            view.assign(pre)
+            if method == "jvp":
+                u = _jvp_with_advice(view, pre, direction, doc_batch)
+            else:
+                u = directional_fd(view, pre, direction, doc_batch, fd_eps or default_fd_eps(pre[0].dtype))
+        finally:
+            view.assign(theta0)
+    grad = centre_and_scale(u, weights, valid).to(weights.dtype)
+    return MetaGradient(grad, total.detach(), task_obj.detach())
+
+
+def hypergradient(
+    theta: torch.nn.Module,
+    doc_batch: Batch,
+    weights: torch.Tensor,
+    task_batch: Batch,
+    *,
+    inner: str,
+    lr: float,
+    objective: str,
+    method: str,
+    per_token_loss: PerTokenLossFn | None = None,
+    fd_eps: float | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+    adam_eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    restrict_batch: Batch | None = None,
+    restrict_coef: float = 0.0,
+) -> torch.Tensor:
+    """dL/dw, shape of ``weights`` ``[B, L]``: how the meta-objective after one inner step moves with w.
+
+    Args:
+        theta: θ, a causal LM whose trainable tensors (``requires_grad``) the inner step updates.
+        doc_batch: ``input_ids``, ``attention_mask`` ``[B, L]`` of the documents D (right padded).
+        weights: ``[B, L]`` token weights; ``weights[b, i]`` weighs the loss of token i (column 0 unused).
+        task_batch: ``input_ids``, ``attention_mask``, ``label_mask`` ``[B, Lt]`` of the tasks T_D.
+        inner: ``"sgd"`` or ``"adamw"`` (dummy AdamW step first, then the differentiated step).
+        lr: inner learning rate.
+        objective: ``task_nll`` | ``task`` | ``change2`` | ``change3`` (see meta.objectives).
+        method: ``jvp`` (exact, forward mode) | ``fd`` (central difference) | ``double_backward`` (reference).
+        per_token_loss: ``fn(model, batch) -> [B, L]`` NLL; default: eager full-logit fp32 NLL.
+        fd_eps: step of the central difference (default by dtype, see :func:`default_fd_eps`).
+        betas, adam_eps, weight_decay: inner AdamW settings.
+        restrict_batch, restrict_coef: optional stability term on an unrelated task T_U.
+    """
+    step = InnerStep(inner, lr, tuple(betas), adam_eps, weight_decay)
+    return meta_gradient(
+        theta, doc_batch, weights, task_batch, inner=step, objective=objective, method=method,
+        per_token_loss=per_token_loss, fd_eps=fd_eps, restrict_batch=restrict_batch, restrict_coef=restrict_coef,
+    ).grad

