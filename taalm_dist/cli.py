@@ -17,9 +17,13 @@ OVERRIDES_HELP = "config overrides as key.sub=value (values parsed as YAML), e.g
 
 def _cmd_meta_train(args) -> int:
     from taalm_dist.config import load_config
+
+    return _run_meta_train(load_config(args.config, args.overrides))
+
+
+def _run_meta_train(cfg) -> int:
     from taalm_dist.engine.meta_trainer import MetaTrainer
 
-    cfg = load_config(args.config, args.overrides)
     trainer = MetaTrainer(cfg)
     try:
         trainer.setup()
@@ -73,17 +77,7 @@ def _cmd_demo(args) -> int:
     config = Path(__file__).resolve().parent / "configs" / "demo_tiny.yaml"
     overrides = [f"data.train_file={out / 'data' / 'train.jsonl'}", f"data.val_file={out / 'data' / 'val.jsonl'}",
                  f"train.out_dir={out / 'meta_train'}", "train.overwrite=true", *args.overrides]
-    cfg = load_config(config, overrides)
-    from taalm_dist.engine.meta_trainer import MetaTrainer
-
-    trainer = MetaTrainer(cfg)
-    try:
-        trainer.setup()
-        summary = trainer.train()
-    finally:
-        trainer.cleanup()
-    _print_summary(summary, trainer)
-    return 0
+    return _run_meta_train(load_config(config, overrides))
 
 
 def build_parser() -> argparse.ArgumentParser:
