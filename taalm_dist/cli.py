@@ -18,7 +18,8 @@ OVERRIDES_HELP = "config overrides as key.sub=value (values parsed as YAML), e.g
 def _cmd_meta_train(args) -> int:
     from taalm_dist.config import load_config
 
-    return _run_meta_train(load_config(args.config, args.overrides))
+    overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
+    return _run_meta_train(load_config(args.config, overrides))
 
 
 def _run_meta_train(cfg) -> int:
@@ -35,6 +36,10 @@ def _run_meta_train(cfg) -> int:
 
 
 def _print_summary(summary: dict, trainer) -> None:
+    from taalm_dist.engine.distributed import is_main
+
+    if not is_main():
+        return
     first, last = summary["first"], summary["last"]
     print(f"done: {summary['steps']} φ updates ({summary['skipped_steps']} skipped); run dir {trainer.out}")
     if "val/objective" in first and "val/objective" in last:
@@ -84,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taalm", description="Meta-learn where to focus (Train-Attention).")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    p = verbs.add_parser("meta-train", help="meta-train φ on one process",
+    p = verbs.add_parser("meta-train", help="meta-train φ (one process, or DeepSpeed ZeRO-3 under a launcher)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--resume", default=None,
+                   help="'auto' (newest complete checkpoint in train.out_dir, if any) or a checkpoint directory")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.set_defaults(func=_cmd_meta_train)
 

@@ -200,15 +200,66 @@ class TrainConfig:
     """Validate every N φ updates (and at the start and the end); 0 disables."""
     val_docs: int = 16
     """Validation pairs (held out of train_file when data.val_file is null)."""
+    docs_per_inner_step: int = 1
+    """Documents θ learns jointly in one inner step (one θ', θ reset after). With N ranks each rank holds
+    docs_per_inner_step / N of them, so the result does not depend on the number of ranks."""
     seed: int = 0
     """Seed of data order and initialisation."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar (rank 0 only)."""
+    max_consecutive_skips: int = 5
+    """A step whose objective, meta-gradient or φ weights are not finite (on any rank) is skipped and
+    counted; more than this many in a row stops the run with an error."""
+    save_every: int = 0
+    """Write a resumable checkpoint every N φ updates (and at the end); 0: only at the end."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints to keep (older ones are deleted after a newer one is complete)."""
+    resume: str | None = None
+    """``auto`` (the newest complete checkpoint in out_dir/checkpoints, if any) or a checkpoint path."""
 
     def __post_init__(self):
-        for name in ("max_steps", "docs_per_step"):
+        for name in ("max_steps", "docs_per_step", "docs_per_inner_step", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.docs_per_step % self.docs_per_inner_step:
+            raise ConfigError(f"train.docs_per_step={self.docs_per_step} must be a multiple of "
+                              f"train.docs_per_inner_step={self.docs_per_inner_step}")
+
+
+@dataclass
+class EngineConfig:
+    """How θ and φ are placed: one process, or DeepSpeed ZeRO-3 over several (document parallel)."""
+
+    backend: Literal["auto", "single", "deepspeed"] = "auto"
+    """auto: DeepSpeed ZeRO-3 when launched with more than one process (WORLD_SIZE > 1), else single."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Parameter precision under DeepSpeed (the meta-gradient's losses and differences stay fp32)."""
+    param_persistence_threshold: int | None = None
+    """ZeRO-3 ``stage3_param_persistence_threshold``: tensors smaller than this stay unpartitioned;
+    null: DeepSpeed's default (1e5). Tiny test models need 0, or nothing is partitioned."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward for θ and φ (less memory, ~1/3 more compute)."""
+    ds_config_override: str | None = None
+    """A JSON file merged over the generated DeepSpeed config (for settings this config does not cover)."""
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend; auto: nccl with CUDA, gloo on CPU."""
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking. metrics.jsonl in the run directory is always written (the source of truth)."""
+
+    mlflow: bool = True
+    """Also log to MLflow (params, metrics, artifacts), best effort: failures warn once and never stop
+    or slow training."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else a sqlite store next to the run directory."""
+    experiment: str = "taalm_dist"
+    """MLflow experiment name."""
+    run_name: str | None = None
+    """MLflow run name; null: the run directory's name."""
+    timeout_s: float = 5.0
+    """Per-request timeout towards the tracking server (no retries)."""
 
 
 @dataclass
@@ -225,6 +276,10 @@ class TaalmConfig:
     """Inner step and objective."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Outer loop."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Single process or DeepSpeed ZeRO-3."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow and JSONL logging."""
 
     def __post_init__(self):
         attn = self.theta.model.attn_implementation
@@ -347,8 +402,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def to_dict(cfg: Any) -> dict:
-    """Plain-dict (YAML/JSON-serialisable) form of a config dataclass."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """Plain-dict (YAML/JSON-serialisable) form of a config dataclass (a dict passes through)."""
+    return json.loads(json.dumps(cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)))
 
 
 def config_hash(cfg: Any) -> str:

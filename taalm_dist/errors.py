@@ -15,3 +15,7 @@ class DataError(TaalmError):
 
 class ModelError(TaalmError):
     """A model cannot be loaded or θ and φ do not fit together."""
+
+
+class TrainingError(TaalmError):
+    """Training cannot go on (e.g. too many non-finite steps in a row); the message says why."""

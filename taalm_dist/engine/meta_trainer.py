@@ -1,9 +1,16 @@
-"""Single-process meta-training of φ (no DeepSpeed): the contract setup / train / save / cleanup.
+"""Meta-training of φ on one process or document-parallel under DeepSpeed ZeRO-3.
 
-Per φ update: for each of ``docs_per_step`` documents, w = φ(D); θ is at θ₀ (the meta-gradient restores
-it); dL/dw by the configured method; φ's gradient accumulates through the surrogate
-``(w · dL/dw).sum() / docs_per_step`` (so one update = the mean over documents); clip; AdamW step.
-A step whose loss or gradient is not finite is skipped and counted.
+Contract: ``t = MetaTrainer(cfg); t.setup(); t.train(); t.cleanup()`` (plus ``save_checkpoint`` /
+``load_checkpoint``). One φ update = ``docs_per_step`` documents in micro-steps of
+``docs_per_inner_step`` documents. In a micro-step θ (at θ₀) takes one inner step on those documents
+jointly, the closed-form meta-gradient gives dL/dw, and θ is restored. With N ranks each rank holds
+``docs_per_inner_step / N`` of the micro-step's documents and θ's partitions; the global document order
+is the same on every rank, so the result does not depend on N.
+
+[skip agreement note] A micro-step whose objective, dL/dw or φ's weights are not finite on any rank
+makes every rank skip the whole φ update together (an all-reduce), before φ's backward: so the first
+pass computes w without a graph and, once all ranks agree, a second φ forward builds the graph for
+the surrogate ``(w · dL/dw).sum()``. More than ``max_consecutive_skips`` in a row stop the run.
 """
 
 from __future__ import annotations
@@ -19,11 +26,20 @@ from tqdm import tqdm
 
 from taalm_dist.config import TaalmConfig, config_hash, save_config, to_dict
 from taalm_dist.data import collate
+from taalm_dist.engine import checkpoint as ckpt
+from taalm_dist.engine import distributed as D
 from taalm_dist.engine.data_setup import PreparedData, prepare_data
-from taalm_dist.errors import ConfigError
+from taalm_dist.engine.phi_update import DeepSpeedPhi, LocalPhi
+from taalm_dist.errors import ConfigError, TrainingError
+from taalm_dist.losses import next_token_valid_mask
 from taalm_dist.meta import InnerStep, meta_gradient, updated_objective
+from taalm_dist.meta.functional import ThetaView
 from taalm_dist.models import build_phi, check_same_tokenizer, load_causal_lm, load_tokenizer, make_trainable, save_phi
-from taalm_dist.tracking import JsonlLogger
+from taalm_dist.tracking import JsonlLogger, MlflowTracker, MultiTracker, NullLogger, default_tracking_uri
+
+# config fields that may change between a run and its resumption
+RESUMABLE_CHANGES = {"train": ("max_steps", "resume", "overwrite", "progress", "save_every", "keep_checkpoints",
+                               "val_every"), "tracking": None}
 
 
 class DocOrder:
@@ -48,128 +64,222 @@ class DocOrder:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}
 
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._perm = self._permutation()
 
-def prepare_out_dir(out_dir: str, overwrite: bool) -> Path:
-    """Create the run directory; refuse a non-empty one unless ``overwrite`` (nothing is lost silently)."""
+
+def resume_hash(cfg: TaalmConfig) -> str:
+    """Hash of the config without the fields a resumed run may change."""
+    d = to_dict(cfg)
+    for section, keys in RESUMABLE_CHANGES.items():
+        if keys is None:
+            d.pop(section, None)
+        else:
+            for k in keys:
+                d[section].pop(k, None)
+    return config_hash(d)
+
+
+def prepare_out_dir(out_dir: str, overwrite: bool, resuming: bool) -> Path:
+    """Create the run directory; refuse a non-empty one unless resuming or ``overwrite``."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"train.out_dir={out} already holds a run; choose a new directory or pass train.overwrite=true")
+    if out.exists() and any(out.iterdir()) and not (overwrite or resuming):
+        raise ConfigError(f"train.out_dir={out} already holds a run; resume it with --resume auto, choose a new "
+                          "directory, or pass train.overwrite=true")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
+def use_deepspeed(cfg: TaalmConfig) -> bool:
+    return cfg.engine.backend == "deepspeed" or (cfg.engine.backend == "auto" and D.env_world_size() > 1)
+
+
 class MetaTrainer:
-    """Meta-trains φ on one process. Use: ``t = MetaTrainer(cfg); t.setup(); t.train(); t.cleanup()``."""
+    """Meta-trains φ; see the module docstring."""
 
     def __init__(self, cfg: TaalmConfig):
         self.cfg = cfg
         self.step = 0
         self.skipped_steps = 0
+        self.consecutive_skips = 0
+        self.first_val: dict = {}
+        self.log = NullLogger()
 
     # ---------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        """Load tokenizers (refusing a mismatch), θ, φ, the data; create the run directory and logger."""
+        """Process group, tokenizers (a mismatch is refused), data, θ and φ, run directory, trackers,
+        and the checkpoint to resume from, if any."""
         cfg = self.cfg
+        self.distributed = use_deepspeed(cfg)
+        if self.distributed:
+            D.init_process_group(cfg.engine.dist_backend)
+        self.world, self.rank = D.world_size(), D.rank()
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.theta.model)
         check_same_tokenizer(self.tokenizer, load_tokenizer(cfg.phi.model))
         self.data: PreparedData = prepare_data(cfg.data, self.tokenizer, cfg.train.val_docs, cfg.train.seed)
-        self.out = prepare_out_dir(cfg.train.out_dir, cfg.train.overwrite)
-        vocab = len(self.tokenizer)
-        self.theta = make_trainable(load_causal_lm(cfg.theta.model, vocab), cfg.theta.trainable, cfg.theta.lora)
-        self.phi = build_phi(cfg.phi, vocab, seed=cfg.train.seed)
-        params = [p for p in self.phi.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        resume_from = D.broadcast_object(ckpt.resolve_resume(cfg.train.resume, cfg.train.out_dir))
+        if D.is_main():
+            prepare_out_dir(cfg.train.out_dir, cfg.train.overwrite, resume_from is not None)
+        D.barrier()
+        self.out = Path(cfg.train.out_dir)
+        self._build_models()
         m = cfg.meta
         self.inner = InnerStep(m.inner, m.inner_lr, tuple(m.adam_betas), m.adam_eps, m.adam_weight_decay)
         self.order = DocOrder(len(self.data.train), cfg.train.seed)
-        self.rng = random.Random(cfg.train.seed + 1)
+        self.rng = random.Random(cfg.train.seed * 7919 + self.rank)
         self.pad_id = self.tokenizer.pad_token_id or 0
+        run_id = ckpt.read_state(resume_from).get("mlflow_run_id") if resume_from else None
+        self._open_trackers(run_id)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+
+    def _build_models(self) -> None:
+        from taalm_dist.engine.zero3 import enable_gradient_checkpointing
+
+        cfg = self.cfg
+        vocab = len(self.tokenizer)
+        theta = make_trainable(load_causal_lm(cfg.theta.model, vocab), cfg.theta.trainable, cfg.theta.lora)
+        phi = build_phi(cfg.phi, vocab, seed=cfg.train.seed)
+        if cfg.engine.gradient_checkpointing:
+            enable_gradient_checkpointing(theta)
+            enable_gradient_checkpointing(phi.backbone)
+        if not self.distributed:
+            self.view = ThetaView(theta)
+            self.phi = LocalPhi(phi, cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip)
+            self.local_docs = cfg.train.docs_per_inner_step
+            return
+        from taalm_dist.engine.ds_config import ds_configs, local_docs_per_inner_step, save_ds_configs
+        from taalm_dist.engine.zero3 import Zero3ThetaView, build_phi_engine, build_theta_engine
+
+        if cfg.meta.method != "fd":
+            raise ConfigError(f"meta.method={cfg.meta.method} needs θ's full tensors; under DeepSpeed ZeRO-3 use "
+                              "meta.method=fd (finite differences on each rank's partitions)")
+        self.local_docs = local_docs_per_inner_step(cfg, self.world)
+        configs = ds_configs(cfg, self.world)
+        if D.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_ds_configs(configs, self.out / "ds_config.json")
+        self.view = Zero3ThetaView(build_theta_engine(theta, configs["theta"]))
+        self.phi = DeepSpeedPhi(build_phi_engine(phi, configs["phi"]))
+
+    def _open_trackers(self, run_id: str | None) -> None:
+        if not D.is_main():
+            return
+        cfg = self.cfg
         save_config(cfg, self.out / "config.yaml")
-        self.log = JsonlLogger(self.out / "metrics.jsonl")
-        self.log.log_params({**to_dict(cfg), "config_hash": config_hash(cfg)})
-        self.log.log_metrics({"data/train_pairs": len(self.data.train), "data/val_pairs": len(self.data.val),
-                              "data/skipped_rows": self.data.skipped_rows,
-                              "data/truncated_docs": self.data.truncated_docs}, step=0)
+        trackers = [JsonlLogger(self.out / "metrics.jsonl")]
+        if cfg.tracking.mlflow:
+            try:
+                import mlflow  # noqa: F401
+            except ImportError:
+                print("taalm: warning: mlflow is not installed; logging to metrics.jsonl only")
+            else:
+                uri = cfg.tracking.tracking_uri or default_tracking_uri(cfg.train.out_dir)
+                self.mlflow = MlflowTracker(uri, cfg.tracking.experiment, cfg.tracking.run_name or self.out.name,
+                                            run_id=run_id, timeout_s=cfg.tracking.timeout_s)
+                trackers.append(self.mlflow)
+        self.log = MultiTracker(*trackers)
+        if run_id is None:
+            self.log.log_params({**to_dict(cfg), "config_hash": config_hash(cfg), "world_size": self.world})
+            self.log.log_metrics({"data/train_pairs": len(self.data.train), "data/val_pairs": len(self.data.val),
+                                  "data/skipped_rows": self.data.skipped_rows,
+                                  "data/truncated_docs": self.data.truncated_docs}, step=0)
+
+    # ------------------------------------------------------------------------------------ batches
+    def _local_batch(self, global_idx: list[int], items) -> tuple[dict, dict, dict | None]:
+        """This rank's slice of a micro-step's documents: (doc, task, restrict task or None)."""
+        mine = global_idx[self.rank * self.local_docs : (self.rank + 1) * self.local_docs]
+        doc, task = collate([items[i] for i in mine], self.pad_id)
+        restrict = None
+        if self.cfg.meta.restrict_coef and len(items) > 1:
+            others = []
+            for i in mine:
+                j = self.rng.randrange(len(items) - 1)
+                others.append(items[j + (j >= i)])
+            _, restrict = collate(others, self.pad_id)
+        return doc, task, restrict
+
+    def micro_step_meta_gradient(self, global_idx: list[int]):
+        """First pass of a micro-step on the training documents ``global_idx`` (this rank takes its
+        slice): ``(doc batch, φ's weights w, MetaGradient)``; w has no graph, θ is back at θ₀."""
+        doc, task, restrict = self._local_batch(global_idx, self.data.train)
+        w = self.phi.weights(doc, grad=False)
+        m = self.cfg.meta
+        mg = meta_gradient(self.view, doc, w, task, inner=self.inner, objective=m.objective, method=m.method,
+                           fd_eps=m.fd_eps, restrict_batch=restrict, restrict_coef=m.restrict_coef)
+        return doc, w, mg
 
     # ------------------------------------------------------------------------------------ one step
-    def _document_step(self, idx: int, scale: float) -> dict:
-        """Hypergradient of one document; accumulates φ's gradient; returns diagnostics."""
-        cfg = self.cfg
-        doc, task = collate([self.data.train[idx]], self.pad_id)
-        restrict = None
-        if cfg.meta.restrict_coef and len(self.data.train) > 1:
-            j = self.rng.randrange(len(self.data.train) - 1)
-            _, restrict = collate([self.data.train[j + (j >= idx)]], self.pad_id)
-        self.phi.train()
-        w = self.phi(doc["input_ids"], doc["attention_mask"])
-        mg = meta_gradient(self.theta, doc, w.detach(), task, inner=self.inner, objective=cfg.meta.objective,
-                           method=cfg.meta.method, fd_eps=cfg.meta.fd_eps, restrict_batch=restrict,
-                           restrict_coef=cfg.meta.restrict_coef)
-        (w * mg.grad.to(w.dtype)).sum().mul(scale).backward()
-        return {"objective": float(mg.objective), **weight_stats(w.detach(), doc)}
-
     def train_step(self) -> dict:
-        """One φ update over ``docs_per_step`` documents; returns its metrics."""
-        n = self.cfg.train.docs_per_step
-        self.opt.zero_grad(set_to_none=True)
+        """One φ update (see [skip agreement note]); returns its metrics (reduced over ranks)."""
+        cfg = self.cfg.train
+        micro_steps = cfg.docs_per_step // cfg.docs_per_inner_step
         t0 = time.perf_counter()
-        stats = [self._document_step(self.order.next(), 1.0 / n) for _ in range(n)]
-        params = [p for p in self.phi.parameters() if p.requires_grad]
-        clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        objective = sum(s["objective"] for s in stats) / n
-        finite = math.isfinite(grad_norm) and math.isfinite(objective)
-        if finite:
-            self.opt.step()
-        else:
+        pending, objective, finite = [], 0.0, True
+        stats = WeightStats()
+        for _ in range(micro_steps):
+            idx = [self.order.next() for _ in range(cfg.docs_per_inner_step)]
+            doc, w, mg = self.micro_step_meta_gradient(idx)
+            finite &= bool(torch.isfinite(mg.objective)) and bool(torch.isfinite(mg.grad).all()) and bool(torch.isfinite(w).all())
+            objective += float(mg.objective) / micro_steps
+            stats.add(w, doc)
+            pending.append((doc, mg.grad))
+        skip = D.any_rank(not finite)
+        grad_norm = float("nan")
+        if skip:
             self.skipped_steps += 1
-            self.opt.zero_grad(set_to_none=True)
+            self.consecutive_skips += 1
+            if self.consecutive_skips > cfg.max_consecutive_skips:
+                raise TrainingError(f"{self.consecutive_skips} φ updates in a row had a non-finite objective, "
+                                    f"meta-gradient or weight (step {self.step + 1}); lower meta.inner_lr or "
+                                    "train.lr, or check the data")
+        else:
+            self.consecutive_skips = 0
+            scale = self.phi.surrogate_scale(micro_steps)
+            for doc, grad in pending:
+                w = self.phi.weights(doc, grad=True)
+                self.phi.micro_step((w * grad.to(w.dtype)).sum() * scale)
+            grad_norm = self.phi.finish_step()
         self.step += 1
-        out = {"train/objective": objective, "train/grad_norm": grad_norm, "train/skipped_steps": self.skipped_steps,
-               "time/step_s": time.perf_counter() - t0}
-        for key in ("weight_mean", "weight_on_object", "weight_off_object"):
-            vals = [s[key] for s in stats if s[key] is not None]
-            out[f"train/{key}"] = sum(vals) / len(vals) if vals else None
-        return out
+        obj = D.all_reduce_mean([objective])[0]
+        return {"train/objective": obj, "train/grad_norm": grad_norm, "train/skipped_steps": self.skipped_steps,
+                "time/step_s": time.perf_counter() - t0, **stats.reduced("train")}
 
     # ----------------------------------------------------------------------------------- validate
-    @torch.no_grad()
-    def _phi_weights(self, doc):
-        self.phi.eval()
-        return self.phi(doc["input_ids"], doc["attention_mask"])
-
     def validate(self, baselines: bool = False) -> dict:
-        """Mean L(θ') on the validation pairs with φ's weights (and, once, uniform / no update)."""
-        m = self.cfg.meta
-        sums = {"val/objective": 0.0, "val/weight_on_object": 0.0, "val/weight_off_object": 0.0}
-        if baselines:
-            sums.update({"val/objective_uniform": 0.0})
-        counted = {k: 0 for k in sums}
-        for item in self.data.val:
-            doc, task = collate([item], self.pad_id)
-            w = self._phi_weights(doc)
-            results = {"val/objective": updated_objective(self.theta, doc, w, task, inner=self.inner, objective=m.objective)}
+        """Mean L(θ') over the validation documents with φ's weights (and, with ``baselines``, with
+        uniform weights), in micro-steps like training; a last partial micro-step is left out."""
+        group = self.cfg.train.docs_per_inner_step
+        n_groups = len(self.data.val) // group
+        if n_groups == 0:
+            return {}
+        sums, stats = [0.0, 0.0], WeightStats()
+        for g in range(n_groups):
+            idx = list(range(g * group, (g + 1) * group))
+            doc, task, _ = self._local_batch(idx, self.data.val)
+            w = self.phi.weights(doc, grad=False)
+            kw = dict(inner=self.inner, objective=self.cfg.meta.objective)
+            sums[0] += float(updated_objective(self.view, doc, w, task, **kw))
             if baselines:
-                ones = doc["attention_mask"].to(w.dtype)
-                results["val/objective_uniform"] = updated_objective(self.theta, doc, ones, task, inner=self.inner,
-                                                                     objective=m.objective)
-            stats = weight_stats(w, doc)
-            results["val/weight_on_object"] = stats["weight_on_object"]
-            results["val/weight_off_object"] = stats["weight_off_object"]
-            for k, v in results.items():
-                if v is not None:
-                    sums[k] += float(v)
-                    counted[k] += 1
-        return {k: (sums[k] / counted[k] if counted[k] else None) for k in sums}
+                sums[1] += float(updated_objective(self.view, doc, doc["attention_mask"].to(w.dtype), task, **kw))
+            stats.add(w, doc)
+        mean = D.all_reduce_mean([s / n_groups for s in sums])
+        out = {"val/objective": mean[0], **stats.reduced("val")}
+        if baselines:
+            out["val/objective_uniform"] = mean[1]
+        return out
 
     # -------------------------------------------------------------------------------------- train
     def train(self) -> dict:
-        """Run ``max_steps`` φ updates with validation; save φ at the end. Returns the final metrics."""
+        """Run until ``max_steps`` φ updates, validating and checkpointing; export φ. Returns a summary."""
         cfg = self.cfg.train
-        first = self.validate(baselines=True) if cfg.val_every else {}
-        self.log.log_metrics(first, step=0)
-        bar = tqdm(total=cfg.max_steps, desc="meta-train φ", disable=not cfg.progress, dynamic_ncols=True)
+        if self.step == 0 and cfg.val_every:
+            self.first_val = self.validate(baselines=True)
+            self.log.log_metrics(self.first_val, step=0)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="meta-train φ", dynamic_ncols=True,
+                   disable=not (cfg.progress and D.is_main()))
         last: dict = {}
         while self.step < cfg.max_steps:
             metrics = self.train_step()
@@ -178,34 +288,82 @@ class MetaTrainer:
             self.log.log_metrics(metrics, step=self.step)
             last.update(metrics)
             bar.update(1)
-            bar.set_postfix(obj=f"{metrics['train/objective']:.3f}",
-                            val=f"{last.get('val/objective', float('nan')):.3f}")
+            bar.set_postfix(obj=f"{metrics['train/objective']:.3f}", val=f"{last.get('val/objective', math.nan):.3f}")
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+                self.save_checkpoint()
         bar.close()
         self.save_checkpoint()
-        summary = {"steps": self.step, "skipped_steps": self.skipped_steps, "first": first, "last": last,
-                   "phi_dir": str(self.out / "phi")}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        phi_dir = self.export_phi()
+        summary = {"steps": self.step, "skipped_steps": self.skipped_steps, "first": self.first_val, "last": last,
+                   "phi_dir": str(phi_dir), "world_size": self.world}
+        if D.is_main():
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            for name in ("config.yaml", "ds_config.json", "summary.json"):
+                if (self.out / name).is_file():
+                    self.log.log_artifact(self.out / name)
+            for f in sorted(phi_dir.iterdir()):
+                self.log.log_artifact(f, "phi")
         return summary
 
+    # -------------------------------------------------------------------------------- checkpoints
+    def export_phi(self) -> Path:
+        """φ as safetensors + config (loadable in one process without DeepSpeed); every rank calls it."""
+        state = self.phi.export_state()
+        path = self.out / "phi"
+        if D.is_main():
+            save_phi(state, self.cfg.phi, path)
+        D.barrier()
+        return path
+
     def save_checkpoint(self) -> Path:
-        """Export φ (safetensors + config, loadable with :func:`taalm_dist.models.load_phi`)."""
-        return save_phi(self.phi, self.cfg.phi, self.out / "phi")
+        """A resumable checkpoint (atomic: see :mod:`taalm_dist.engine.checkpoint`); every rank calls it."""
+        tmp = ckpt.begin(self.out, self.step)
+        self.phi.save(tmp / "phi")
+        ckpt.save_rng(tmp, self.rng)
+        mlflow = getattr(self, "mlflow", None)
+        state = {"step": self.step, "skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips,
+                 "order": self.order.state_dict(), "world_size": self.world, "resume_hash": resume_hash(self.cfg),
+                 "config_hash": config_hash(self.cfg), "first_val": self.first_val,
+                 "mlflow_run_id": mlflow.wait_ready() if mlflow else None}
+        return ckpt.commit(self.out, tmp, self.step, state, self.cfg.train.keep_checkpoints)
+
+    def load_checkpoint(self, directory: Path) -> None:
+        """Restore φ, its optimizer, the data position and every rank's RNG from ``directory``."""
+        state = ckpt.read_state(directory)
+        if state["world_size"] != self.world:
+            raise ConfigError(f"checkpoint {directory} was written by {state['world_size']} process(es), this run has "
+                              f"{self.world}: ZeRO-3 partitions cannot be re-split; relaunch with "
+                              f"{state['world_size']}, or start from the exported φ")
+        if state["resume_hash"] != resume_hash(self.cfg):
+            raise ConfigError(f"checkpoint {directory} was written with a different config (only train.max_steps, "
+                              "save_every, keep_checkpoints, val_every, progress and tracking.* may change on resume)")
+        self.phi.load(directory / "phi")
+        ckpt.load_rng(directory, self.rng)
+        self.order.load_state_dict(state["order"])
+        self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        self.consecutive_skips, self.first_val = state["consecutive_skips"], state["first_val"]
+        if D.is_main():
+            print(f"resumed from {directory} at step {self.step}")
 
     def cleanup(self) -> None:
-        """Close the logger."""
-        if hasattr(self, "log"):
-            self.log.close()
+        """Close the trackers (MLflow waits a bounded time for its queue)."""
+        self.log.close()
 
 
-def weight_stats(w: torch.Tensor, doc: dict) -> dict:
-    """Mean weight over predicted positions, on the object's tokens, and elsewhere (None if empty)."""
-    from taalm_dist.losses import next_token_valid_mask
+class WeightStats:
+    """Sums of φ's weights on the object's tokens and elsewhere (reduced over ranks)."""
 
-    valid = next_token_valid_mask(doc["attention_mask"])
-    on = valid & doc["object_mask"].bool()
-    off = valid & ~doc["object_mask"].bool()
+    def __init__(self):
+        self.v = [0.0] * 6  # sum/count: all, on object, off object
 
-    def mean(mask):
-        return float(w[mask].mean()) if mask.any() else None
+    def add(self, w: torch.Tensor, doc: dict) -> None:
+        valid = next_token_valid_mask(doc["attention_mask"])
+        obj = doc["object_mask"].bool()
+        for k, mask in enumerate((valid, valid & obj, valid & ~obj)):
+            self.v[2 * k] += float(w[mask].sum())
+            self.v[2 * k + 1] += float(mask.sum())
 
-    return {"weight_mean": mean(valid), "weight_on_object": mean(on), "weight_off_object": mean(off)}
+    def reduced(self, prefix: str) -> dict:
+        v = D.all_reduce_sum(self.v)
+        names = ("weight_mean", "weight_on_object", "weight_off_object")
+        return {f"{prefix}/{n}": (v[2 * k] / v[2 * k + 1] if v[2 * k + 1] else None) for k, n in enumerate(names)}

@@ -66,6 +66,25 @@ class ThetaView:
         """First-order gradient of ``scalar`` w.r.t. the trainable parameters (no graph kept)."""
         return list(torch.autograd.grad(scalar, self.params, allow_unused=True, materialize_grads=True))
 
+    # The hooks below make a sharded view (taalm_dist.engine.zero3.Zero3ThetaView) a drop-in replacement:
+    # there ``params`` are each rank's partitions and these reduce over ranks.
+
+    def sync(self) -> None:
+        """Called after ``params`` were edited in place; nothing to do for local tensors."""
+
+    def global_sq_norm(self, tensors: Sequence[torch.Tensor]) -> float:
+        """Σ‖t‖² over all of θ's trainable tensors (all ranks, for a sharded view)."""
+        return sum(float(t.double().pow(2).sum()) for t in tensors)
+
+    def global_batch(self, local_batch: int) -> int:
+        """Number of documents in the inner step's batch (all ranks, for a sharded view)."""
+        return local_batch
+
+    @property
+    def supports_functional(self) -> bool:
+        """Whether ``loss_at`` (functional_call: jvp, double backward) works on this view."""
+        return True
+
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):

@@ -47,15 +47,18 @@ def default_fd_eps(dtype: torch.dtype) -> float:
     return 1e-5 if dtype == torch.float64 else 1e-3
 
 
-def centre_and_scale(u: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``−valid/(B·S_b) · (u − Σ_i (w_i/S_b) u_i)``: dL/dw from the directional derivatives ``u`` [B, L]."""
+def centre_and_scale(u: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+    """``−valid/(B·S_b) · (u − Σ_i (w_i/S_b) u_i)``: dL/dw from the directional derivatives ``u`` [B, L].
+
+    ``batch`` is B, the number of documents the inner step averaged over (default: ``u.shape[0]``; with
+    document parallelism over several ranks, the global count)."""
     dtype = torch.promote_types(u.dtype, torch.float32)
     v = valid.to(dtype)
     w = weights.to(dtype) * v
     u = u.to(dtype) * v
     s = w.sum(dim=1, keepdim=True) + WEIGHT_SUM_EPS
     centred = u - (w * u).sum(dim=1, keepdim=True) / s
-    return -(v * centred) / (s * u.shape[0])
+    return -(v * centred) / (s * (batch or u.shape[0]))
 
 
 def directional_jvp(view: ThetaView, at: list[torch.Tensor], direction: list[torch.Tensor], batch: Batch):
@@ -69,10 +72,10 @@ def directional_jvp(view: ThetaView, at: list[torch.Tensor], direction: list[tor
 @torch.no_grad()
 def directional_fd(view: ThetaView, at: list[torch.Tensor], direction: list[torch.Tensor], batch: Batch, eps: float):
     """``[B, L]`` u by a central difference of two no-grad forwards along the unit direction."""
-    norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in direction))
+    norm = math.sqrt(view.global_sq_norm(direction))
     if norm == 0.0:
         return torch.zeros_like(view.loss(batch))
-    view.assign([a + (eps / norm) * d.to(a.dtype) for a, d in zip(at, direction)])
+    view.assign([a + (eps / norm) * d.to(a.dtype) for a, d in zip(at, direction)])  # assign() syncs
     plus = view.loss(batch)
     view.assign([a - (eps / norm) * d.to(a.dtype) for a, d in zip(at, direction)])
     minus = view.loss(batch)
@@ -107,15 +110,18 @@ def inner_update_(view: ThetaView, doc_batch: Batch, weights: torch.Tensor, vali
     if inner.kind == "adamw":  # dummy step: not differentiated (DESIGN §2)
         g0 = view.grad(token_weighted_mean(view.loss(doc_batch), weights, valid))
         state = apply_adamw(view.params, g0, None, inner)
+        view.sync()
     pre = view.snapshot()
     g = view.grad(token_weighted_mean(view.loss(doc_batch), weights, valid))
     if inner.kind == "sgd":
         apply_sgd(view.params, g, inner.lr)
+        view.sync()
         return pre, None
     g32 = [x.to(torch.promote_types(x.dtype, torch.float32)) for x in g]
     moments = [adam_moments(x, m, v, inner.betas) for x, m, v in zip(g32, state.m, state.v)]
     scale = [adam_direction_derivative(x, m, v, state.t + 1, inner.betas, inner.eps) for x, (m, v) in zip(g32, moments)]
     apply_adamw(view.params, g, state, inner)
+    view.sync()
     return pre, scale
 
 
@@ -142,11 +148,14 @@ def updated_objective(
     objective: str,
     per_token_loss: PerTokenLossFn | None = None,
 ) -> torch.Tensor:
-    """L(θ'): the objective after one inner step with ``weights`` (θ restored after). Scalar, detached."""
-    view = ThetaView(theta, per_token_loss)
+    """L(θ'): the objective after one inner step with ``weights`` (θ restored after). Scalar, detached.
+
+    ``theta`` may be a model or a prebuilt :class:`ThetaView` (e.g. a sharded one); the value is this
+    rank's part (its documents' mean) — average over ranks for the global value."""
+    view = theta if isinstance(theta, ThetaView) else ThetaView(theta, per_token_loss)
     valid = next_token_valid_mask(doc_batch["attention_mask"])
     theta0 = view.snapshot()
-    with eval_mode(theta):
+    with eval_mode(view.model):
         try:
             before, _ = _reference_losses(view, task_batch, objective, None, 0.0)
             inner_update_(view, doc_batch, weights.detach(), valid, inner)
@@ -173,21 +182,28 @@ def meta_gradient(
     """dL/dw for one inner step of θ on ``doc_batch`` weighted by ``weights``; see the module docstring.
 
     θ's trainable tensors are left exactly as they were (θ₀). θ runs in eval mode (no dropout).
+    ``theta`` may be a model or a prebuilt :class:`ThetaView` (a sharded view supports ``fd`` only).
     """
     if method == "double_backward":
         from taalm_dist.meta.reference import reference_meta_gradient
 
+        if isinstance(theta, ThetaView):
+            if not theta.supports_functional:
+                raise ValueError("method='double_backward' needs θ's full tensors; on sharded θ use method='fd'")
+            theta, per_token_loss = theta.model, theta.fn
         return reference_meta_gradient(
             theta, doc_batch, weights, task_batch, inner=inner, objective=objective,
             per_token_loss=per_token_loss, restrict_batch=restrict_batch, restrict_coef=restrict_coef,
         )
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}")
-    view = ThetaView(theta, per_token_loss)
+    view = theta if isinstance(theta, ThetaView) else ThetaView(theta, per_token_loss)
+    if method == "jvp" and not view.supports_functional:
+        raise ValueError("method='jvp' needs θ's full tensors (functional_call); on sharded θ use method='fd'")
     weights = weights.detach()
     valid = next_token_valid_mask(doc_batch["attention_mask"])
     theta0 = view.snapshot()
-    with eval_mode(theta):
+    with eval_mode(view.model):
         try:
             before, r_before = _reference_losses(view, task_batch, objective, restrict_batch, restrict_coef)
             pre, scale = inner_update_(view, doc_batch, weights, valid, inner)
@@ -204,7 +220,7 @@ def meta_gradient(
                 u = directional_fd(view, pre, direction, doc_batch, fd_eps or default_fd_eps(pre[0].dtype))
         finally:
             view.assign(theta0)
-    grad = centre_and_scale(u, weights, valid).to(weights.dtype)
+    grad = centre_and_scale(u, weights, valid, view.global_batch(weights.shape[0])).to(weights.dtype)
     return MetaGradient(grad, total.detach(), task_obj.detach())
 
 

@@ -89,13 +89,16 @@ def phi_state(phi: TrainAttention) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in phi.named_parameters() if p.requires_grad}
 
 
-def save_phi(phi: TrainAttention, cfg: PhiConfig, out_dir: str | Path) -> Path:
-    """Write ``phi.safetensors`` (trainable tensors) and ``phi_config.json`` into ``out_dir``."""
+def save_phi(phi: TrainAttention | dict, cfg: PhiConfig, out_dir: str | Path) -> Path:
+    """Write ``phi.safetensors`` (trainable tensors) and ``phi_config.json`` into ``out_dir``.
+
+    ``phi`` is the module or an already gathered :func:`phi_state` (e.g. from a ZeRO-3 engine)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(phi_state(phi), str(out / PHI_WEIGHTS))
+    state = phi if isinstance(phi, dict) else phi_state(phi)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / PHI_WEIGHTS))
     (out / PHI_CONFIG).write_text(json.dumps({"format": 1, "phi": to_dict(cfg)}, indent=2))
     return out
 

@@ -1,5 +1,7 @@
-"""Experiment tracking: a small protocol. JSONL is always written and is the source of truth."""
+"""Experiment tracking: a small protocol. JSONL is always written and is the source of truth;
+MLflow is best effort."""
 
-from taalm_dist.tracking.jsonl import JsonlLogger, NullLogger, Tracker
+from taalm_dist.tracking.jsonl import JsonlLogger, NullLogger, Tracker, read_jsonl
+from taalm_dist.tracking.mlflow_tracker import MlflowTracker, MultiTracker, default_tracking_uri
 
-__all__ = ["JsonlLogger", "NullLogger", "Tracker"]
+__all__ = ["JsonlLogger", "MlflowTracker", "MultiTracker", "NullLogger", "Tracker", "default_tracking_uri", "read_jsonl"]

@@ -21,7 +21,7 @@ def _config(tmp_path, *overrides):
         f"data.train_file={tmp_path / 'train.jsonl'}", f"data.val_file={tmp_path / 'val.jsonl'}",
         "meta.inner=sgd", "meta.inner_lr=0.1", "meta.method=fd",
         f"train.out_dir={tmp_path / 'run'}", "train.max_steps=30", "train.docs_per_step=8", "train.lr=3e-3",
-        "train.val_every=15", "train.progress=false",
+        "train.val_every=15", "train.progress=false", "tracking.mlflow=false",
     ]
     return load_config(None, base + list(overrides))
 
@@ -45,7 +45,7 @@ def test_phi_objective_decreases_on_the_toy_task(tmp_path):
     assert records[0]["event"] == "params" and any("train/objective" in r for r in records)
     phi = load_phi(tmp_path / "run" / "phi")
     ids = torch.tensor([[4, 5, 6, 7]])
-    assert torch.allclose(phi(ids, torch.ones_like(ids)), trainer.phi.eval()(ids, torch.ones_like(ids)))
+    assert torch.allclose(phi(ids, torch.ones_like(ids)), trainer.phi.module.eval()(ids, torch.ones_like(ids)))
 
 
 def test_restrict_term_and_adamw_jvp_path_run(tmp_path):
@@ -81,3 +81,38 @@ def test_doc_order_covers_every_document_each_epoch():
     second = [order.next() for _ in range(5)]
     assert sorted(first) == sorted(second) == list(range(5)) and first != second
     assert order.state_dict() == {"epoch": 1, "pos": 5}
+
+
+def test_single_process_exact_resume(tmp_path):
+    short = ["train.max_steps=4", "train.docs_per_step=2", "train.val_every=0"]
+    _run(_config(tmp_path, *short, "train.save_every=2"))
+    whole = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    cfg = _config(tmp_path, *short, "train.max_steps=2", f"train.out_dir={tmp_path / 'split'}")
+    _run(cfg)
+    cfg = _config(tmp_path, *short, f"train.out_dir={tmp_path / 'split'}", "train.resume=auto")
+    trainer, summary = _run(cfg)
+    split = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    a = {r["step"]: r["train/objective"] for r in whole if "train/objective" in r}
+    b = {r["step"]: r["train/objective"] for r in split if "train/objective" in r}
+    assert a == b and sorted(a) == [1, 2, 3, 4]
+    with pytest.raises(ConfigError, match="different config"):
+        MetaTrainer(_config(tmp_path, *short, f"train.out_dir={tmp_path / 'split'}", "train.resume=auto",
+                            "meta.inner_lr=0.5")).setup()
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
+    from taalm_dist.errors import TrainingError
+
+    blowup = ["meta.inner_lr=1e38", "train.docs_per_step=2", "train.val_every=0"]
+    cfg = _config(tmp_path, *blowup, "train.max_steps=3", "train.max_consecutive_skips=10")
+    trainer = MetaTrainer(cfg)
+    trainer.setup()
+    before = {k: v.clone() for k, v in trainer.phi.export_state().items()}
+    summary = trainer.train()
+    trainer.cleanup()
+    assert summary["skipped_steps"] == 3
+    assert all(torch.equal(before[k], v) for k, v in trainer.phi.export_state().items())
+    cfg = _config(tmp_path, *blowup, "train.max_steps=5", "train.max_consecutive_skips=2",
+                  f"train.out_dir={tmp_path / 'stop'}")
+    with pytest.raises(TrainingError, match="3 φ updates in a row"):
+        _run(cfg)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import make_batches, tiny_theta
+from tiny_models import make_batches, tiny_theta
 from taalm_dist.losses import next_token_valid_mask, token_weighted_mean
 from taalm_dist.meta import InnerStep, hypergradient, meta_gradient
 from taalm_dist.meta.functional import ThetaView

@@ -1,0 +1,78 @@
+"""The DeepSpeed configs of θ and φ, generated from the one config (never written by hand).
+
+θ's engine is never stepped: it exists to shard θ and to reduce the gradients the inner step needs, so
+its optimizer is a torch SGD with lr 0 (``zero_allow_untested_optimizer``). φ's engine trains φ with
+AdamW (``torch_adam``: no fused_adam JIT build on CPU) and accumulates over the micro-steps of one φ
+update. A JSON override (``engine.ds_config_override``) is merged over both; the resolved pair is saved
+with the run as ``ds_config.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from taalm_dist.config import TaalmConfig
+from taalm_dist.errors import ConfigError
+
+
+def _zero3(cfg: TaalmConfig) -> dict:
+    z = {"stage": 3, "overlap_comm": False, "contiguous_gradients": True}
+    if cfg.engine.param_persistence_threshold is not None:
+        z["stage3_param_persistence_threshold"] = cfg.engine.param_persistence_threshold
+    return z
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_override(path: str | None) -> dict:
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"engine.ds_config_override={path}: file does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"engine.ds_config_override={path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"engine.ds_config_override={path}: must be a JSON object")
+    return data
+
+
+def local_docs_per_inner_step(cfg: TaalmConfig, world: int) -> int:
+    """Documents each rank holds in one inner step; refuses a count the ranks cannot share evenly."""
+    n = cfg.train.docs_per_inner_step
+    if n % world:
+        raise ConfigError(f"train.docs_per_inner_step={n} must be a multiple of the number of processes ({world}): "
+                          "every rank takes the same number of documents")
+    return n // world
+
+
+def ds_configs(cfg: TaalmConfig, world: int) -> dict[str, dict]:
+    """``{"theta": ..., "phi": ...}`` DeepSpeed configs for ``world`` processes."""
+    local = local_docs_per_inner_step(cfg, world)
+    micro_steps = cfg.train.docs_per_step // cfg.train.docs_per_inner_step
+    common = {"zero_optimization": _zero3(cfg), "steps_per_print": 10**9, "wall_clock_breakdown": False}
+    if cfg.engine.precision == "bf16":
+        common["bf16"] = {"enabled": True}
+    theta = {**common, "train_micro_batch_size_per_gpu": local, "gradient_accumulation_steps": 1,
+             "train_batch_size": local * world, "zero_allow_untested_optimizer": True}
+    phi = {**common, "train_micro_batch_size_per_gpu": local, "gradient_accumulation_steps": micro_steps,
+           "train_batch_size": local * micro_steps * world,
+           "optimizer": {"type": "AdamW", "params": {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay,
+                                                    "torch_adam": True, "betas": [0.9, 0.999], "eps": 1e-8}}}
+    if cfg.train.grad_clip is not None:
+        phi["gradient_clipping"] = cfg.train.grad_clip
+    override = load_override(cfg.engine.ds_config_override)
+    return {"theta": _merge(theta, override), "phi": _merge(phi, override)}
+
+
+def save_ds_configs(configs: dict[str, dict], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(configs, indent=2, sort_keys=True))

@@ -1,0 +1,103 @@
+"""φ's side of a meta-step behind one small interface: plain PyTorch or a DeepSpeed ZeRO-3 engine.
+
+Both run φ in eval mode (no dropout) so the weights used for the meta-gradient and the ones
+differentiated afterwards are the same numbers ([skip agreement note] in meta_trainer).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from taalm_dist.engine import distributed as D
+from taalm_dist.models.train_attention import TrainAttention, phi_state
+
+
+class LocalPhi:
+    """φ on one process with torch AdamW; gradients accumulate over the micro-steps of one update."""
+
+    def __init__(self, phi: TrainAttention, lr: float, weight_decay: float, grad_clip: float | None):
+        self.module = phi
+        self.params = [p for p in phi.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.grad_clip = grad_clip
+
+    def weights(self, doc: dict, grad: bool) -> torch.Tensor:
+        """``[B, L]`` token weights of the documents (a graph to φ when ``grad``)."""
+        self.module.eval()
+        with torch.set_grad_enabled(grad):
+            return self.module(doc["input_ids"], doc["attention_mask"])
+
+    def surrogate_scale(self, micro_steps: int) -> float:
+        """Factor that makes the accumulated gradient the mean over the update's micro-steps."""
+        return 1.0 / micro_steps
+
+    def micro_step(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def finish_step(self) -> float:
+        """Clip, step, zero; returns the gradient norm before clipping."""
+        clip = self.grad_clip if self.grad_clip is not None else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return norm
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        return phi_state(self.module)
+
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(phi_state(self.module), str(directory / "phi_trainable.safetensors"))
+        torch.save(self.opt.state_dict(), directory / "optimizer.pt")
+
+    def load(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.module.load_state_dict(load_file(str(directory / "phi_trainable.safetensors")), strict=False)
+        self.opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+
+
+class DeepSpeedPhi:
+    """φ as a ZeRO-3 engine: ``engine.backward`` averages over ranks and micro-steps, and the engine
+    steps (with clipping from its config) at the accumulation boundary."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.module = engine.module
+
+    def weights(self, doc: dict, grad: bool) -> torch.Tensor:
+        self.engine.eval()
+        with torch.set_grad_enabled(grad):
+            return self.engine(doc["input_ids"], doc["attention_mask"])
+
+    def surrogate_scale(self, micro_steps: int) -> float:
+        # the engine divides by gradient_accumulation_steps (= micro_steps) and averages over ranks;
+        # dL/dw is already the derivative of the global mean, so undo the rank average.
+        return float(D.world_size())
+
+    def micro_step(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+        self.engine.step()
+
+    def finish_step(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        from taalm_dist.engine.zero3 import gathered_phi_state
+
+        return gathered_phi_state(self.engine)
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory), tag="phi", save_latest=False)
+
+    def load(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(directory), tag="phi", load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load φ from {directory}")

@@ -1,0 +1,54 @@
+"""Exact resume across processes under ZeRO-3, crash-safe checkpoints, and the torchrun launch script."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from launching import ROOT, tiny_overrides, torchrun
+
+pytestmark = pytest.mark.distributed
+
+
+def _meta_train(toy_data, out_dir, *extra):
+    args = ["meta-train", "--config", "configs/zero3_tiny_cpu.yaml", *tiny_overrides(toy_data, out_dir, *extra)]
+    return torchrun("taalm_dist.cli", *args, module=True)
+
+
+def _losses(out_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/objective"] for r in rows if "train/objective" in r}
+
+
+def test_exact_resume_after_stop_ignores_half_written_checkpoints(toy_data, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    _meta_train(toy_data, whole, "train.max_steps=6")
+    _meta_train(toy_data, split, "train.max_steps=3")
+    # a save killed half-way: a renamed directory without COMPLETE and a leftover temporary one
+    (split / "checkpoints" / "step-000005" / "phi").mkdir(parents=True)
+    (split / "checkpoints" / ".tmp-step-000004").mkdir()
+    res = torchrun("taalm_dist.cli", "meta-train", "--config", "configs/zero3_tiny_cpu.yaml", "--resume", "auto",
+                   *tiny_overrides(toy_data, split, "train.max_steps=6"), module=True)
+    assert "resumed from" in res.stdout and "step-000003" in res.stdout
+    a, b = _losses(whole), _losses(split)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    assert all(a[s] == b[s] for s in a), (a, b)
+    pa, pb = load_file(str(whole / "phi" / "phi.safetensors")), load_file(str(split / "phi" / "phi.safetensors"))
+    assert pa.keys() == pb.keys() and all((pa[k] == pb[k]).all() for k in pa)
+    assert (split / "checkpoints" / "latest").read_text().strip() == "step-000006"
+
+
+def test_torchrun_launch_script_runs_two_processes(toy_data, tmp_path):
+    env = {**os.environ, "NPROC": "2", "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+           "PYTHONPATH": str(ROOT)}
+    args = tiny_overrides(toy_data, tmp_path / "run", "train.max_steps=2")
+    res = subprocess.run(["bash", "launch/meta_train_torchrun.sh", "configs/zero3_tiny_cpu.yaml", *args],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "done: 2 φ updates" in res.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
