@@ -36,7 +36,8 @@ def is_distributed() -> bool:
 
 
 def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
+    """This process's rank (the launcher's RANK before the group is joined or after it is left)."""
+    return dist.get_rank() if is_distributed() else int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
@@ -72,6 +73,13 @@ def all_reduce_mean(values: list[float]) -> list[float]:
 def any_rank(flag: bool) -> bool:
     """True on every rank if ``flag`` is true on any rank (a decision all ranks take together)."""
     return all_reduce_sum([1.0 if flag else 0.0])[0] > 0
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly (all ranks together); exiting with it open can abort a rank."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -112,9 +112,12 @@ class MetaTrainer:
         and the checkpoint to resume from, if any."""
         cfg = self.cfg
         self.distributed = use_deepspeed(cfg)
+        if not self.distributed and D.env_world_size() > 1:
+            raise ConfigError(f"engine.backend=single but launched with {D.env_world_size()} processes: they would "
+                              "all write the same run; use engine.backend=auto or deepspeed")
         if self.distributed:
             D.init_process_group(cfg.engine.dist_backend)
-        self.world, self.rank = D.world_size(), D.rank()
+        self.world, self.rank = (D.world_size(), D.rank()) if self.distributed else (1, 0)
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.theta.model)
         check_same_tokenizer(self.tokenizer, load_tokenizer(cfg.phi.model))
@@ -140,7 +143,17 @@ class MetaTrainer:
 
         cfg = self.cfg
         vocab = len(self.tokenizer)
-        theta = make_trainable(load_causal_lm(cfg.theta.model, vocab), cfg.theta.trainable, cfg.theta.lora)
+        if self.distributed and "tiny" not in (cfg.theta.model.source, cfg.phi.model.source):
+            # real checkpoints load partitioned; tiny random models are built whole (their random init
+            # would differ under zero.Init) and partitioned by deepspeed.initialize
+            from taalm_dist.engine.ds_config import ds_configs
+            from taalm_dist.engine.zero3 import partition_while_loading
+
+            self._zero_init = partition_while_loading(ds_configs(cfg, self.world)["theta"])
+        theta = load_causal_lm(cfg.theta.model, vocab)
+        with torch.random.fork_rng(devices=[]):  # adapters start the same whatever loading consumed
+            torch.manual_seed(cfg.train.seed)
+            theta = make_trainable(theta, cfg.theta.trainable, cfg.theta.lora)
         phi = build_phi(cfg.phi, vocab, seed=cfg.train.seed)
         if cfg.engine.gradient_checkpointing:
             enable_gradient_checkpointing(theta)
@@ -346,8 +359,10 @@ class MetaTrainer:
             print(f"resumed from {directory} at step {self.step}")
 
     def cleanup(self) -> None:
-        """Close the trackers (MLflow waits a bounded time for its queue)."""
+        """Close the trackers (MLflow waits a bounded time for its queue) and leave the process group."""
         self.log.close()
+        if getattr(self, "distributed", False):
+            D.shutdown()
 
 
 class WeightStats:

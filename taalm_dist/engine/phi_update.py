@@ -1,7 +1,7 @@
 """φ's side of a meta-step behind one small interface: plain PyTorch or a DeepSpeed ZeRO-3 engine.
 
-Both run φ in eval mode (no dropout) so the weights used for the meta-gradient and the ones
-differentiated afterwards are the same numbers ([skip agreement note] in meta_trainer).
+Both run φ without dropout (``meta.functional.eval_mode``) so the weights used for the meta-gradient and
+the ones differentiated afterwards are the same numbers ([skip agreement note] in meta_trainer).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from taalm_dist.engine import distributed as D
+from taalm_dist.meta.functional import eval_mode
 from taalm_dist.models.train_attention import TrainAttention, phi_state
 
 
@@ -26,8 +27,7 @@ class LocalPhi:
 
     def weights(self, doc: dict, grad: bool) -> torch.Tensor:
         """``[B, L]`` token weights of the documents (a graph to φ when ``grad``)."""
-        self.module.eval()
-        with torch.set_grad_enabled(grad):
+        with eval_mode(self.module), torch.set_grad_enabled(grad):
             return self.module(doc["input_ids"], doc["attention_mask"])
 
     def surrogate_scale(self, micro_steps: int) -> float:
@@ -71,8 +71,7 @@ class DeepSpeedPhi:
         self.module = engine.module
 
     def weights(self, doc: dict, grad: bool) -> torch.Tensor:
-        self.engine.eval()
-        with torch.set_grad_enabled(grad):
+        with eval_mode(self.engine.module), torch.set_grad_enabled(grad):
             return self.engine(doc["input_ids"], doc["attention_mask"])
 
     def surrogate_scale(self, micro_steps: int) -> float:

@@ -34,6 +34,19 @@ def import_deepspeed():
     return deepspeed
 
 
+def partition_while_loading(ds_config: dict):
+    """Make transformers build/load models already partitioned (``zero.Init``), so no rank ever holds a
+    whole θ or φ. Keep the returned object alive while models are created."""
+    import_deepspeed()
+    from transformers.integrations import HfDeepSpeedConfig
+
+    # only what zero.Init reads: the batch arithmetic would be checked against a world size DeepSpeed's
+    # own comm layer does not know yet (we join the process group through torch.distributed)
+    init_config = {k: v for k, v in ds_config.items() if k in ("zero_optimization", "bf16", "fp16")}
+    init_config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1)
+    return HfDeepSpeedConfig(init_config)
+
+
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Non-reentrant activation checkpointing (works with LoRA and no-grad forwards)."""
     target = model.get_base_model() if hasattr(model, "get_base_model") else model

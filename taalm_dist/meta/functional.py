@@ -88,10 +88,23 @@ class ThetaView:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
-    """Dropout off for the duration (the meta-gradient is exact only for a deterministic θ)."""
+    """Deterministic for the duration: the meta-gradient is exact only if every forward of θ computes
+    the same function. Every dropout is switched off (``nn.Dropout`` modules and attention modules'
+    ``attention_dropout``), but the model stays in training mode so that activation checkpointing,
+    which HF models only apply in training mode, keeps working."""
     was = model.training
-    model.eval()
+    model.train()
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.Dropout) and m.training:
+            saved.append((m, "training", True))
+            m.training = False
+        if isinstance(getattr(m, "attention_dropout", None), float) and m.attention_dropout:
+            saved.append((m, "attention_dropout", m.attention_dropout))
+            m.attention_dropout = 0.0
     try:
         yield
     finally:
+        for m, name, value in saved:
+            setattr(m, name, value)
         model.train(was)

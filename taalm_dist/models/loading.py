@@ -113,7 +113,9 @@ def load_causal_lm(spec: ModelSourceConfig, vocab_size: int | None = None):
     register_attention()
     dtype = TORCH_DTYPES[spec.dtype]
     if spec.source == "tiny":
-        model = _tiny_model(spec, vocab_size or len(toy_tokenizer())).to(dtype)
+        model = _tiny_model(spec, vocab_size or len(toy_tokenizer()))
+        if next(model.parameters()).dtype != dtype:
+            model = model.to(dtype)
     else:
         from transformers import AutoModelForCausalLM
 

@@ -77,9 +77,9 @@ def build_phi(cfg: PhiConfig, vocab_size: int | None = None, seed: int = 0) -> T
     for p in backbone.parameters():
         p.requires_grad_(False)
     hidden = backbone.config.hidden_size
-    backbone = make_trainable(backbone, cfg.trainable, cfg.lora)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # adapters and head start the same whatever loading consumed
         torch.manual_seed(seed)
+        backbone = make_trainable(backbone, cfg.trainable, cfg.lora)
         phi = TrainAttention(backbone, hidden, cfg.head_init_std, cfg.head_init_bias)
     return phi
 

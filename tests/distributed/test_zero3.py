@@ -15,10 +15,28 @@ WORKER = Path(__file__).parent / "workers" / "zero3_checks.py"
 
 
 @pytest.fixture(scope="module")
-def zero3(toy_data, tmp_path_factory):
+def saved_models(tmp_path_factory):
+    """θ and φ backbones as local model directories: loaded under zero.Init by the 2-rank run."""
+    from taalm_dist.config import ModelSourceConfig, TinyModelConfig
+    from taalm_dist.models import load_causal_lm
+    from taalm_dist.models.toy_tokenizer import toy_tokenizer
+
+    root = tmp_path_factory.mktemp("models")
+    for name, seed in (("theta", 0), ("phi", 1)):
+        spec = ModelSourceConfig(tiny=TinyModelConfig(hidden_size=32, intermediate_size=64, seed=seed))
+        load_causal_lm(spec).save_pretrained(root / name)
+        toy_tokenizer().save_pretrained(root / name)
+    return [f"theta.model.source={root / 'theta'}", f"phi.model.source={root / 'phi'}"]
+
+
+@pytest.fixture(scope="module", params=["tiny", "local_dir"])
+def zero3(request, toy_data, saved_models, tmp_path_factory):
+    """Results of the 2-rank worker, for tiny models (built whole, then partitioned) and for model
+    directories (loaded partitioned through zero.Init)."""
     tmp = tmp_path_factory.mktemp("zero3")
-    torchrun(WORKER, str(tmp / "result.json"), *tiny_overrides(toy_data, tmp / "run", "engine.backend=deepspeed"))
-    return json.loads((tmp / "result.json").read_text())
+    sources = saved_models if request.param == "local_dir" else []
+    torchrun(WORKER, str(tmp / "result.json"), *tiny_overrides(toy_data, tmp / "run", "engine.backend=deepspeed", *sources))
+    return {**json.loads((tmp / "result.json").read_text()), "sources": sources}
 
 
 def _single_process(toy_data, out_dir, *extra):
@@ -44,8 +62,8 @@ def test_parameters_are_really_partitioned(zero3):
 
 def test_two_ranks_equal_single_process_and_double_backward(zero3, toy_data, tmp_path):
     dist = _flat(zero3["phi_grad"])
-    single_grads, single_dldw = _single_process(toy_data, tmp_path / "single")
-    ref_grads, _ = _single_process(toy_data, tmp_path / "ref", "meta.method=double_backward")
+    single_grads, single_dldw = _single_process(toy_data, tmp_path / "single", *zero3["sources"])
+    ref_grads, _ = _single_process(toy_data, tmp_path / "ref", "meta.method=double_backward", *zero3["sources"])
     single, ref = _flat(single_grads), _flat(ref_grads)
     assert single.abs().max() > 0
     assert (dist - single).norm() / single.norm() <= 1e-3

@@ -166,3 +166,40 @@ def test_jvp_with_sdpa_explains_the_fix(batches):
         hypergradient(theta, doc, w, task, inner="sgd", lr=0.1, objective="task_nll", method="jvp")
     g = hypergradient(theta, doc, w, task, inner="sgd", lr=0.1, objective="task_nll", method="fd")
     assert torch.isfinite(g).all()
+
+
+def test_gradient_checkpointing_is_used_and_does_not_change_the_meta_gradient(batches, monkeypatch):
+    import transformers.modeling_utils as tuc
+
+    from taalm_dist.engine.zero3 import enable_gradient_checkpointing
+
+    doc, w, task = batches
+    kw = dict(inner="adamw", lr=1e-2, objective="task_nll", method="fd")
+    theta = tiny_theta("float64")
+    theta.eval()  # the meta-gradient must not depend on the mode θ was left in
+    plain = hypergradient(theta, doc, w, task, **kw)
+    calls = []
+    real = tuc.checkpoint
+    monkeypatch.setattr(tuc, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    enable_gradient_checkpointing(theta)  # binds the (spied) checkpoint function
+    assert _rel(hypergradient(theta, doc, w, task, **kw), plain) <= 1e-10
+    assert calls, "activation checkpointing was never applied"
+
+
+def test_dropout_is_off_during_the_meta_gradient(batches):
+    from taalm_dist.meta.functional import eval_mode
+
+    theta = tiny_theta("float64")
+    for m in theta.modules():
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.5
+    theta.base_model.model.lora_dropout_probe = torch.nn.Dropout(0.5)
+    with eval_mode(theta):
+        assert theta.training
+        assert all(not m.training for m in theta.modules() if isinstance(m, torch.nn.Dropout))
+        assert all(m.attention_dropout == 0.0 for m in theta.modules() if hasattr(m, "attention_dropout"))
+    assert all(m.attention_dropout == 0.5 for m in theta.modules() if hasattr(m, "attention_dropout"))
+    doc, w, task = batches
+    a = hypergradient(theta, doc, w, task, inner="sgd", lr=0.5, objective="task_nll", method="jvp")
+    b = hypergradient(theta, doc, w, task, inner="sgd", lr=0.5, objective="task_nll", method="jvp")
+    assert torch.equal(a, b)
