@@ -48,6 +48,9 @@ def _print_summary(summary: dict, trainer) -> None:
         print(f"φ's mean weight on object tokens {last['val/weight_on_object']:.3f}, "
               f"elsewhere {last['val/weight_off_object']:.3f}")
     print(f"φ saved to {summary['phi_dir']}; metrics in {trainer.out / 'metrics.jsonl'}")
+    mlflow = getattr(trainer, "mlflow", None)
+    if mlflow is not None and mlflow.wait_ready(0) is not None:
+        print(f"MLflow run {mlflow.run_id}: mlflow ui --backend-store-uri {mlflow.uri}")
 
 
 def _cmd_data_toy(args) -> int:

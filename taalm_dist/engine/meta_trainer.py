@@ -128,6 +128,10 @@ class MetaTrainer:
         D.barrier()
         self.out = Path(cfg.train.out_dir)
         self._build_models()
+        low = {p.dtype for p in self.view.params} - {torch.float32, torch.float64}
+        if low and D.is_main():
+            print(f"taalm: warning: θ's trainable tensors are {sorted(map(str, low))}: the meta-gradient loses "
+                  "accuracy (see [bf16 fd note] in taalm_dist.meta.hypergradient); fp32 trainable tensors are exact")
         m = cfg.meta
         self.inner = InnerStep(m.inner, m.inner_lr, tuple(m.adam_betas), m.adam_eps, m.adam_weight_decay)
         self.order = DocOrder(len(self.data.train), cfg.train.seed)

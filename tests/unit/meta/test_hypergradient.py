@@ -203,3 +203,14 @@ def test_dropout_is_off_during_the_meta_gradient(batches):
     a = hypergradient(theta, doc, w, task, inner="sgd", lr=0.5, objective="task_nll", method="jvp")
     b = hypergradient(theta, doc, w, task, inner="sgd", lr=0.5, objective="task_nll", method="jvp")
     assert torch.equal(a, b)
+
+
+def test_bf16_theta_default_fd_step_keeps_sgd_meta_gradient_aligned():
+    """[bf16 fd note]: with the bf16 default step the fd answer stays aligned with fp32's."""
+    doc, w, task = make_batches(dtype=torch.float32)
+    t32 = tiny_theta("float32")
+    ref = hypergradient(t32, doc, w, task, inner="sgd", lr=0.5, objective="task_nll", method="fd")
+    tb = tiny_theta("float32")
+    tb.load_state_dict(t32.state_dict())
+    got = hypergradient(tb.to(torch.bfloat16), doc, w, task, inner="sgd", lr=0.5, objective="task_nll", method="fd")
+    assert torch.nn.functional.cosine_similarity(got.double().flatten(), ref.double().flatten(), dim=0) >= 0.99
