@@ -50,7 +50,11 @@ def partition_while_loading(ds_config: dict):
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Non-reentrant activation checkpointing (works with LoRA and no-grad forwards)."""
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(target, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def build_theta_engine(theta: torch.nn.Module, ds_config: dict):
