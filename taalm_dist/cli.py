@@ -88,6 +88,54 @@ def _cmd_demo(args) -> int:
     return _run_meta_train(load_config(config, overrides))
 
 
+def _cmd_ckl_build(args) -> int:
+    from taalm_dist.ckl.build import build, model_logits_fn
+    from taalm_dist.config import ModelSourceConfig
+    from taalm_dist.models import load_causal_lm, load_tokenizer
+
+    spec = ModelSourceConfig(source=args.model, dtype=args.dtype)
+    tokenizer = load_tokenizer(spec)
+    model = load_causal_lm(spec, vocab_size=len(tokenizer))
+    summary = build(model_logits_fn(model), tokenizer, args.data_dir, args.out, task_field=args.task_field,
+                    to_learn_below=args.to_learn_below, skip_bad_rows=args.skip_bad_rows, limit=args.limit,
+                    batch_size=args.batch_size, model_name=args.model)
+    print(f"To-Learn {summary['to_learn']} rows, Not-To-Forget {summary['not_to_forget']} rows, "
+          f"meta-training pairs {summary['meta_train']}; written to {args.out}")
+    return 0
+
+
+def _cmd_ckl_run(args) -> int:
+    from taalm_dist.ckl.runner import CklRunner
+    from taalm_dist.config import load_config
+
+    overrides = list(args.overrides)
+    for flag, key in ((args.method, "ckl.method"), (args.data_dir, "ckl.data_dir"), (args.phi, "ckl.phi_path"),
+                      (args.out, "ckl.out_dir")):
+        if flag:
+            overrides.append(f"{key}={flag}")
+    runner = CklRunner(load_config(args.config, overrides))
+    try:
+        runner.setup()
+        run = runner.run()
+    finally:
+        runner.cleanup()
+    s = run["summary"]
+    print(f"{run['method']}: Top Acc {s['top_acc']:.3f} (epoch {s['epoch']}), NF Acc {s['nf_acc']:.3f}, "
+          f"Total {s['total_knowledge']:.3f}; report {runner.out / 'report.md'}")
+    return 0
+
+
+def _cmd_ckl_compare(args) -> int:
+    from taalm_dist.ckl.report import load_run, plot_curves, summary_table
+
+    runs = [load_run(p) for p in args.runs]
+    print(summary_table(runs))
+    if args.plot:
+        plot_curves(runs, Path(args.plot))
+        print(f"curves of {len(runs)} runs written to {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taalm", description="Meta-learn where to focus (Train-Attention).")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -117,6 +165,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=None, help="YAML config; omitted: the defaults")
     s.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     s.set_defaults(func=_cmd_config_show)
+
+    p = verbs.add_parser("ckl", help="LAMA-CKL benchmark")
+    ckl_verbs = p.add_subparsers(dest="ckl_verb", required=True)
+    b = ckl_verbs.add_parser("build", help="tailor LAMA-CKL to a model (To-Learn, Not-To-Forget, meta-training pairs)",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--model", required=True, help="model source: hub id, directory, .gguf, pkg:<package>/<file> or tiny")
+    b.add_argument("--data-dir", required=True, help="directory with variant.jsonl, invariant_descriptive.jsonl, "
+                   "invariant_schematic.jsonl (the LAMA-CKL release)")
+    b.add_argument("--out", required=True, help="new directory for the tailored files")
+    b.add_argument("--task-field", default="task_descriptive", choices=["task_descriptive", "task_schematic"])
+    b.add_argument("--to-learn-below", type=float, default=1.0,
+                   help="a variant row is To-Learn when the model's object-token accuracy is below this")
+    b.add_argument("--limit", type=int, default=None, help="use only the first N valid rows of each file")
+    b.add_argument("--batch-size", type=int, default=16, help="tasks scored per forward")
+    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+    b.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of stopping")
+    b.set_defaults(func=_cmd_ckl_build)
+    r = ckl_verbs.add_parser("run", help="train θ on To-Learn evidence with a method's weights; evaluate each epoch",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("--config", default=None, help="YAML config (e.g. configs/ckl_smollm2_cpu.yaml); omitted: defaults")
+    r.add_argument("--method", default=None, help="overrides ckl.method (finetune, oracle, taalm, rho1, mix_review, "
+                   "recadam, kadapter, taalm+mix_review, taalm+recadam, taalm+kadapter)")
+    r.add_argument("--data-dir", default=None, help="overrides ckl.data_dir (a `taalm ckl build` output)")
+    r.add_argument("--phi", default=None, help="overrides ckl.phi_path (a meta-trained φ's phi/ directory)")
+    r.add_argument("--out", default=None, help="overrides ckl.out_dir")
+    r.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    r.set_defaults(func=_cmd_ckl_run)
+    cmp_ = ckl_verbs.add_parser("compare", help="table (and curves) of several `ckl run` directories")
+    cmp_.add_argument("runs", nargs="+", help="run directories")
+    cmp_.add_argument("--plot", default=None, help="also write their curves to this PNG")
+    cmp_.set_defaults(func=_cmd_ckl_compare)
 
     p = verbs.add_parser("demo", help="the main job on the embedded default (tiny model, toy task)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)

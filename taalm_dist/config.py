@@ -262,6 +262,67 @@ class TrackingConfig:
     """Per-request timeout towards the tracking server (no retries)."""
 
 
+CKL_BASE_METHODS = ("finetune", "oracle", "taalm", "rho1", "mix_review", "recadam", "kadapter")
+CKL_METHODS = CKL_BASE_METHODS + ("taalm+mix_review", "taalm+recadam", "taalm+kadapter")
+
+
+@dataclass
+class CklConfig:
+    """A LAMA-CKL run (``taalm ckl run``): θ learns the To-Learn evidence epoch by epoch."""
+
+    data_dir: str = ""
+    """Directory of a tailored benchmark (``taalm ckl build``): to_learn.jsonl, not_to_forget.jsonl and,
+    for mix_review, meta_train.jsonl."""
+    method: str = "finetune"
+    """finetune | oracle | taalm | rho1 | mix_review | recadam | kadapter | taalm+mix_review |
+    taalm+recadam | taalm+kadapter."""
+    epochs: int = 30
+    """Epochs over the To-Learn evidence (official: 30)."""
+    lr: float = 1e-4
+    """θ's AdamW learning rate (official: 1e-4)."""
+    batch_size: int = 4
+    """Documents per θ update."""
+    eval_batch_size: int = 16
+    """Task sentences per evaluation forward."""
+    max_to_learn: int | None = None
+    """Use the first N To-Learn rows (null: all)."""
+    max_not_to_forget: int | None = None
+    """Use the first N Not-To-Forget rows (null: all)."""
+    max_evidence_chars: int | None = None
+    """Drop To-Learn rows whose evidence is longer (counted); null keeps all."""
+    phi_path: str | None = None
+    """Exported φ (a run's phi/ directory) for the taalm methods."""
+    rho1_keep: float = 0.6
+    """RHO-1: fraction of each document's tokens kept (highest excess loss ℓ_θ − ℓ_ref)."""
+    mix_review_ratio: float = 0.25
+    """Mix-review: replayed old-knowledge documents per epoch, as a fraction of the To-Learn count."""
+    recadam_gamma: float = 1.0
+    """RecAdam: strength γ of the quadratic pull (γ/2)·‖θ − θ₀‖²."""
+    recadam_k: float = 0.5
+    """RecAdam: slope k of the annealing λ(t) = 1 / (1 + exp(−k (t − t₀))) over θ updates t."""
+    recadam_t0: int = 50
+    """RecAdam: midpoint t₀ (in θ updates) of the annealing; the pull fades to 0 after it."""
+    kadapter_size: int = 64
+    """K-Adapter: bottleneck width of the adapter added after every decoder layer (base frozen)."""
+    heatmap_docs: int = 4
+    """Documents shown in the token-weight heatmap."""
+    out_dir: str = "runs/ckl"
+    """Run directory (refused if non-empty unless train.overwrite)."""
+    seed: int = 0
+    """Data order and initialisation seed."""
+    progress: bool = True
+    """Progress bars with ETA."""
+
+    def __post_init__(self):
+        if self.method not in CKL_METHODS:
+            raise ConfigError(f"ckl.method={self.method!r} is not one of {list(CKL_METHODS)}")
+        if not 0 < self.rho1_keep <= 1:
+            raise ConfigError(f"ckl.rho1_keep={self.rho1_keep} must be in (0, 1]")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ckl.{name}={getattr(self, name)} must be >= 1")
+
+
 @dataclass
 class TaalmConfig:
     """Everything one run needs; the resolved config is saved with every run."""
@@ -280,6 +341,8 @@ class TaalmConfig:
     """Single process or DeepSpeed ZeRO-3."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow and JSONL logging."""
+    ckl: CklConfig = field(default_factory=CklConfig)
+    """LAMA-CKL runs (``taalm ckl run``)."""
 
     def __post_init__(self):
         attn = self.theta.model.attn_implementation

@@ -1,9 +1,12 @@
 """Shared fixtures: tiny random Llamas (no network), padded batches."""
 
 import os
+import tempfile
 
 import pytest
 import torch
+
+os.environ.setdefault("TAALM_CACHE", tempfile.mkdtemp(prefix="taalm_cache_"))  # never the user's cache
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -82,12 +82,16 @@ def resume_hash(cfg: TaalmConfig) -> str:
 
 
 def prepare_out_dir(out_dir: str, overwrite: bool, resuming: bool) -> Path:
-    """Create the run directory; refuse a non-empty one unless resuming or ``overwrite``."""
+    """Create the run directory (rank 0) after every rank checked it: a non-empty one is refused on all
+    ranks together unless resuming or ``overwrite`` (so nothing is overwritten and no rank waits alone)."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not (overwrite or resuming):
-        raise ConfigError(f"train.out_dir={out} already holds a run; resume it with --resume auto, choose a new "
+        raise ConfigError(f"{out} already holds a run; resume it with --resume auto, choose a new "
                           "directory, or pass train.overwrite=true")
-    out.mkdir(parents=True, exist_ok=True)
+    D.barrier()
+    if D.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    D.barrier()
     return out
 
 
@@ -123,10 +127,7 @@ class MetaTrainer:
         check_same_tokenizer(self.tokenizer, load_tokenizer(cfg.phi.model))
         self.data: PreparedData = prepare_data(cfg.data, self.tokenizer, cfg.train.val_docs, cfg.train.seed)
         resume_from = D.broadcast_object(ckpt.resolve_resume(cfg.train.resume, cfg.train.out_dir))
-        if D.is_main():
-            prepare_out_dir(cfg.train.out_dir, cfg.train.overwrite, resume_from is not None)
-        D.barrier()
-        self.out = Path(cfg.train.out_dir)
+        self.out = prepare_out_dir(cfg.train.out_dir, cfg.train.overwrite, resume_from is not None)
         self._build_models()
         low = {p.dtype for p in self.view.params} - {torch.float32, torch.float64}
         if low and D.is_main():

@@ -1,0 +1,127 @@
+"""LAMA-CKL outputs: metrics.json, epochs.csv, curves.png, the token-weight heatmap, report.md, compare."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from pathlib import Path
+
+# The TAALM paper, Table 1 (Llama2-7B θ, QLoRA, 30 epochs, lr 1e-4): Top Acc, Epoch, NF Acc, Total.
+PAPER_TABLE1 = {
+    "finetune": (0.115, 16, 0.817, 0.932),
+    "kadapter": (0.126, 30, 0.998, 1.124),
+    "mix_review": (0.080, 25, 0.799, 0.879),
+    "recadam": (0.100, 24, 0.793, 0.893),
+    "rho1": (0.141, 18, 0.822, 0.963),
+    "taalm": (0.429, 4, 0.898, 1.327),
+}
+
+
+def write_metrics(out: Path, payload: dict) -> None:
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2))
+    with (out / "epochs.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "to_learn_acc", "not_to_forget_acc", "train_loss"])
+        for row in payload["epochs"]:
+            w.writerow([row["epoch"], row["to_learn_acc"], row["not_to_forget_acc"], row.get("train_loss")])
+
+
+def plot_curves(runs: list[dict], path: Path) -> None:
+    """To-Learn and Not-To-Forget accuracy per epoch, one line per run (the paper's Figure 8)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        epochs = [r["epoch"] for r in run["epochs"]]
+        axes[0].plot(epochs, [r["to_learn_acc"] for r in run["epochs"]], marker="o", ms=3, label=run["method"])
+        axes[1].plot(epochs, [r["not_to_forget_acc"] for r in run["epochs"]], marker="o", ms=3, label=run["method"])
+    for ax, title in zip(axes, ("To-Learn accuracy (plasticity)", "Not-To-Forget accuracy (stability)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def heatmap(docs: list[tuple[list[str], list[float], list[int]]], title: str, out: Path) -> None:
+    """Token weights of a few documents as ``heatmap.html`` (open in a browser) and ``heatmap.png``.
+
+    ``docs``: (tokens, weights, object flags) per document; the object's tokens are underlined."""
+    parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
+             f"<h3>{html.escape(title)}</h3><p>background = token weight (white 0 → red 1); underlined = the object</p>"]
+    for tokens, weights, obj in docs:
+        spans = []
+        for t, w, o in zip(tokens, weights, obj):
+            style = f"background: rgba(220,30,30,{max(0.0, min(1.0, w)):.3f});" + (" text-decoration: underline;" if o else "")
+            spans.append(f"<span title='{w:.3f}' style='{style}'>{html.escape(t)}</span>")
+        parts.append("<p style='font-family: monospace; line-height: 1.8'>" + " ".join(spans) + "</p><hr>")
+    parts.append("</body></html>")
+    (out / "heatmap.html").write_text("\n".join(parts), encoding="utf-8")
+    _heatmap_png(docs, title, out / "heatmap.png")
+
+
+def _heatmap_png(docs, title: str, path: Path, per_line: int = 16) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = []
+    for tokens, weights, obj in docs:
+        for s in range(0, len(tokens), per_line):
+            lines.append(list(zip(tokens[s : s + per_line], weights[s : s + per_line], obj[s : s + per_line])))
+        lines.append([])
+    fig, ax = plt.subplots(figsize=(12, 0.32 * len(lines) + 0.8))
+    ax.set_axis_off()
+    ax.set_xlim(0, per_line)
+    ax.set_ylim(len(lines), -1)
+    ax.set_title(title, fontsize=10)
+    for y, line in enumerate(lines):
+        for x, (tok, w, o) in enumerate(line):
+            ax.add_patch(plt.Rectangle((x, y - 0.45), 0.95, 0.9, color=(1.0, 1 - 0.85 * w, 1 - 0.85 * w)))
+            ax.text(x + 0.47, y, tok.replace("\n", " ")[:10], ha="center", va="center", fontsize=6,
+                    fontweight="bold" if o else "normal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary_table(runs: list[dict]) -> str:
+    """Markdown table of several runs with the paper's row for each method beside it."""
+    rows = ["| method | Top Acc | Epoch | NF Acc | Total | paper Top Acc | paper Epoch | paper NF Acc | paper Total |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        s = run["summary"]
+        paper = PAPER_TABLE1.get(run["method"], ("–",) * 4)
+        rows.append(f"| {run['method']} | {s['top_acc']:.3f} | {s['epoch']} | {s['nf_acc']:.3f} | "
+                    f"{s['total_knowledge']:.3f} | " + " | ".join(str(v) for v in paper) + " |")
+    return "\n".join(rows)
+
+
+def write_report(out: Path, run: dict) -> None:
+    c = run["setup"]
+    text = [f"# LAMA-CKL run: {run['method']}", "",
+            f"θ: `{c['theta']}` ({c['trainable']}), {c['epochs']} epochs, lr {c['lr']}, batch {c['batch_size']}; "
+            f"{c['to_learn']} To-Learn rows, {c['not_to_forget']} Not-To-Forget rows; {c['date']}, {c['machine']}.",
+            "", summary_table([run]), "",
+            "Paper: Table 1 of the TAALM paper (Llama2-7B θ, QLoRA, 30 epochs, lr 1e-4, 8 GPUs); a different "
+            "model and benchmark size, so compare the methods' order, not the values.", "",
+            "![curves](curves.png)", "", "Token weights of the first documents: [heatmap.html](heatmap.html)", "",
+            "![heatmap](heatmap.png)", ""]
+    (out / "report.md").write_text("\n".join(text))
+
+
+def load_run(path: str | Path) -> dict:
+    p = Path(path)
+    f = p / "metrics.json" if p.is_dir() else p
+    if not f.is_file():
+        from taalm_dist.errors import DataError
+
+        raise DataError(f"{path}: no metrics.json (is it a `taalm ckl run` directory?)")
+    return json.loads(f.read_text())

@@ -1,0 +1,283 @@
+"""``taalm ckl run``: θ learns the To-Learn evidence epoch by epoch with a method's token weights, and is
+tested on To-Learn (plasticity) and Not-To-Forget (stability) tasks after every epoch (DESIGN §4).
+
+Contract: ``r = CklRunner(cfg); r.setup(); r.run(); r.cleanup()``. On one process θ is a plain module;
+launched with several processes (torchrun / deepspeed launcher, ``engine.backend: auto``) θ is a
+DeepSpeed ZeRO-3 engine and every θ update is data parallel: each rank takes its share of the batch and
+its loss is scaled so that the engine's rank average is the mean over the whole batch
+([uneven batch note]); evaluation splits the tasks over ranks and sums. Rank 0 writes every output.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from taalm_dist.ckl import methods as M
+from taalm_dist.ckl.metrics import object_token_accuracy, summarise
+from taalm_dist.ckl.report import heatmap, plot_curves, write_metrics, write_report
+from taalm_dist.config import TaalmConfig, save_config, to_dict
+from taalm_dist.data import collate, load_pairs, pad_batch, tokenize_pair
+from taalm_dist.engine import distributed as D
+from taalm_dist.engine.meta_trainer import prepare_out_dir, use_deepspeed
+from taalm_dist.errors import ConfigError, DataError
+from taalm_dist.losses import eager_per_token_nll, next_token_valid_mask, token_weighted_mean
+from taalm_dist.models import check_same_tokenizer, load_causal_lm, load_phi, load_tokenizer, make_trainable
+from taalm_dist.tracking import JsonlLogger, MlflowTracker, MultiTracker, default_tracking_uri
+
+
+class CklRunner:
+    """One LAMA-CKL run; see the module docstring."""
+
+    def __init__(self, cfg: TaalmConfig):
+        self.cfg, self.c = cfg, cfg.ckl
+        self.step = 0
+        self.notes: list[str] = []
+
+    # ---------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        c = self.c
+        if not c.data_dir:
+            raise ConfigError("ckl.data_dir is not set: pass --data-dir (a directory from `taalm ckl build`)")
+        self.distributed = use_deepspeed(self.cfg)
+        if self.distributed:
+            D.init_process_group(self.cfg.engine.dist_backend)
+        self.world, self.rank = (D.world_size(), D.rank()) if self.distributed else (1, 0)
+        torch.manual_seed(c.seed)
+        self.tokenizer = load_tokenizer(self.cfg.theta.model)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self._load_data()
+        self.out = prepare_out_dir(c.out_dir, self.cfg.train.overwrite, resuming=False)
+        self._build_theta()
+        self.rule = self._weight_rule()
+        if self.distributed:
+            self._shard_theta()
+        else:
+            self.opt = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=0.0)
+        self.log = MultiTracker()
+        if not D.is_main():
+            return
+        save_config(self.cfg, self.out / "config.yaml")
+        trackers = [JsonlLogger(self.out / "metrics.jsonl")]
+        if self.cfg.tracking.mlflow:
+            uri = self.cfg.tracking.tracking_uri or default_tracking_uri(c.out_dir)
+            self.mlflow = MlflowTracker(uri, self.cfg.tracking.experiment, self.cfg.tracking.run_name or self.out.name,
+                                        timeout_s=self.cfg.tracking.timeout_s)
+            trackers.append(self.mlflow)
+        self.log = MultiTracker(*trackers)
+        self.log.log_params({**to_dict(self.cfg), "ckl.to_learn_rows": len(self.to_learn),
+                             "ckl.not_to_forget_rows": len(self.not_to_forget)})
+
+    def _tokenize(self, pairs):
+        d = self.cfg.data
+        return [tokenize_pair(self.tokenizer, p, d.max_doc_tokens, d.max_task_tokens, d.on_long_doc) for p in pairs]
+
+    def _load_data(self) -> None:
+        c, d = self.c, Path(self.c.data_dir)
+        field, skip = self.cfg.data.task_field, self.cfg.data.skip_bad_rows
+        for name in ("to_learn.jsonl", "not_to_forget.jsonl"):
+            if not (d / name).is_file():
+                raise DataError(f"{d / name} does not exist: ckl.data_dir must be a `taalm ckl build` output")
+        tl, _ = load_pairs(d / "to_learn.jsonl", field, skip)
+        if c.max_evidence_chars is not None:
+            kept = [p for p in tl if len(p.document) <= c.max_evidence_chars]
+            self.notes.append(f"{len(tl) - len(kept)} To-Learn rows dropped (evidence > {c.max_evidence_chars} chars)")
+            tl = kept
+        nf, _ = load_pairs(d / "not_to_forget.jsonl", field, skip)
+        self.to_learn = self._tokenize(tl[: c.max_to_learn])
+        self.not_to_forget = self._tokenize(nf[: c.max_not_to_forget])
+        self.replay = []
+        if M.mechanism(c.method) == "mix_review":
+            if not (d / "meta_train.jsonl").is_file():
+                raise DataError(f"{d / 'meta_train.jsonl'} does not exist: mix_review replays its evidence")
+            old, _ = load_pairs(d / "meta_train.jsonl", field, skip_bad_rows=True)
+            self.replay = self._tokenize(old)
+
+    def _build_theta(self) -> None:
+        c = self.cfg
+        self.theta = load_causal_lm(c.theta.model, vocab_size=len(self.tokenizer))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.c.seed)
+            if M.mechanism(self.c.method) == "kadapter":
+                M.add_kadapters(self.theta, self.c.kadapter_size)
+            else:
+                self.theta = make_trainable(self.theta, c.theta.trainable, c.theta.lora)
+        self.params = [p for p in self.theta.parameters() if p.requires_grad]
+        self.start = [p.detach().clone() for p in self.params]
+
+    def _shard_theta(self) -> None:
+        """θ as a ZeRO-3 engine with AdamW (data parallel over the batch)."""
+        from taalm_dist.engine.zero3 import import_deepspeed
+
+        mech = M.mechanism(self.c.method)
+        if mech == "recadam" or (M.base_rule(self.c.method) == "rho1" and not hasattr(self.theta, "disable_adapter")):
+            raise ConfigError(f"ckl.method={self.c.method} needs θ's full tensors on every rank (θ₀ pull / reference "
+                              "copy), which ZeRO-3 partitions: run it on one process, or rho1 with theta.trainable=lora")
+        if self.c.batch_size % self.world and self.c.batch_size < self.world:
+            raise ConfigError(f"ckl.batch_size={self.c.batch_size} is smaller than the {self.world} processes")
+        local = -(-self.c.batch_size // self.world)
+        config = {"train_micro_batch_size_per_gpu": local, "gradient_accumulation_steps": 1,
+                  "train_batch_size": local * self.world, "steps_per_print": 10**9,
+                  "zero_optimization": {"stage": 3, "overlap_comm": False},
+                  "optimizer": {"type": "AdamW", "params": {"lr": self.c.lr, "weight_decay": 0.0, "torch_adam": True}}}
+        if self.cfg.engine.param_persistence_threshold is not None:
+            config["zero_optimization"]["stage3_param_persistence_threshold"] = self.cfg.engine.param_persistence_threshold
+        if self.cfg.engine.precision == "bf16":
+            config["bf16"] = {"enabled": True}
+        deepspeed = import_deepspeed()
+        self.engine, *_ = deepspeed.initialize(model=self.theta, model_parameters=self.params, config=config,
+                                               dist_init_required=False)
+
+    def _weight_rule(self):
+        rule = M.base_rule(self.c.method)
+        if rule == "oracle":
+            return M.oracle_weights
+        if rule == "rho1":
+            return M.Rho1Weights(self.theta, self.c.rho1_keep)
+        if rule == "taalm":
+            if not self.c.phi_path:
+                raise ConfigError(f"ckl.method={self.c.method} needs ckl.phi_path (a meta-trained φ's phi/ directory)")
+            phi = load_phi(self.c.phi_path)
+            from taalm_dist.models.train_attention import PHI_CONFIG
+
+            phi_source = json.loads((Path(self.c.phi_path) / PHI_CONFIG).read_text())["phi"]["model"]
+            from taalm_dist.config import ModelSourceConfig, build
+
+            check_same_tokenizer(self.tokenizer, load_tokenizer(build(ModelSourceConfig, phi_source, "phi.model.")))
+            return M.PhiWeights(phi)
+        return M.uniform_weights
+
+    # ---------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def accuracy(self, items) -> float:
+        """Mean object-token accuracy over the tasks of ``items`` (split over ranks, summed)."""
+        self.theta.eval()
+        mine = items[self.rank :: self.world]
+        total = 0.0
+        bs = self.c.eval_batch_size
+        steps = -(-len(mine) // bs)
+        if self.distributed:  # every rank must run the same number of forwards (ZeRO-3 gathers)
+            steps = self._max_over_ranks(steps)
+        for k in range(steps):
+            chunk = mine[k * bs : (k + 1) * bs]
+            batch_items = chunk or items[:1]
+            batch = pad_batch([t.task_ids for t in batch_items], self.pad_id,
+                              {"label_mask": [t.label_mask for t in batch_items]})
+            logits = self.theta(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            if chunk:
+                total += float(object_token_accuracy(logits, batch["input_ids"], batch["attention_mask"],
+                                                     batch["label_mask"]).sum())
+        if self.distributed:
+            total = D.all_reduce_sum([total])[0]
+        return total / max(1, len(items))
+
+    def _max_over_ranks(self, value: int) -> int:
+        values = [0.0] * self.world
+        values[self.rank] = float(value)
+        return int(max(D.all_reduce_sum(values)))
+
+    # ------------------------------------------------------------------------------------ training
+    def _theta_update(self, items) -> float:
+        """One θ update on ``items`` (the whole batch; each rank takes its share). Returns the batch loss."""
+        share = len(items)
+        if self.distributed:
+            # [uneven batch note] rank r holds n_r of the batch's N documents; scaling its mean by
+            # n_r·world/N makes the engine's rank average the mean over all N (a rank with none runs a
+            # zero-weighted document so every rank still takes part in the gathers)
+            local = -(-len(items) // self.world)
+            mine = items[self.rank * local : (self.rank + 1) * local]
+            share, items = len(mine), (mine or items[:1])
+        doc, _ = collate(items, self.pad_id)
+        w = self.rule(doc) * (1.0 if share else 0.0)
+        model = self.engine if self.distributed else self.theta
+        self.theta.train()
+        loss = token_weighted_mean(eager_per_token_nll(model, doc), w, next_token_valid_mask(doc["attention_mask"]))
+        if M.mechanism(self.c.method) == "recadam":
+            lam = M.recadam_lambda(self.step, self.c.recadam_k, self.c.recadam_t0)
+            loss = lam * loss + (1 - lam) * 0.5 * self.c.recadam_gamma * M.quadratic_pull(self.params, self.start)
+        if self.distributed:
+            total = D.all_reduce_sum([float(share)])[0]
+            scaled = loss * (share * self.world / total)
+            self.engine.backward(scaled)
+            self.engine.step()
+            value = D.all_reduce_mean([float(scaled.detach())])[0]
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            value = float(loss.detach())
+        self.step += 1
+        return value
+
+    def train_epoch(self, epoch: int) -> float:
+        rng = random.Random(self.c.seed * 1000 + epoch)
+        items = list(self.to_learn)
+        if self.replay:
+            k = min(len(self.replay), max(1, round(self.c.mix_review_ratio * len(self.to_learn))))
+            items += rng.sample(self.replay, k)
+        rng.shuffle(items)
+        losses = [self._theta_update(items[s : s + self.c.batch_size]) for s in range(0, len(items), self.c.batch_size)]
+        return sum(losses) / len(losses)
+
+    # --------------------------------------------------------------------------------------- run
+    def run(self) -> dict:
+        """Epoch 0 evaluation, then train/evaluate ``epochs`` times; write every output. Returns metrics."""
+        self._write_heatmap()
+        rows = [{"epoch": 0, "to_learn_acc": self.accuracy(self.to_learn),
+                 "not_to_forget_acc": self.accuracy(self.not_to_forget), "train_loss": None}]
+        self.log.log_metrics({k: v for k, v in rows[0].items() if k != "epoch"}, step=0)
+        bar = tqdm(range(1, self.c.epochs + 1), desc=f"ckl {self.c.method}",
+                   disable=not (self.c.progress and D.is_main()), dynamic_ncols=True)
+        for epoch in bar:
+            loss = self.train_epoch(epoch)
+            row = {"epoch": epoch, "to_learn_acc": self.accuracy(self.to_learn),
+                   "not_to_forget_acc": self.accuracy(self.not_to_forget), "train_loss": loss}
+            rows.append(row)
+            self.log.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            bar.set_postfix(tl=f"{row['to_learn_acc']:.3f}", nf=f"{row['not_to_forget_acc']:.3f}")
+        summary = summarise({r["epoch"]: r["to_learn_acc"] for r in rows}, {r["epoch"]: r["not_to_forget_acc"] for r in rows})
+        payload = {"method": self.c.method, "epochs": rows, "summary": summary.as_dict(), "notes": self.notes,
+                   "setup": self._setup_facts()}
+        if not D.is_main():
+            return payload
+        write_metrics(self.out, payload)
+        plot_curves([payload], self.out / "curves.png")
+        write_report(self.out, payload)
+        self.log.log_metrics({f"summary/{k}": v for k, v in summary.as_dict().items()}, step=self.c.epochs)
+        for name in ("metrics.json", "epochs.csv", "curves.png", "heatmap.html", "heatmap.png", "report.md", "config.yaml"):
+            self.log.log_artifact(self.out / name)
+        return payload
+
+    def _setup_facts(self) -> dict:
+        return {"theta": self.cfg.theta.model.source, "trainable": "kadapter" if M.mechanism(self.c.method) == "kadapter"
+                else self.cfg.theta.trainable, "epochs": self.c.epochs, "lr": self.c.lr, "batch_size": self.c.batch_size,
+                "to_learn": len(self.to_learn), "not_to_forget": len(self.not_to_forget), "processes": self.world,
+                "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
+
+    def _write_heatmap(self) -> None:
+        """The method's epoch-0 weights on the first documents (every rank computes: the rule may run θ)."""
+        items = self.to_learn[: self.c.heatmap_docs]
+        if not items:
+            return
+        doc, _ = collate(items, self.pad_id)
+        w = self.rule(doc)
+        if not D.is_main():
+            return
+        docs = []
+        for b, item in enumerate(items):
+            n = len(item.doc_ids)
+            tokens = [self.tokenizer.decode([i]) for i in item.doc_ids]  # readable text, not byte-level symbols
+            docs.append((tokens, w[b, :n].tolist(), item.doc_object_mask))
+        heatmap(docs, f"{self.c.method}: token weights (epoch 0)", self.out)
+
+    def cleanup(self) -> None:
+        if hasattr(self, "log"):
+            self.log.close()
+        if getattr(self, "distributed", False):
+            D.shutdown()
