@@ -52,14 +52,19 @@ def plot_curves(runs: list[dict], path: Path) -> None:
 def heatmap(docs: list[tuple[list[str], list[float], list[int]]], title: str, out: Path) -> None:
     """Token weights of a few documents as ``heatmap.html`` (open in a browser) and ``heatmap.png``.
 
-    ``docs``: (tokens, weights, object flags) per document; the object's tokens are underlined."""
+    ``docs``: (tokens, weights, object flags) per document; the object's tokens are underlined. Colour is
+    the weight relative to the document's largest weight (the loss normalises by Σw, so only relative
+    weights matter; a meta-trained φ can be tiny in absolute terms); hovering shows the raw weight."""
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
-             f"<h3>{html.escape(title)}</h3><p>background = token weight (white 0 → red 1); underlined = the object</p>"]
-    for tokens, weights, obj in docs:
+             f"<h3>{html.escape(title)}</h3><p>background = weight / the document's largest weight (white 0 → red 1); "
+             "underlined = the object; hover for the raw weight</p>"]
+    for tokens, raw, obj in docs:
+        top = max(raw) if raw and max(raw) > 0 else 1.0
+        weights = [w / top for w in raw]
         spans = []
-        for t, w, o in zip(tokens, weights, obj):
+        for t, w, r, o in zip(tokens, weights, raw, obj):
             style = f"background: rgba(220,30,30,{max(0.0, min(1.0, w)):.3f});" + (" text-decoration: underline;" if o else "")
-            spans.append(f"<span title='{w:.3f}' style='{style}'>{html.escape(t)}</span>")
+            spans.append(f"<span title='{r:.3g}' style='{style}'>{html.escape(t)}</span>")
         parts.append("<p style='font-family: monospace; line-height: 1.8'>" + " ".join(spans) + "</p><hr>")
     parts.append("</body></html>")
     (out / "heatmap.html").write_text("\n".join(parts), encoding="utf-8")
@@ -73,7 +78,9 @@ def _heatmap_png(docs, title: str, path: Path, per_line: int = 16) -> None:
     import matplotlib.pyplot as plt
 
     lines = []
-    for tokens, weights, obj in docs:
+    for tokens, raw, obj in docs:
+        top = max(raw) if raw and max(raw) > 0 else 1.0
+        weights = [w / top for w in raw]
         for s in range(0, len(tokens), per_line):
             lines.append(list(zip(tokens[s : s + per_line], weights[s : s + per_line], obj[s : s + per_line])))
         lines.append([])
