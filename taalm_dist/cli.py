@@ -6,7 +6,6 @@ Errors caused by input (config, data, models) print one clear line and exit 2; n
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -29,7 +29,7 @@ from taalm_dist.engine.meta_trainer import prepare_out_dir, use_deepspeed
 from taalm_dist.errors import ConfigError, DataError
 from taalm_dist.losses import eager_per_token_nll, next_token_valid_mask, token_weighted_mean
 from taalm_dist.models import check_same_tokenizer, load_causal_lm, load_phi, load_tokenizer, make_trainable
-from taalm_dist.tracking import JsonlLogger, MlflowTracker, MultiTracker, default_tracking_uri
+from taalm_dist.tracking import MultiTracker, open_run_trackers
 
 
 class CklRunner:
@@ -64,13 +64,7 @@ class CklRunner:
         if not D.is_main():
             return
         save_config(self.cfg, self.out / "config.yaml")
-        trackers = [JsonlLogger(self.out / "metrics.jsonl")]
-        if self.cfg.tracking.mlflow:
-            uri = self.cfg.tracking.tracking_uri or default_tracking_uri(c.out_dir)
-            self.mlflow = MlflowTracker(uri, self.cfg.tracking.experiment, self.cfg.tracking.run_name or self.out.name,
-                                        timeout_s=self.cfg.tracking.timeout_s)
-            trackers.append(self.mlflow)
-        self.log = MultiTracker(*trackers)
+        self.log, self.mlflow = open_run_trackers(self.out, self.cfg.tracking)
         self.log.log_params({**to_dict(self.cfg), "ckl.to_learn_rows": len(self.to_learn),
                              "ckl.not_to_forget_rows": len(self.not_to_forget)})
 
@@ -109,10 +103,12 @@ class CklRunner:
             else:
                 self.theta = make_trainable(self.theta, c.theta.trainable, c.theta.lora)
         self.params = [p for p in self.theta.parameters() if p.requires_grad]
-        self.start = [p.detach().clone() for p in self.params]
+        if M.mechanism(self.c.method) == "recadam":  # θ₀ for the pull term
+            self.start = [p.detach().clone() for p in self.params]
 
     def _shard_theta(self) -> None:
         """θ as a ZeRO-3 engine with AdamW (data parallel over the batch)."""
+        from taalm_dist.engine.ds_config import ckl_theta_config, save_ds_configs
         from taalm_dist.engine.zero3 import import_deepspeed
 
         mech = M.mechanism(self.c.method)
@@ -121,15 +117,9 @@ class CklRunner:
                               "copy), which ZeRO-3 partitions: run it on one process, or rho1 with theta.trainable=lora")
         if self.c.batch_size % self.world and self.c.batch_size < self.world:
             raise ConfigError(f"ckl.batch_size={self.c.batch_size} is smaller than the {self.world} processes")
-        local = -(-self.c.batch_size // self.world)
-        config = {"train_micro_batch_size_per_gpu": local, "gradient_accumulation_steps": 1,
-                  "train_batch_size": local * self.world, "steps_per_print": 10**9,
-                  "zero_optimization": {"stage": 3, "overlap_comm": False},
-                  "optimizer": {"type": "AdamW", "params": {"lr": self.c.lr, "weight_decay": 0.0, "torch_adam": True}}}
-        if self.cfg.engine.param_persistence_threshold is not None:
-            config["zero_optimization"]["stage3_param_persistence_threshold"] = self.cfg.engine.param_persistence_threshold
-        if self.cfg.engine.precision == "bf16":
-            config["bf16"] = {"enabled": True}
+        config = ckl_theta_config(self.cfg, self.world)
+        if D.is_main():
+            save_ds_configs({"theta": config}, self.out / "ds_config.json")
         deepspeed = import_deepspeed()
         self.engine, *_ = deepspeed.initialize(model=self.theta, model_parameters=self.params, config=config,
                                                dist_init_required=False)

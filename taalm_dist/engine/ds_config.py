@@ -74,5 +74,18 @@ def ds_configs(cfg: TaalmConfig, world: int) -> dict[str, dict]:
     return {"theta": _merge(theta, override), "phi": _merge(phi, override)}
 
 
+def ckl_theta_config(cfg: TaalmConfig, world: int) -> dict:
+    """DeepSpeed config of θ in a data-parallel ``taalm ckl run``: each rank holds ceil(batch / world)
+    documents of a batch, AdamW (torch_adam), no accumulation."""
+    local = -(-cfg.ckl.batch_size // world)
+    config = {"zero_optimization": _zero3(cfg), "steps_per_print": 10**9, "wall_clock_breakdown": False,
+              "train_micro_batch_size_per_gpu": local, "gradient_accumulation_steps": 1,
+              "train_batch_size": local * world,
+              "optimizer": {"type": "AdamW", "params": {"lr": cfg.ckl.lr, "weight_decay": 0.0, "torch_adam": True}}}
+    if cfg.engine.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    return _merge(config, load_override(cfg.engine.ds_config_override))
+
+
 def save_ds_configs(configs: dict[str, dict], path: str | Path) -> None:
     Path(path).write_text(json.dumps(configs, indent=2, sort_keys=True))

@@ -35,7 +35,7 @@ from taalm_dist.losses import next_token_valid_mask
 from taalm_dist.meta import InnerStep, meta_gradient, updated_objective
 from taalm_dist.meta.functional import ThetaView
 from taalm_dist.models import build_phi, check_same_tokenizer, load_causal_lm, load_tokenizer, make_trainable, save_phi
-from taalm_dist.tracking import JsonlLogger, MlflowTracker, MultiTracker, NullLogger, default_tracking_uri
+from taalm_dist.tracking import NullLogger, open_run_trackers
 
 # config fields that may change between a run and its resumption
 RESUMABLE_CHANGES = {"train": ("max_steps", "resume", "overwrite", "progress", "save_every", "keep_checkpoints",
@@ -109,6 +109,7 @@ class MetaTrainer:
         self.consecutive_skips = 0
         self.first_val: dict = {}
         self.log = NullLogger()
+        self.mlflow = None
 
     # ---------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -148,13 +149,21 @@ class MetaTrainer:
 
         cfg = self.cfg
         vocab = len(self.tokenizer)
-        if self.distributed and "tiny" not in (cfg.theta.model.source, cfg.phi.model.source):
-            # real checkpoints load partitioned; tiny random models are built whole (their random init
-            # would differ under zero.Init) and partitioned by deepspeed.initialize
-            from taalm_dist.engine.ds_config import ds_configs
+        if self.distributed:
+            from taalm_dist.engine.ds_config import ds_configs, local_docs_per_inner_step, save_ds_configs
             from taalm_dist.engine.zero3 import partition_while_loading
 
-            self._zero_init = partition_while_loading(ds_configs(cfg, self.world)["theta"])
+            if cfg.meta.method != "fd":
+                raise ConfigError(f"meta.method={cfg.meta.method} needs θ's full tensors; under DeepSpeed ZeRO-3 use "
+                                  "meta.method=fd (finite differences on each rank's partitions)")
+            self.local_docs = local_docs_per_inner_step(cfg, self.world)
+            configs = ds_configs(cfg, self.world)
+            if D.is_main():
+                save_ds_configs(configs, self.out / "ds_config.json")
+            if "tiny" not in (cfg.theta.model.source, cfg.phi.model.source):
+                # real checkpoints load partitioned; tiny random models are built whole (their random init
+                # would differ under zero.Init) and partitioned by deepspeed.initialize
+                self._zero_init = partition_while_loading(configs["theta"])
         theta = load_causal_lm(cfg.theta.model, vocab)
         with torch.random.fork_rng(devices=[]):  # adapters start the same whatever loading consumed
             torch.manual_seed(cfg.train.seed)
@@ -168,17 +177,8 @@ class MetaTrainer:
             self.phi = LocalPhi(phi, cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip)
             self.local_docs = cfg.train.docs_per_inner_step
             return
-        from taalm_dist.engine.ds_config import ds_configs, local_docs_per_inner_step, save_ds_configs
         from taalm_dist.engine.zero3 import Zero3ThetaView, build_phi_engine, build_theta_engine
 
-        if cfg.meta.method != "fd":
-            raise ConfigError(f"meta.method={cfg.meta.method} needs θ's full tensors; under DeepSpeed ZeRO-3 use "
-                              "meta.method=fd (finite differences on each rank's partitions)")
-        self.local_docs = local_docs_per_inner_step(cfg, self.world)
-        configs = ds_configs(cfg, self.world)
-        if D.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_ds_configs(configs, self.out / "ds_config.json")
         self.view = Zero3ThetaView(build_theta_engine(theta, configs["theta"]))
         self.phi = DeepSpeedPhi(build_phi_engine(phi, configs["phi"]))
 
@@ -187,18 +187,7 @@ class MetaTrainer:
             return
         cfg = self.cfg
         save_config(cfg, self.out / "config.yaml")
-        trackers = [JsonlLogger(self.out / "metrics.jsonl")]
-        if cfg.tracking.mlflow:
-            try:
-                import mlflow  # noqa: F401
-            except ImportError:
-                print("taalm: warning: mlflow is not installed; logging to metrics.jsonl only")
-            else:
-                uri = cfg.tracking.tracking_uri or default_tracking_uri(cfg.train.out_dir)
-                self.mlflow = MlflowTracker(uri, cfg.tracking.experiment, cfg.tracking.run_name or self.out.name,
-                                            run_id=run_id, timeout_s=cfg.tracking.timeout_s)
-                trackers.append(self.mlflow)
-        self.log = MultiTracker(*trackers)
+        self.log, self.mlflow = open_run_trackers(self.out, cfg.tracking, run_id)
         if run_id is None:
             self.log.log_params({**to_dict(cfg), "config_hash": config_hash(cfg), "world_size": self.world})
             self.log.log_metrics({"data/train_pairs": len(self.data.train), "data/val_pairs": len(self.data.val),
@@ -338,7 +327,7 @@ class MetaTrainer:
         tmp = ckpt.begin(self.out, self.step)
         self.phi.save(tmp / "phi")
         ckpt.save_rng(tmp, self.rng)
-        mlflow = getattr(self, "mlflow", None)
+        mlflow = self.mlflow
         state = {"step": self.step, "skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips,
                  "order": self.order.state_dict(), "world_size": self.world, "resume_hash": resume_hash(self.cfg),
                  "config_hash": config_hash(self.cfg), "first_val": self.first_val,

@@ -14,7 +14,6 @@ from typing import Sequence
 
 import torch
 
-from taalm_dist.config import TaalmConfig
 from taalm_dist.engine import distributed as D
 from taalm_dist.losses import PerTokenLossFn, eager_per_token_nll
 from taalm_dist.meta.functional import ThetaView
@@ -145,8 +144,3 @@ def gathered_phi_state(engine) -> dict[str, torch.Tensor]:
     named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
     with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
         return {n: p.detach().clone().cpu().contiguous() for n, p in named}
-
-
-def check_ds_world(cfg: TaalmConfig) -> None:
-    """DeepSpeed needs a process group; joins it (gloo on CPU, nccl on GPU)."""
-    D.init_process_group(cfg.engine.dist_backend)

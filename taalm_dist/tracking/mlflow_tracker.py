@@ -125,6 +125,26 @@ class MlflowTracker:
         self._thread.join(timeout=max(self.timeout_s, 1.0) * 3)
 
 
+def open_run_trackers(out_dir: str | Path, tracking, run_id: str | None = None):
+    """``(MultiTracker, MlflowTracker or None)`` for a run directory: ``metrics.jsonl`` always, MLflow when
+    ``tracking.mlflow`` (a :class:`taalm_dist.config.TrackingConfig`) and mlflow is installed."""
+    from taalm_dist.tracking.jsonl import JsonlLogger
+
+    out = Path(out_dir)
+    trackers, mlflow_tracker = [JsonlLogger(out / "metrics.jsonl")], None
+    if tracking.mlflow:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            print("taalm: warning: mlflow is not installed; logging to metrics.jsonl only")
+        else:
+            uri = tracking.tracking_uri or default_tracking_uri(out)
+            mlflow_tracker = MlflowTracker(uri, tracking.experiment, tracking.run_name or out.name, run_id=run_id,
+                                           timeout_s=tracking.timeout_s)
+            trackers.append(mlflow_tracker)
+    return MultiTracker(*trackers), mlflow_tracker
+
+
 class MultiTracker:
     """Fan out to several trackers (JSONL first: it is the source of truth)."""
 

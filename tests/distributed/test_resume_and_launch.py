@@ -14,8 +14,8 @@ from launching import ROOT, tiny_overrides, torchrun
 pytestmark = pytest.mark.distributed
 
 
-def _meta_train(toy_data, out_dir, *extra):
-    args = ["meta-train", "--config", "configs/zero3_tiny_cpu.yaml", *tiny_overrides(toy_data, out_dir, *extra)]
+def _meta_train(toy_data, out_dir, *extra, flags=()):
+    args = ["meta-train", "--config", "configs/zero3_tiny_cpu.yaml", *flags, *tiny_overrides(toy_data, out_dir, *extra)]
     return torchrun("taalm_dist.cli", *args, module=True)
 
 
@@ -31,8 +31,7 @@ def test_exact_resume_after_stop_ignores_half_written_checkpoints(toy_data, tmp_
     # a save killed half-way: a renamed directory without COMPLETE and a leftover temporary one
     (split / "checkpoints" / "step-000005" / "phi").mkdir(parents=True)
     (split / "checkpoints" / ".tmp-step-000004").mkdir()
-    res = torchrun("taalm_dist.cli", "meta-train", "--config", "configs/zero3_tiny_cpu.yaml", "--resume", "auto",
-                   *tiny_overrides(toy_data, split, "train.max_steps=6"), module=True)
+    res = _meta_train(toy_data, split, "train.max_steps=6", flags=("--resume", "auto"))
     assert "resumed from" in res.stdout and "step-000003" in res.stdout
     a, b = _losses(whole), _losses(split)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
