@@ -65,6 +65,15 @@ def _cmd_data_toy(args) -> int:
     return 0
 
 
+def _cmd_data_synth(args) -> int:
+    from taalm_dist.data.synth import write_synth
+
+    counts = write_synth(args.out, overwrite=args.overwrite, n_to_learn=args.n_to_learn, n_meta=args.n_meta,
+                         seed=args.seed, distractors=args.distractors)
+    print(", ".join(f"{stem}.jsonl: {n} rows" for stem, n in counts.items()) + f"; written to {args.out}")
+    return 0
+
+
 def _cmd_config_show(args) -> int:
     import yaml
 
@@ -75,11 +84,27 @@ def _cmd_config_show(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    """Toy data → meta-train φ on a tiny model; shows φ learning to focus on the answer token."""
+    """SmolLM2-135M, synthetic CKL: meta-train φ, then finetune vs taalm vs oracle (``--toy``: the tiny smoke demo)."""
+    if args.toy:
+        return _toy_demo(args)
+    from taalm_dist.demo import DemoPlan, run_demo
+
+    plan = DemoPlan(out=Path(args.out), data_dir=Path(args.data_dir) if args.data_dir else None,
+                    n_to_learn=args.n_to_learn, n_meta=args.n_meta, meta_time_s=args.meta_time_s,
+                    methods=args.methods.split(","), overrides=list(args.overrides), seed=args.seed,
+                    overwrite=args.overwrite)
+    if args.config:
+        plan.config = Path(args.config)
+    run_demo(plan)
+    return 0
+
+
+def _toy_demo(args) -> int:
+    """Toy data → meta-train φ on a tiny model; shows φ learning to focus on the answer token (~20 s)."""
     from taalm_dist.config import load_config
 
     out = Path(args.out)
-    data_args = argparse.Namespace(out=str(out / "data"), n=args.n, n_val=16, seed=0, overwrite=True)
+    data_args = argparse.Namespace(out=str(out / "data"), n=200, n_val=16, seed=args.seed, overwrite=True)
     _cmd_data_toy(data_args)
     config = Path(__file__).resolve().parent / "configs" / "demo_tiny.yaml"
     overrides = [f"data.train_file={out / 'data' / 'train.jsonl'}", f"data.val_file={out / 'data' / 'val.jsonl'}",
@@ -135,6 +160,16 @@ def _cmd_ckl_compare(args) -> int:
     return 0
 
 
+BENCHES = {"ce": "taalm_dist.bench.ce", "metastep": "taalm_dist.bench.metastep", "zero3": "taalm_dist.bench.zero3"}
+
+
+def _cmd_bench(args) -> int:
+    import importlib
+
+    importlib.import_module(BENCHES[args.bench]).main(args.bench_args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taalm", description="Meta-learn where to focus (Train-Attention).")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -157,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="RNG seed")
     t.add_argument("--overwrite", action="store_true", help="replace existing files")
     t.set_defaults(func=_cmd_data_toy)
+    t = data_verbs.add_parser("synth", help="write the synthetic CKL benchmark (fictional facts to learn, common "
+                              "facts not to forget, meta-training pairs) in the LAMA-CKL file layout",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--out", required=True, help="directory for variant.jsonl, invariant_*.jsonl, meta_train.jsonl")
+    t.add_argument("--n-to-learn", type=int, default=120, help="To-Learn rows (facts about fictional people)")
+    t.add_argument("--n-meta", type=int, default=400, help="meta-training rows (disjoint fictional people)")
+    t.add_argument("--distractors", type=int, default=4, help="distractor sentences around each fact")
+    t.add_argument("--seed", type=int, default=0, help="RNG seed (same seed, same files)")
+    t.add_argument("--overwrite", action="store_true", help="replace existing files")
+    t.set_defaults(func=_cmd_data_synth)
 
     p = verbs.add_parser("config", help="config utilities")
     cfg_verbs = p.add_subparsers(dest="config_verb", required=True)
@@ -196,11 +241,27 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--plot", default=None, help="also write their curves to this PNG")
     cmp_.set_defaults(func=_cmd_ckl_compare)
 
-    p = verbs.add_parser("demo", help="the main job on the embedded default (tiny model, toy task)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="output directory")
-    p.add_argument("--n", type=int, default=200, help="toy training pairs")
-    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p = verbs.add_parser("bench", help="performance harnesses; each prints one JSON object (`taalm bench NAME --help`)",
+                         description="ce: eager vs fused token-weighted CE (time, peak memory); metastep: the "
+                         "closed-form meta-step vs double backward; zero3: per-rank memory and throughput, 1 vs 2 ranks")
+    p.add_argument("bench", choices=sorted(BENCHES), help="which benchmark")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="its options (see taalm bench NAME --help)")
+    p.set_defaults(func=_cmd_bench)
+
+    p = verbs.add_parser("demo", help="the main job end to end on SmolLM2-135M and the synthetic benchmark, offline "
+                         "(~15 min on 2 CPU cores)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="new output directory (report.md, curves.png, heatmap.html, ...)")
+    p.add_argument("--data-dir", default=None, help="run on these LAMA-CKL files instead of the synthetic benchmark")
+    p.add_argument("--n-to-learn", type=int, default=120, help="synthetic To-Learn facts written")
+    p.add_argument("--n-meta", type=int, default=400, help="synthetic meta-training pairs written")
+    p.add_argument("--meta-time-s", type=float, default=240.0, help="time box of φ's meta-training, seconds")
+    p.add_argument("--methods", default="finetune,taalm,oracle", help="comma-separated `ckl run` methods")
+    p.add_argument("--config", default=None, help="config of the meta-train and ckl stages "
+                   "(default: taalm_dist/configs/demo_smollm2.yaml)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--toy", action="store_true", help="instead: the 20-second smoke demo (tiny random model, toy task)")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + " (applied to every stage)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -216,11 +216,16 @@ class TrainConfig:
     """Complete checkpoints to keep (older ones are deleted after a newer one is complete)."""
     resume: str | None = None
     """``auto`` (the newest complete checkpoint in out_dir/checkpoints, if any) or a checkpoint path."""
+    time_limit_s: float | None = None
+    """Time box: stop (validate, checkpoint, export φ as usual) after the φ update during which this many
+    seconds of training have passed, even before max_steps; rank 0's clock decides for all ranks. null: none."""
 
     def __post_init__(self):
         for name in ("max_steps", "docs_per_step", "docs_per_inner_step", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ConfigError(f"train.time_limit_s={self.time_limit_s} must be > 0 seconds (or null for no limit)")
         if self.docs_per_step % self.docs_per_inner_step:
             raise ConfigError(f"train.docs_per_step={self.docs_per_step} must be a multiple of "
                               f"train.docs_per_inner_step={self.docs_per_inner_step}")
@@ -260,6 +265,23 @@ class TrackingConfig:
     """MLflow run name; null: the run directory's name."""
     timeout_s: float = 5.0
     """Per-request timeout towards the tracking server (no retries)."""
+
+
+@dataclass
+class LossConfig:
+    """How θ's per-token losses are computed (the value is the spec's, :mod:`taalm_dist.losses.token_weighted_ce`)."""
+
+    impl: Literal["eager", "chunked", "triton", "auto"] = "auto"
+    """``eager``: full [tokens × vocab] logits and log-softmax (the spec). ``chunked``: the fused linear
+    cross-entropy of :mod:`taalm_dist.losses.fused_ce`, chunk by chunk in PyTorch (logits never held whole).
+    ``triton``: the same with the Triton kernel (CUDA). ``auto``: triton on CUDA when installed, else chunked;
+    eager for meta.method jvp / double_backward, which differentiate through the loss twice or forward-mode."""
+    chunk: int | None = None
+    """Tokens per chunk of logits for chunked/triton; null: chosen from the vocabulary and hidden sizes."""
+
+    def __post_init__(self):
+        if self.chunk is not None and self.chunk < 1:
+            raise ConfigError(f"loss.chunk={self.chunk} must be >= 1 tokens (or null for automatic)")
 
 
 CKL_BASE_METHODS = ("finetune", "oracle", "taalm", "rho1", "mix_review", "recadam", "kadapter")
@@ -343,8 +365,15 @@ class TaalmConfig:
     """MLflow and JSONL logging."""
     ckl: CklConfig = field(default_factory=CklConfig)
     """LAMA-CKL runs (``taalm ckl run``)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
 
     def __post_init__(self):
+        if self.meta.method in ("jvp", "double_backward") and self.loss.impl in ("chunked", "triton"):
+            raise ConfigError(
+                f"loss.impl={self.loss.impl} is differentiable once (no forward-mode AD, no double backward), which "
+                f"meta.method={self.meta.method} needs: use meta.method=fd, or loss.impl=eager / auto"
+            )
         attn = self.theta.model.attn_implementation
         if self.meta.method in ("jvp", "double_backward") and attn not in ("eager", "taalm_eager"):
             raise ConfigError(

@@ -3,7 +3,8 @@
 Score the model on every row (object-token accuracy of the task sentence, :mod:`taalm_dist.ckl.metrics`),
 keep the variant rows it does not fully know (accuracy < ``to_learn_below``) as To-Learn and the
 invariant (descriptive) rows it fully knows as Not-To-Forget, and take meta-training pairs from
-invariant_schematic rows that are in neither evaluation set. Writes ``to_learn.jsonl``,
+invariant_schematic rows that are in neither evaluation set (or, when the directory has a
+``meta_train.jsonl`` of its own, as ``taalm data synth`` writes, from that file). Writes ``to_learn.jsonl``,
 ``not_to_forget.jsonl``, ``meta_train.jsonl`` (the original rows, LAMA-CKL schema), ``scores.jsonl``
 (uuid, file, accuracy) and ``build.json`` (counts and settings).
 """
@@ -73,7 +74,12 @@ def build(logits_fn: LogitsFn, tokenizer, data_dir: str | Path, out_dir: str | P
     to_learn = [r for r, s in zip(v_rows, scores["variant"]) if s < to_learn_below]
     keep_nf = [r for r, s in zip(i_rows, scores["invariant_descriptive"]) if s == 1.0]
     used = {str(r.get("uuid")) for r in to_learn + keep_nf}
-    s_rows, s_pairs, _ = loaded["invariant_schematic"]
+    meta_source = Path(data_dir) / "meta_train.jsonl"
+    if meta_source.is_file():  # the synthetic benchmark's own meta-training pairs (`taalm data synth`)
+        loaded["meta_train"] = load_rows(meta_source, task_field, skip_bad_rows)
+        s_rows, s_pairs, _ = loaded["meta_train"]
+    else:
+        s_rows, s_pairs, _ = loaded["invariant_schematic"]
     meta = [r for r, p in zip(s_rows, s_pairs) if p.uid not in used]
     out.mkdir(parents=True, exist_ok=True)
     write_pairs(to_learn, out / "to_learn.jsonl")

@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from taalm_dist.cache import cache_root
 from taalm_dist.data import Pair, load_pairs, tokenize_pair
 from taalm_dist.data.lama_ckl import LoadReport
 from taalm_dist.errors import DataError
 
 FILES = {"variant": "variant.jsonl", "invariant_descriptive": "invariant_descriptive.jsonl",
          "invariant_schematic": "invariant_schematic.jsonl"}
-
-
-def cache_root() -> Path:
-    """``$TAALM_CACHE`` or ``~/.cache/taalm_dist``."""
-    return Path(os.environ.get("TAALM_CACHE", Path.home() / ".cache" / "taalm_dist"))
 
 
 def require_files(data_dir: str | Path, names=tuple(FILES)) -> dict[str, Path]:

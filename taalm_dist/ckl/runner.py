@@ -27,7 +27,8 @@ from taalm_dist.data import collate, load_pairs, pad_batch, tokenize_pair
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.meta_trainer import prepare_out_dir, use_deepspeed
 from taalm_dist.errors import ConfigError, DataError
-from taalm_dist.losses import eager_per_token_nll, next_token_valid_mask, token_weighted_mean
+from taalm_dist.losses import next_token_valid_mask, token_weighted_mean
+from taalm_dist.losses.lm_head import per_token_loss_fn
 from taalm_dist.models import check_same_tokenizer, load_causal_lm, load_phi, load_tokenizer, make_trainable
 from taalm_dist.tracking import MultiTracker, open_run_trackers
 
@@ -56,6 +57,7 @@ class CklRunner:
         self.out = prepare_out_dir(c.out_dir, self.cfg.train.overwrite, resuming=False)
         self._build_theta()
         self.rule = self._weight_rule()
+        self.per_token_loss = per_token_loss_fn(self.cfg.loss)
         if self.distributed:
             self._shard_theta()
         else:
@@ -187,7 +189,7 @@ class CklRunner:
         w = self.rule(doc) * (1.0 if share else 0.0)
         model = self.engine if self.distributed else self.theta
         self.theta.train()
-        loss = token_weighted_mean(eager_per_token_nll(model, doc), w, next_token_valid_mask(doc["attention_mask"]))
+        loss = token_weighted_mean(self.per_token_loss(model, doc), w, next_token_valid_mask(doc["attention_mask"]))
         if M.mechanism(self.c.method) == "recadam":
             lam = M.recadam_lambda(self.step, self.c.recadam_k, self.c.recadam_t0)
             loss = lam * loss + (1 - lam) * 0.5 * self.c.recadam_gamma * M.quadratic_pull(self.params, self.start)

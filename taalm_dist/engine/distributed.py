@@ -18,12 +18,22 @@ def env_world_size() -> int:
 
 
 def init_process_group(backend: str = "auto") -> None:
-    """Join the process group when launched with several processes (idempotent).
+    """Join the process group (idempotent). Launched by torchrun / the deepspeed launcher it joins their group;
+    a single process that was not launched (``engine.backend: deepspeed`` on one device) forms a group of one
+    on a free local port, which DeepSpeed needs.
 
     ``backend``: ``gloo``, ``nccl`` or ``auto`` (nccl with CUDA, gloo otherwise).
     """
-    if env_world_size() <= 1 or (dist.is_available() and dist.is_initialized()):
+    if dist.is_available() and dist.is_initialized():
         return
+    if "MASTER_ADDR" not in os.environ:  # not launched: a group of one
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0",
+                           "WORLD_SIZE": "1"})
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":

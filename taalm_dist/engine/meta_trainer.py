@@ -32,6 +32,7 @@ from taalm_dist.engine.data_setup import PreparedData, prepare_data
 from taalm_dist.engine.phi_update import DeepSpeedPhi, LocalPhi
 from taalm_dist.errors import ConfigError, TrainingError
 from taalm_dist.losses import next_token_valid_mask
+from taalm_dist.losses.lm_head import per_token_loss_fn
 from taalm_dist.meta import InnerStep, meta_gradient, updated_objective
 from taalm_dist.meta.functional import ThetaView
 from taalm_dist.models import build_phi, check_same_tokenizer, load_causal_lm, load_tokenizer, make_trainable, save_phi
@@ -173,13 +174,13 @@ class MetaTrainer:
             enable_gradient_checkpointing(theta)
             enable_gradient_checkpointing(phi.backbone)
         if not self.distributed:
-            self.view = ThetaView(theta)
+            self.view = ThetaView(theta, per_token_loss_fn(cfg.loss, cfg.meta.method))
             self.phi = LocalPhi(phi, cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip)
             self.local_docs = cfg.train.docs_per_inner_step
             return
         from taalm_dist.engine.zero3 import Zero3ThetaView, build_phi_engine, build_theta_engine
 
-        self.view = Zero3ThetaView(build_theta_engine(theta, configs["theta"]))
+        self.view = Zero3ThetaView(build_theta_engine(theta, configs["theta"]), per_token_loss_fn(cfg.loss, cfg.meta.method))
         self.phi = DeepSpeedPhi(build_phi_engine(phi, configs["phi"]))
 
     def _open_trackers(self, run_id: str | None) -> None:
@@ -288,9 +289,11 @@ class MetaTrainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="meta-train φ", dynamic_ncols=True,
                    disable=not (cfg.progress and D.is_main()))
         last: dict = {}
-        while self.step < cfg.max_steps:
+        start, stop = time.monotonic(), False
+        while self.step < cfg.max_steps and not stop:
             metrics = self.train_step()
-            if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.max_steps):
+            stop = self._time_is_up(start)
+            if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.max_steps or stop):
                 metrics.update(self.validate())
             self.log.log_metrics(metrics, step=self.step)
             last.update(metrics)
@@ -299,10 +302,13 @@ class MetaTrainer:
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                 self.save_checkpoint()
         bar.close()
+        if stop and D.is_main():
+            print(f"time limit train.time_limit_s={cfg.time_limit_s:g} reached after {self.step} φ updates")
         self.save_checkpoint()
         phi_dir = self.export_phi()
         summary = {"steps": self.step, "skipped_steps": self.skipped_steps, "first": self.first_val, "last": last,
-                   "phi_dir": str(phi_dir), "world_size": self.world}
+                   "phi_dir": str(phi_dir), "world_size": self.world,
+                   "stopped_by_time_limit": stop}
         if D.is_main():
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             for name in ("config.yaml", "ds_config.json", "summary.json"):
@@ -311,6 +317,14 @@ class MetaTrainer:
             for f in sorted(phi_dir.iterdir()):
                 self.log.log_artifact(f, "phi")
         return summary
+
+    def _time_is_up(self, start: float) -> bool:
+        """Whether ``train.time_limit_s`` has passed on rank 0 (all ranks get the same answer)."""
+        limit = self.cfg.train.time_limit_s
+        if limit is None:
+            return False
+        up = time.monotonic() - start >= limit if D.is_main() else False
+        return D.any_rank(up) if self.distributed else up
 
     # -------------------------------------------------------------------------------- checkpoints
     def export_phi(self) -> Path:

@@ -59,9 +59,17 @@ class MlflowTracker:
         client = MlflowClient(tracking_uri=self.uri)
         if self.run_id is None:
             exp = client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+            exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment, **self._artifacts())
             self.run_id = client.create_run(exp_id, run_name=self.run_name).info.run_id
         return client
+
+    def _artifacts(self) -> dict:
+        """A sqlite store keeps artifacts beside the database (``mlartifacts/``): MLflow's default is
+        ``./mlruns`` in whatever directory the job was started from."""
+        if not self.uri.startswith("sqlite:///"):
+            return {}
+        db = Path(self.uri[len("sqlite:///"):]).resolve()
+        return {"artifact_location": (db.parent / "mlartifacts").as_uri()}
 
     def _work(self) -> None:
         try:

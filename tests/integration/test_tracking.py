@@ -88,3 +88,16 @@ def test_a_closed_port_does_not_stop_or_slow_the_run(tmp_path, capfd):
     assert "continuing with metrics.jsonl only" in capfd.readouterr().err
     assert len([r for r in read_jsonl(tmp_path / "untracked" / "metrics.jsonl") if "train/objective" in r]) == 3
     assert seconds < 60
+
+
+def test_a_sqlite_store_keeps_artifacts_beside_the_database_not_in_the_working_directory(tmp_path, monkeypatch):
+    from taalm_dist.tracking.mlflow_tracker import MlflowTracker
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "store").mkdir()
+    (tmp_path / "note.txt").write_text("x")
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "exp", "run")
+    tracker.log_artifact(tmp_path / "note.txt")
+    tracker.close()
+    assert list((tmp_path / "store" / "mlartifacts").rglob("note.txt"))
+    assert not (tmp_path / "mlruns").exists()

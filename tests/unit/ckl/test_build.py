@@ -62,3 +62,13 @@ def test_build_refuses_missing_files_and_non_empty_out(tmp_path):
     (tmp_path / "busy" / "x").write_text("keep")
     with pytest.raises(DataError, match="not empty"):
         build(_knows(tok), tok, _data_dir(tmp_path), tmp_path / "busy", progress=False)
+
+
+def test_build_takes_meta_pairs_from_the_directory_meta_train_file_when_present(tmp_path):
+    tok = toy_tokenizer()
+    d = _data_dir(tmp_path)
+    write_pairs([_row(8, ANSWERS[15]), _row(1, ANSWERS[10])], d / "meta_train.jsonl")
+    summary = build(_knows(tok), tok, d, tmp_path / "out", progress=False)
+    read = [json.loads(x)["uuid"] for x in (tmp_path / "out" / "meta_train.jsonl").read_text().splitlines()]
+    assert read == ["u8"]  # u1 is a To-Learn row; invariant_schematic is not used
+    assert summary["loaded"]["meta_train"] == "meta_train: 2 rows, 0 skipped"

@@ -1,0 +1,1 @@
+"""Performance harnesses: each measures cases in fresh subprocesses and prints one JSON document."""

@@ -1,0 +1,98 @@
+"""Shared pieces of the benchmarks: a description of the machine and one case in a fresh process."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+
+import torch
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on, without the hostname.
+
+    Returns:
+        ``{"platform", "python", "cpu", "cpu_count", "torch_threads", "ram_gb", "torch", "cuda", "gpu",
+        "date"}``; ``gpu`` is the name of CUDA device 0 or None, ``date`` is UTC ISO-8601.
+    """
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ram_gb": round(_meminfo_kib("MemTotal") / 2**20, 1) if os.path.exists("/proc/meminfo") else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _meminfo_kib(key: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now, in MB (2**20 bytes), from ``/proc/self/statm``."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_case_subprocess(module: str, case: dict, timeout_s: float) -> dict:
+    """Run ``python -m <module> --case '<json>'`` in a fresh process and return the JSON it prints.
+
+    Args:
+        module: a module whose ``--case`` entry point measures one case and prints one JSON line last.
+        case: the case, JSON-serialisable.
+        timeout_s: wall-clock limit in seconds.
+
+    Raises:
+        RuntimeError: the process failed, timed out or printed no JSON; the message has its stderr tail.
+    """
+    cmd = [sys.executable, "-m", module, "--case", json.dumps(case)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"{module} case {case} timed out after {timeout_s} s; stderr tail:\n{_tail(e.stderr)}")
+    if out.returncode != 0:
+        raise RuntimeError(f"{module} case {case} failed with exit code {out.returncode}; stderr tail:\n{_tail(out.stderr)}")
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise RuntimeError(
+            f"{module} case {case} printed no JSON line; stdout tail:\n{_tail(out.stdout)}\nstderr tail:\n{_tail(out.stderr)}"
+        ) from None
+
+
+def _tail(text, n: int = 3000) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return (text or "")[-n:]

