@@ -22,14 +22,9 @@ def _cmd_meta_train(args) -> int:
 
 
 def _run_meta_train(cfg) -> int:
-    from taalm_dist.engine.meta_trainer import MetaTrainer
+    from taalm_dist.engine.meta_trainer import run_meta_training
 
-    trainer = MetaTrainer(cfg)
-    try:
-        trainer.setup()
-        summary = trainer.train()
-    finally:
-        trainer.cleanup()
+    trainer, summary = run_meta_training(cfg)
     _print_summary(summary, trainer)
     return 0
 
@@ -129,7 +124,7 @@ def _cmd_ckl_build(args) -> int:
 
 
 def _cmd_ckl_run(args) -> int:
-    from taalm_dist.ckl.runner import CklRunner
+    from taalm_dist.ckl.runner import run_ckl
     from taalm_dist.config import load_config
 
     overrides = list(args.overrides)
@@ -137,12 +132,7 @@ def _cmd_ckl_run(args) -> int:
                       (args.out, "ckl.out_dir")):
         if flag:
             overrides.append(f"{key}={flag}")
-    runner = CklRunner(load_config(args.config, overrides))
-    try:
-        runner.setup()
-        run = runner.run()
-    finally:
-        runner.cleanup()
+    runner, run = run_ckl(load_config(args.config, overrides))
     s = run["summary"]
     print(f"{run['method']}: Top Acc {s['top_acc']:.3f} (epoch {s['epoch']}), NF Acc {s['nf_acc']:.3f}, "
           f"Total {s['total_knowledge']:.3f}; report {runner.out / 'report.md'}")

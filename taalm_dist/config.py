@@ -216,6 +216,11 @@ class TrainConfig:
     """Complete checkpoints to keep (older ones are deleted after a newer one is complete)."""
     resume: str | None = None
     """``auto`` (the newest complete checkpoint in out_dir/checkpoints, if any) or a checkpoint path."""
+    phi_graph: Literal["auto", "keep", "recompute"] = "auto"
+    """φ's passes per document. ``keep``: φ's forward builds its graph once, kept through θ's side of the
+    micro-step and reused for φ's backward (one φ forward fewer; φ's activations held meanwhile; one process
+    only). ``recompute``: φ's weights without graph first, φ's forward again with graph once every rank agreed
+    the step is finite ([skip agreement note]). ``auto``: keep on one process, recompute under DeepSpeed."""
     time_limit_s: float | None = None
     """Time box: stop (validate, checkpoint, export φ as usual) after the φ update during which this many
     seconds of training have passed, even before max_steps; rank 0's clock decides for all ranks. null: none."""

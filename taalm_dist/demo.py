@@ -121,17 +121,12 @@ def _build(plan: DemoPlan, out: Path, source_dir: Path) -> dict:
 
 
 def _meta_train(plan: DemoPlan, out: Path) -> dict:
-    from taalm_dist.engine.meta_trainer import MetaTrainer
+    from taalm_dist.engine.meta_trainer import run_meta_training
 
     cfg = _config(plan, out, "meta-train", [f"data.train_file={out / 'data' / 'tailored' / 'meta_train.jsonl'}",
                                             f"train.out_dir={out / 'meta_train'}",
                                             f"train.time_limit_s={plan.meta_time_s}"])
-    trainer = MetaTrainer(cfg)
-    try:
-        trainer.setup()
-        summary = trainer.train()
-    finally:
-        trainer.cleanup()
+    _, summary = run_meta_training(cfg)
     first, last = summary["first"], summary["last"]
     if "val/objective" in first and "val/objective" in last:
         print(f"held-out objective L(θ'): {first['val/objective']:.3f} (uniform weights) → {last['val/objective']:.3f} "
@@ -141,17 +136,12 @@ def _meta_train(plan: DemoPlan, out: Path) -> dict:
 
 
 def _ckl_run(plan: DemoPlan, out: Path, method: str) -> dict:
-    from taalm_dist.ckl.runner import CklRunner
+    from taalm_dist.ckl.runner import run_ckl
 
     cfg = _config(plan, out, f"ckl-{method}", [f"ckl.method={method}", f"ckl.data_dir={out / 'data' / 'tailored'}",
                                                f"ckl.phi_path={out / 'meta_train' / 'phi'}",
                                                f"ckl.out_dir={out / 'ckl' / method}"])
-    runner = CklRunner(cfg)
-    try:
-        runner.setup()
-        run = runner.run()
-    finally:
-        runner.cleanup()
+    _, run = run_ckl(cfg)
     s = run["summary"]
     print(f"{method}: Top Acc {s['top_acc']:.3f} (epoch {s['epoch']}), NF Acc {s['nf_acc']:.3f}")
     return run

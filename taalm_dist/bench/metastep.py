@@ -7,9 +7,10 @@ Every case runs in a fresh process (:func:`taalm_dist.bench.common.run_case_subp
   the unit every other figure is also given in;
 * ``jvp`` / ``fd`` / ``double_backward`` × inner ``sgd`` / ``adamw``: first the **θ side** alone (the
   meta-gradient dL/dw for φ's weights, :func:`taalm_dist.meta.meta_gradient`; everything but φ's own
-  passes), then the **whole meta-step** as the trainer runs it: closed form = φ forward without graph,
-  θ side, φ forward + backward of the surrogate Σ w·dL/dw, φ's AdamW step; double backward = φ forward
-  with graph, θ side through it, backward into φ, φ's AdamW step.
+  passes), then the **whole meta-step** as the one-process trainer runs it (``train.phi_graph=keep``):
+  φ forward with graph, θ side, backward of the surrogate Σ w·dL/dw into φ, φ's AdamW step
+  (``--phi-graph recompute``: as under DeepSpeed, φ's weights without graph first and φ's forward again
+  with graph after θ's side).
 
 Time: best of ``repeats`` after one warm-up (seconds per document). Memory: over the models and data already
 in memory — CPU: peak RSS minus the RSS before the first pass (the θ side is measured first, so its peak
@@ -117,7 +118,7 @@ def _measure(case: dict) -> dict:
     theta_params = [p for p in theta.parameters() if p.requires_grad]
     phi_opt = torch.optim.AdamW([p for p in phi.parameters() if p.requires_grad], lr=1e-4)
     meter = _Meter(device)
-    out = {k: case[k] for k in ("method", "inner", "tokens", "task_tokens", "theta", "phi", "dtype")}
+    out = {k: case[k] for k in ("method", "inner", "tokens", "task_tokens", "theta", "phi", "dtype", "phi_graph")}
     out |= {"device": device, "threads": torch.get_num_threads(), "real_weights": case["real_weights"] and
             case["theta"] == "smollm2-135m"}
     valid = next_token_valid_mask(doc["attention_mask"])
@@ -150,10 +151,10 @@ def _measure(case: dict) -> dict:
     out["theta_peak_mb"] = meter.peak()
 
     def whole():
-        if case["method"] == "double_backward":
-            w = phi(doc["input_ids"], doc["attention_mask"])  # φ's graph stays alive through θ's
+        if case["phi_graph"] == "keep":  # one φ forward; its graph stays alive through θ's side
+            w = phi(doc["input_ids"], doc["attention_mask"])
             grad = theta_side(w).grad
-        else:  # the trainer's two passes: w without graph, then φ forward + backward of the surrogate
+        else:  # as under DeepSpeed: w without graph, then φ forward + backward of the surrogate
             with torch.no_grad():
                 w = phi(doc["input_ids"], doc["attention_mask"])
             grad = theta_side(w).grad
@@ -185,7 +186,8 @@ def _add_ratios(cases: list[dict]) -> None:
 
 def bench_metastep(tokens: list[int], methods=METHODS, inners=("sgd", "adamw"), theta: str = "smollm2-135m",
                    phi: str = "smollm2-135m", real_weights: bool = True, dtype: str = "float32", task_tokens: int = 24,
-                   repeats: int = 2, threads: int | None = None, loss_impl: str = "auto", timeout_s: float = 1800) -> dict:
+                   repeats: int = 2, threads: int | None = None, loss_impl: str = "auto", phi_graph: str = "keep",
+                   timeout_s: float = 1800) -> dict:
     """Run every case (module docstring), each in a fresh process; returns the ``{"bench", "machine", "cases"}``
     JSON object. Case fields: ``wall_s`` (whole meta-step, s per document), ``theta_wall_s`` (θ side, s),
     ``peak_mb`` / ``theta_peak_mb`` (MB over the loaded models), the ratios of :func:`_add_ratios`."""
@@ -198,7 +200,7 @@ def bench_metastep(tokens: list[int], methods=METHODS, inners=("sgd", "adamw"), 
         for method, inner in specs:
             case = {"method": method, "inner": inner, "tokens": T, "task_tokens": task_tokens, "theta": theta,
                     "phi": phi, "real_weights": real_weights, "dtype": dtype, "repeats": repeats, "threads": threads,
-                    "loss_impl": loss_impl}
+                    "loss_impl": loss_impl, "phi_graph": phi_graph}
             try:
                 cases.append(run_case_subprocess("taalm_dist.bench.metastep", case, timeout_s))
             except RuntimeError as e:  # e.g. out of memory: recorded, the other cases still run
@@ -224,12 +226,15 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads per case (default: torch's)")
     p.add_argument("--loss-impl", default="auto", choices=["auto", "eager"], help="θ's loss.impl (auto: fused "
                    "chunked/Triton for plain and fd; jvp and double_backward always use eager)")
+    p.add_argument("--phi-graph", default="keep", choices=["keep", "recompute"], help="φ's passes in the whole "
+                   "meta-step (train.phi_graph): keep = one process, recompute = as under DeepSpeed")
     args = p.parse_args(argv)
     if args.case:
         print(json.dumps(_measure(json.loads(args.case))))
         return
     kw = dict(methods=args.methods.split(","), inners=args.inners.split(","), repeats=args.repeats,
-              threads=args.threads, real_weights=not args.random_weights, loss_impl=args.loss_impl)
+              threads=args.threads, real_weights=not args.random_weights, loss_impl=args.loss_impl,
+              phi_graph=args.phi_graph)
     tokens = [int(t) for t in args.tokens.split(",")]
     if args.quick:
         kw |= dict(theta="tiny", phi="tiny", task_tokens=8, repeats=1)

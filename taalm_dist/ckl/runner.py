@@ -273,3 +273,14 @@ class CklRunner:
             self.log.close()
         if getattr(self, "distributed", False):
             D.shutdown()
+
+
+def run_ckl(cfg: TaalmConfig) -> tuple[CklRunner, dict]:
+    """``setup``, ``run``, ``cleanup`` (always) of one :class:`CklRunner`; returns it and the run's result."""
+    runner = CklRunner(cfg)
+    try:
+        runner.setup()
+        run = runner.run()
+    finally:
+        runner.cleanup()
+    return runner, run

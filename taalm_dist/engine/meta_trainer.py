@@ -8,9 +8,10 @@ jointly, the closed-form meta-gradient gives dL/dw, and θ is restored. With N r
 is the same on every rank, so the result does not depend on N.
 
 [skip agreement note] A micro-step whose objective, dL/dw or φ's weights are not finite on any rank
-makes every rank skip the whole φ update together (an all-reduce), before φ's backward: so the first
-pass computes w without a graph and, once all ranks agree, a second φ forward builds the graph for
-the surrogate ``(w · dL/dw).sum()``. More than ``max_consecutive_skips`` in a row stop the run.
+makes every rank skip the whole φ update together (an all-reduce), before φ's backward: so under
+DeepSpeed the first pass computes w without a graph and, once all ranks agree, a second φ forward builds
+the graph for the surrogate ``(w · dL/dw).sum()``. On one process φ's graph from the first pass is kept
+instead (``train.phi_graph``: one φ forward fewer). More than ``max_consecutive_skips`` in a row stop the run.
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ class MetaTrainer:
         if self.distributed:
             D.init_process_group(cfg.engine.dist_backend)
         self.world, self.rank = (D.world_size(), D.rank()) if self.distributed else (1, 0)
+        if self.distributed and cfg.train.phi_graph == "keep":
+            raise ConfigError("train.phi_graph=keep is for one process: under DeepSpeed φ's forward runs again after "
+                              "all ranks agreed on the step ([skip agreement note]); use auto or recompute")
+        self.keep_phi_graph = cfg.train.phi_graph == "keep" or (cfg.train.phi_graph == "auto" and not self.distributed)
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.theta.model)
         check_same_tokenizer(self.tokenizer, load_tokenizer(cfg.phi.model))
@@ -211,9 +216,10 @@ class MetaTrainer:
 
     def micro_step_meta_gradient(self, global_idx: list[int]):
         """First pass of a micro-step on the training documents ``global_idx`` (this rank takes its
-        slice): ``(doc batch, φ's weights w, MetaGradient)``; w has no graph, θ is back at θ₀."""
+        slice): ``(doc batch, φ's weights w, MetaGradient)``; w has φ's graph only when φ's graph is kept
+        (``train.phi_graph``), θ is back at θ₀."""
         doc, task, restrict = self._local_batch(global_idx, self.data.train)
-        w = self.phi.weights(doc, grad=False)
+        w = self.phi.weights(doc, grad=self.keep_phi_graph)
         m = self.cfg.meta
         mg = meta_gradient(self.view, doc, w, task, inner=self.inner, objective=m.objective, method=m.method,
                            fd_eps=m.fd_eps, restrict_batch=restrict, restrict_coef=m.restrict_coef)
@@ -232,8 +238,8 @@ class MetaTrainer:
             doc, w, mg = self.micro_step_meta_gradient(idx)
             finite &= bool(torch.isfinite(mg.objective)) and bool(torch.isfinite(mg.grad).all()) and bool(torch.isfinite(w).all())
             objective += float(mg.objective) / micro_steps
-            stats.add(w, doc)
-            pending.append((doc, mg.grad))
+            stats.add(w.detach(), doc)
+            pending.append((doc, mg.grad, w if self.keep_phi_graph else None))
         skip = D.any_rank(not finite)
         grad_norm = float("nan")
         if skip:
@@ -246,8 +252,8 @@ class MetaTrainer:
         else:
             self.consecutive_skips = 0
             scale = self.phi.surrogate_scale(micro_steps)
-            for doc, grad in pending:
-                w = self.phi.weights(doc, grad=True)
+            for doc, grad, kept in pending:
+                w = kept if kept is not None else self.phi.weights(doc, grad=True)
                 self.phi.micro_step((w * grad.to(w.dtype)).sum() * scale)
             grad_norm = self.phi.finish_step()
         self.step += 1
@@ -390,3 +396,14 @@ class WeightStats:
         v = D.all_reduce_sum(self.v)
         names = ("weight_mean", "weight_on_object", "weight_off_object")
         return {f"{prefix}/{n}": (v[2 * k] / v[2 * k + 1] if v[2 * k + 1] else None) for k, n in enumerate(names)}
+
+
+def run_meta_training(cfg: TaalmConfig) -> tuple[MetaTrainer, dict]:
+    """``setup``, ``train``, ``cleanup`` (always) of one :class:`MetaTrainer`; returns it and its summary."""
+    trainer = MetaTrainer(cfg)
+    try:
+        trainer.setup()
+        summary = trainer.train()
+    finally:
+        trainer.cleanup()
+    return trainer, summary

@@ -116,3 +116,23 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
                   f"train.out_dir={tmp_path / 'stop'}")
     with pytest.raises(TrainingError, match="3 φ updates in a row"):
         _run(cfg)
+
+
+def test_keeping_phi_graph_gives_the_same_update_as_recomputing_it(tmp_path):
+    short = ["train.max_steps=3", "train.docs_per_step=4", "train.docs_per_inner_step=2", "train.val_every=0"]
+    runs = {}
+    for mode in ("keep", "recompute"):
+        trainer, summary = _run(_config(tmp_path, *short, f"train.phi_graph={mode}", f"train.out_dir={tmp_path / mode}"))
+        runs[mode] = (load_phi(summary["phi_dir"]), summary["last"]["train/objective"])
+    keep, recompute = (dict(runs[m][0].named_parameters()) for m in ("keep", "recompute"))
+    for name, p in keep.items():
+        torch.testing.assert_close(p, recompute[name], rtol=1e-5, atol=1e-7)
+    assert runs["keep"][1] == pytest.approx(runs["recompute"][1], rel=1e-6)
+
+
+def test_time_limit_stops_early_validates_and_exports_phi(tmp_path):
+    trainer, summary = _run(_config(tmp_path, "train.time_limit_s=0.001", "train.docs_per_step=2"))
+    assert summary["steps"] == 1 and summary["stopped_by_time_limit"]
+    assert "val/objective" in summary["last"] and (tmp_path / "run" / "phi" / "phi.safetensors").is_file()
+    with pytest.raises(ConfigError, match="time_limit_s"):
+        _config(tmp_path, "train.time_limit_s=0")
