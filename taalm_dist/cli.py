@@ -108,16 +108,12 @@ def _toy_demo(args) -> int:
 
 
 def _cmd_ckl_build(args) -> int:
-    from taalm_dist.ckl.build import build, model_logits_fn
+    from taalm_dist.ckl.build import build_for_model
     from taalm_dist.config import ModelSourceConfig
-    from taalm_dist.models import load_causal_lm, load_tokenizer
 
-    spec = ModelSourceConfig(source=args.model, dtype=args.dtype)
-    tokenizer = load_tokenizer(spec)
-    model = load_causal_lm(spec, vocab_size=len(tokenizer))
-    summary = build(model_logits_fn(model), tokenizer, args.data_dir, args.out, task_field=args.task_field,
-                    to_learn_below=args.to_learn_below, skip_bad_rows=args.skip_bad_rows, limit=args.limit,
-                    batch_size=args.batch_size, model_name=args.model)
+    summary = build_for_model(ModelSourceConfig(source=args.model, dtype=args.dtype), args.data_dir, args.out,
+                              task_field=args.task_field, to_learn_below=args.to_learn_below,
+                              skip_bad_rows=args.skip_bad_rows, limit=args.limit, batch_size=args.batch_size)
     print(f"To-Learn {summary['to_learn']} rows, Not-To-Forget {summary['not_to_forget']} rows, "
           f"meta-training pairs {summary['meta_train']}; written to {args.out}")
     return 0

@@ -65,7 +65,7 @@ class Stages:
 
     def run(self, name: str, fn, *args, **kwargs):
         self.k += 1
-        print(f"\n[{self.k}/{self.total}] {name}  (demo time so far {self._fmt(time.monotonic() - self.t0)})", flush=True)
+        print(f"\n[{self.k}/{self.total}] {name}  (demo time so far {_fmt_duration(time.monotonic() - self.t0)})", flush=True)
         start = time.monotonic()
         result = fn(*args, **kwargs)
         self.times[name] = round(time.monotonic() - start, 1)
@@ -76,9 +76,10 @@ class Stages:
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
-    @staticmethod
-    def _fmt(seconds: float) -> str:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def _fmt_duration(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def sqlite_uri(out: Path) -> str:
@@ -107,14 +108,10 @@ def _config(plan: DemoPlan, out: Path, stage: str, extra: list[str]):
 
 
 def _build(plan: DemoPlan, out: Path, source_dir: Path) -> dict:
-    from taalm_dist.ckl.build import build, model_logits_fn
-    from taalm_dist.models import load_causal_lm, load_tokenizer
+    from taalm_dist.ckl.build import build_for_model
 
-    spec = _config(plan, out, "build", []).theta.model
-    tokenizer = load_tokenizer(spec)
-    model = load_causal_lm(spec, vocab_size=len(tokenizer))
-    summary = build(model_logits_fn(model), tokenizer, source_dir, out / "data" / "tailored",
-                    skip_bad_rows=plan.data_dir is not None, model_name=spec.source)
+    summary = build_for_model(_config(plan, out, "build", []).theta.model, source_dir, out / "data" / "tailored",
+                              skip_bad_rows=plan.data_dir is not None)
     print(f"To-Learn {summary['to_learn']} rows, Not-To-Forget {summary['not_to_forget']} rows (of "
           f"{summary['loaded']['invariant_descriptive']}), meta-training pairs {summary['meta_train']}")
     return summary
@@ -222,7 +219,7 @@ def _report(results: dict, table: str) -> str:
 
 
 def _print_end(out: Path, results: dict) -> None:
-    print(f"\ndemo done in {Stages._fmt(results['total_wall_s'])}:")
+    print(f"\ndemo done in {_fmt_duration(results['total_wall_s'])}:")
     for m, s in results["methods"].items():
         print(f"  {m:10s} Top Acc {s['top_acc']:.3f} (epoch {s['epoch']})  NF Acc {s['nf_acc']:.3f}")
     print(f"report: {out / 'report.md'}\ncurves: {out / 'curves.png'}\nheatmap: {out / 'heatmap.html'}")

@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import time
 
 import torch
 
-from taalm_dist.bench.common import current_rss_mb, machine_info, peak_rss_mb, run_case_subprocess
+from taalm_dist.bench.common import PeakMemory, best_time, machine_info, peak_rss_mb, run_case_subprocess
 from taalm_dist.losses import token_weighted_ce
 from taalm_dist.losses.fused_ce import fused_token_weighted_ce
 
@@ -118,27 +117,19 @@ def _measure(case: dict) -> dict:
     if isinstance(fn, str):
         return out | {"skipped": fn}
     hidden, head, ids, weights, mask = _inputs(T, V, H, dtype, case["train_head"], device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = current_rss_mb()
+    memory = PeakMemory(device)
     params = [hidden, head] if case["train_head"] else [hidden]
-    times = []
-    for _ in range(1 + case["repeats"]):  # the first pass is a warm-up
+
+    def step():
         for p in params:
             p.grad = None
-        t0 = time.perf_counter()
         fn(hidden, head, ids, weights, mask).backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+
+    out["wall_s"] = best_time(step, case["repeats"], device == "cuda")
     if device == "cuda":
-        out |= {"peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20, "peak_rss_mb": None}
+        out |= {"peak_mb": memory.peak(), "peak_rss_mb": None}
     else:
-        out |= {"peak_mb": max(0.0, peak_rss_mb() - base), "peak_rss_mb": peak_rss_mb(), "base_rss_mb": base}
-    out["wall_s"] = min(times[1:])
+        out |= {"peak_mb": memory.peak(), "peak_rss_mb": peak_rss_mb(), "base_rss_mb": memory.base}
     out["max_rel_err_vs_eager"] = _error_vs_spec(impl, hidden, head, ids, weights, mask, params)
     return out
 

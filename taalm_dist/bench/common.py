@@ -9,6 +9,8 @@ import platform
 import resource
 import subprocess
 import sys
+import time
+from typing import Callable
 
 import torch
 
@@ -63,6 +65,39 @@ def current_rss_mb() -> float:
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MB (``ru_maxrss`` is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class PeakMemory:
+    """Peak memory of this process over a baseline taken at construction, in MB (2**20 bytes).
+
+    CPU: peak RSS minus the RSS at construction (RSS peaks never reset, so measure the part of interest
+    first). CUDA: ``max_memory_allocated`` (reset at construction) minus the allocated at construction."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated() / 2**20
+        else:
+            self.base = current_rss_mb()
+
+    def peak(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 2**20 - self.base
+        return max(0.0, peak_rss_mb() - self.base)
+
+
+def best_time(fn: Callable[[], object], repeats: int, cuda: bool) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``fn`` after one warm-up call (CUDA synchronised)."""
+    times = []
+    for _ in range(1 + repeats):
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
 
 
 def run_case_subprocess(module: str, case: dict, timeout_s: float) -> dict:

