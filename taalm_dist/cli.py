@@ -108,14 +108,18 @@ def _toy_demo(args) -> int:
 
 
 def _cmd_ckl_build(args) -> int:
-    from taalm_dist.ckl.build import build_for_model
+    from taalm_dist.ckl.build import EvalSelection, build_for_model
     from taalm_dist.config import ModelSourceConfig
 
+    selection = EvalSelection(to_learn=args.eval_to_learn, not_to_forget=args.eval_not_to_forget,
+                              max_evidence_chars=args.eval_max_evidence_chars, order=args.eval_order, seed=args.seed)
     summary = build_for_model(ModelSourceConfig(source=args.model, dtype=args.dtype), args.data_dir, args.out,
                               task_field=args.task_field, to_learn_below=args.to_learn_below,
-                              skip_bad_rows=args.skip_bad_rows, limit=args.limit, batch_size=args.batch_size)
-    print(f"To-Learn {summary['to_learn']} rows, Not-To-Forget {summary['not_to_forget']} rows, "
-          f"meta-training pairs {summary['meta_train']}; written to {args.out}")
+                              skip_bad_rows=args.skip_bad_rows, limit=args.limit, batch_size=args.batch_size,
+                              selection=selection, meta_source=args.meta_source, meta_val=args.meta_val)
+    print(f"evaluation: To-Learn {summary['to_learn']} rows, Not-To-Forget {summary['not_to_forget']} rows; "
+          f"meta-training ({summary['meta_source']}): {summary['meta_train']} pairs + {summary['meta_val']} for "
+          f"validation; written to {args.out}")
     return 0
 
 
@@ -211,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=16, help="tasks scored per forward")
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
     b.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of stopping")
+    b.add_argument("--eval-to-learn", type=int, default=None,
+                   help="To-Learn evaluation rows (default: every variant row the model does not know)")
+    b.add_argument("--eval-not-to-forget", type=int, default=None,
+                   help="Not-To-Forget evaluation rows (default: every invariant row the model knows)")
+    b.add_argument("--eval-max-evidence-chars", type=int, default=None,
+                   help="only variant rows with evidence of at most this many characters are To-Learn candidates")
+    b.add_argument("--eval-order", default="file", choices=["file", "shuffle"],
+                   help="take the evaluation rows first in file order, or from a shuffle seeded by --seed")
+    b.add_argument("--seed", type=int, default=0, help="seed of --eval-order shuffle and of the validation split")
+    b.add_argument("--meta-source", default="auto", choices=["auto", "in_distribution", "invariant_schematic"],
+                   help="meta-training pairs: unknown facts of the same relations (in_distribution), the old "
+                        "invariant_schematic rows, or auto (the directory's meta_train.jsonl, else in_distribution)")
+    b.add_argument("--meta-val", type=int, default=32, help="meta-training pairs held out as meta_val.jsonl")
     b.set_defaults(func=_cmd_ckl_build)
     r = ckl_verbs.add_parser("run", help="train θ on To-Learn evidence with a method's weights; evaluate each epoch",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)

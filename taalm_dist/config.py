@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -187,7 +188,7 @@ class TrainConfig:
     overwrite: bool = False
     """Allow writing into a non-empty out_dir (otherwise refused so nothing is overwritten)."""
     max_steps: int = 100
-    """Number of φ updates."""
+    """Number of φ updates (0: export the initial φ, which weights every token about equally)."""
     docs_per_step: int = 16
     """Documents whose hypergradients are averaged into one φ update (official batch: 16)."""
     lr: float = 1e-4
@@ -199,7 +200,8 @@ class TrainConfig:
     val_every: int = 10
     """Validate every N φ updates (and at the start and the end); 0 disables."""
     val_docs: int = 16
-    """Validation pairs (held out of train_file when data.val_file is null)."""
+    """Validation pairs of the one-step objective: held out of train_file when data.val_file is null, else
+    the first N of val_file."""
     docs_per_inner_step: int = 1
     """Documents θ learns jointly in one inner step (one θ', θ reset after). With N ranks each rank holds
     docs_per_inner_step / N of them, so the result does not depend on the number of ranks."""
@@ -224,11 +226,44 @@ class TrainConfig:
     time_limit_s: float | None = None
     """Time box: stop (validate, checkpoint, export φ as usual) after the φ update during which this many
     seconds of training have passed, even before max_steps; rank 0's clock decides for all ranks. null: none."""
+    ckl_val_every: int = 0
+    """Validate the way LAMA-CKL scores every N φ updates (and at the start and the end); 0 disables: θ,
+    reset to θ₀, trains ``ckl_val_passes`` passes over the validation documents with φ's weights (AdamW),
+    then the object-token accuracy of their tasks is measured after each pass (``ckl_val/acc`` after the
+    last, ``ckl_val/top_acc`` the best). One process only for now."""
+    ckl_val_passes: int = 3
+    """Passes θ makes over the validation documents in the CKL validation (the benchmark's epochs)."""
+    ckl_val_lr: float | None = None
+    """θ's AdamW learning rate in the CKL validation; null: meta.inner_lr."""
+    ckl_val_batch_size: int = 4
+    """Documents per θ update in the CKL validation."""
+    ckl_val_baselines: bool = True
+    """At the first CKL validation also score uniform (fine-tuning) and oracle (object-only) weights: the range φ
+    can move in (``ckl_val/top_acc_uniform``, ``ckl_val/top_acc_oracle``); costs two more validations once."""
+    ckl_val_docs: int | None = None
+    """Validation documents the CKL validation uses (the first N of them; null: all). Its cost is
+    ``ckl_val_passes × ckl_val_docs`` documents of θ training plus as many task forwards."""
+    select: Literal["auto", "last", "ckl_val", "objective"] = "auto"
+    """Which φ ``phi/`` holds: ``ckl_val`` the one with the highest CKL validation Top Acc
+    (``ckl_val/top_acc``: the best accuracy over the passes, as the benchmark's Top Acc; ties: the earlier), ``objective`` the lowest one-step validation objective, ``last`` the last one; ``auto``:
+    ckl_val when ckl_val_every > 0, else last. The last φ is also exported as ``phi_last/``."""
 
     def __post_init__(self):
-        for name in ("max_steps", "docs_per_step", "docs_per_inner_step", "keep_checkpoints"):
+        for name in ("docs_per_step", "docs_per_inner_step", "keep_checkpoints", "ckl_val_passes",
+                     "ckl_val_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.ckl_val_docs is not None and self.ckl_val_docs < 1:
+            raise ConfigError(f"train.ckl_val_docs={self.ckl_val_docs} must be >= 1 (or null for all)")
+        for name in ("max_steps", "ckl_val_every", "val_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
+        if self.ckl_val_lr is not None and not (self.ckl_val_lr > 0 and math.isfinite(self.ckl_val_lr)):
+            raise ConfigError(f"train.ckl_val_lr={self.ckl_val_lr} must be a finite number > 0 (or null)")
+        if self.select == "ckl_val" and not self.ckl_val_every:
+            raise ConfigError("train.select=ckl_val needs train.ckl_val_every > 0")
+        if self.select == "objective" and not self.val_every:
+            raise ConfigError("train.select=objective needs train.val_every > 0")
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise ConfigError(f"train.time_limit_s={self.time_limit_s} must be > 0 seconds (or null for no limit)")
         if self.docs_per_step % self.docs_per_inner_step:

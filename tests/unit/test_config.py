@@ -26,7 +26,7 @@ def test_saved_config_reads_back_identically(tmp_path):
         ("meta.inner=rmsprop", "meta.inner='rmsprop' is not one of"),
         ("meta.inner_lr=fast", "meta.inner_lr='fast' must be of type float"),
         ("meta.inner_lr=-1", "meta.inner_lr=-1.0 must be > 0"),
-        ("train.max_steps=0", "train.max_steps=0 must be >= 1"),
+        ("train.max_steps=-1", "train.max_steps=-1 must be >= 0"),
         ("theta.model.dtype=float16", "dtype='float16' is not one of"),
         ("meta.adam_betas=[0.9]", "meta.adam_betas=[0.9] must have 2 items"),
         ("meta.method=jvp", "theta.model.attn_implementation=taalm_eager"),

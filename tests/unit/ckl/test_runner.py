@@ -60,3 +60,20 @@ def test_taalm_without_phi_and_missing_data_are_clear(ckl_dir, tmp_path):
         _run(ckl_dir, tmp_path, "taalm", "ckl.phi_path=null")
     with pytest.raises(DataError, match="to_learn.jsonl does not exist"):
         _run(tmp_path, tmp_path, "finetune")
+
+
+def test_mix_review_replays_replay_jsonl_when_the_build_wrote_one(ckl_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "with_replay"
+    shutil.copytree(ckl_dir, d)
+    replay = toy_rows(3, seed=3, filler_words=6, entity_offset=150)
+    write_pairs(replay, d / "replay.jsonl")
+    cfg = load_config(None, TINY + [f"ckl.data_dir={d}", "ckl.method=mix_review", f"ckl.out_dir={tmp_path / 'run'}",
+                                    "ckl.progress=false", "tracking.mlflow=false"])
+    runner = CklRunner(cfg)
+    try:
+        runner.setup()
+        assert sorted(t.pair.uid for t in runner.replay) == sorted(r["uuid"] for r in replay)
+    finally:
+        runner.cleanup()

@@ -24,14 +24,22 @@ def test_to_learn_and_meta_entities_are_disjoint_and_fictional():
     assert not (tl | meta) & real
 
 
-def test_fact_is_one_sentence_among_distractors_and_task_ends_with_object():
-    for row in synth_benchmark(30, 0, seed=1, distractors=4)["variant"]:
-        assert row["task_descriptive"].endswith(row["object"])
-        assert row["evidence"].count(row["task_descriptive"] + ".") == 1
+def test_fact_is_paraphrased_among_distractors_that_name_other_objects_of_its_type():
+    from taalm_dist.data.synth import RELATIONS, TYPED_DISTRACTORS
+
+    objects = {code: pool for code, *_, pool in RELATIONS}
+    for row in synth_benchmark(60, 0, seed=1, distractors=4)["variant"]:
+        task, obj, evidence = row["task_descriptive"], row["object"], row["evidence"]
+        assert task.endswith(obj)
+        assert task not in evidence  # the task asks in other words than the evidence
+        assert evidence.count(obj) == 1  # the object's one mention is the fact (oracle mask is exact)
         first = row["subject"].split()[0]
-        others = row["evidence"].replace(row["task_descriptive"] + ".", "")
-        assert sum(others.count(d.format(s=first)) for d in DISTRACTORS) == 4
-        assert row["masked_evidence"].count("[MASK]") == 1 and row["object"] not in row["masked_evidence"]
+        generic = sum(evidence.count(d.format(s=first)) for d in DISTRACTORS)
+        assert generic == 2
+        same_type = [x for x in objects[row["relation_code"]] if x != obj and x in evidence]
+        assert same_type, evidence  # another candidate of the asked type is in the document
+        assert row["masked_evidence"].count("[MASK]") == 1 and obj not in row["masked_evidence"]
+    assert len(TYPED_DISTRACTORS) >= 12
 
 
 def test_written_files_load_as_lama_ckl_and_overwrite_is_refused(tmp_path):

@@ -5,34 +5,11 @@ import json
 import pytest
 import torch
 
-from taalm_dist.config import load_config
-from taalm_dist.data import toy_rows, write_pairs
 from taalm_dist.engine.meta_trainer import DocOrder, MetaTrainer
 from taalm_dist.errors import ConfigError, DataError
 from taalm_dist.models import load_phi
-
-
-def _config(tmp_path, *overrides):
-    write_pairs(toy_rows(200, seed=0), tmp_path / "train.jsonl")
-    write_pairs(toy_rows(16, seed=1, entity_offset=200), tmp_path / "val.jsonl")
-    base = [
-        "theta.model.tiny.hidden_size=64", "theta.trainable=full",
-        "phi.model.tiny.hidden_size=64", "phi.model.tiny.seed=1", "phi.trainable=full",
-        f"data.train_file={tmp_path / 'train.jsonl'}", f"data.val_file={tmp_path / 'val.jsonl'}",
-        "meta.inner=sgd", "meta.inner_lr=0.1", "meta.method=fd",
-        f"train.out_dir={tmp_path / 'run'}", "train.max_steps=30", "train.docs_per_step=8", "train.lr=3e-3",
-        "train.val_every=15", "train.progress=false", "tracking.mlflow=false",
-    ]
-    return load_config(None, base + list(overrides))
-
-
-def _run(cfg):
-    trainer = MetaTrainer(cfg)
-    try:
-        trainer.setup()
-        return trainer, trainer.train()
-    finally:
-        trainer.cleanup()
+from toy_meta import toy_config as _config
+from toy_meta import run_trainer as _run
 
 
 def test_phi_objective_decreases_on_the_toy_task(tmp_path):
@@ -136,3 +113,15 @@ def test_time_limit_stops_early_validates_and_exports_phi(tmp_path):
     assert "val/objective" in summary["last"] and (tmp_path / "run" / "phi" / "phi.safetensors").is_file()
     with pytest.raises(ConfigError, match="time_limit_s"):
         _config(tmp_path, "train.time_limit_s=0")
+
+
+def test_weight_stats_shares_count_only_positions_whose_loss_counts():
+    from taalm_dist.engine.meta_trainer import WeightStats
+
+    doc = {"attention_mask": torch.tensor([[1, 1, 1, 1, 0]]), "object_mask": torch.tensor([[0, 0, 1, 1, 0]])}
+    w = torch.tensor([[9.0, 1.0, 2.0, 4.0, 7.0]])  # position 0 and padding never count
+    stats = WeightStats()
+    stats.add(w, doc)
+    out = stats.reduced("x")
+    assert out["x/share_on_object"] == pytest.approx(6 / 7) and out["x/share_on_first"] == pytest.approx(1 / 7)
+    assert out["x/weight_position0"] == 9.0 and out["x/weight_on_object"] == 3.0 and out["x/weight_off_object"] == 1.0

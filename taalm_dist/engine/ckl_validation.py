@@ -1,0 +1,79 @@
+"""φ's validation the way LAMA-CKL scores: θ learns held-out documents with φ's weights for a few passes,
+then answers their tasks.
+
+The one-step meta-objective L(θ') says how much one inner step on one document helps; the benchmark asks
+something else — after several passes of a normal optimiser over many documents, how many of their
+objects does θ predict? :func:`ckl_validation` measures that on validation pairs, from θ₀ every time, so
+its scores compare across φ updates and pick the φ to keep.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import torch
+
+from taalm_dist.ckl.metrics import object_token_accuracy
+from taalm_dist.data import TokenizedPair, collate, pad_batch
+from taalm_dist.losses import next_token_valid_mask, token_weighted_mean
+from taalm_dist.meta.functional import ThetaView, eval_mode
+
+WeightsFn = Callable[[dict], torch.Tensor]
+"""``fn(doc_batch) -> [B, L]`` token weights (no graph)."""
+
+
+@torch.no_grad()
+def task_accuracy(model: torch.nn.Module, items: list[TokenizedPair], pad_id: int, batch_size: int = 16) -> float:
+    """Mean object-token accuracy (teacher forced) of the tasks of ``items`` under ``model``."""
+    total = 0.0
+    for s in range(0, len(items), batch_size):
+        chunk = items[s : s + batch_size]
+        batch = pad_batch([t.task_ids for t in chunk], pad_id, {"label_mask": [t.label_mask for t in chunk]})
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        total += float(object_token_accuracy(logits, batch["input_ids"], batch["attention_mask"],
+                                             batch["label_mask"]).sum())
+    return total / max(1, len(items))
+
+
+def ckl_validation(view: ThetaView, items: list[TokenizedPair], weights_fn: WeightsFn, pad_id: int, *, passes: int,
+                   lr: float, batch_size: int, seed: int = 0) -> dict[str, float]:
+    """θ (from its current values, restored afterwards) trains ``passes`` passes of AdamW (``lr``, no weight
+    decay) over ``items`` in batches of ``batch_size`` with the token-weighted loss under ``weights_fn``'s
+    weights; the documents are shuffled per pass by ``seed`` (the same order for every φ).
+
+    Returns ``acc`` (mean object-token accuracy of the items' tasks after the last pass, in [0, 1]),
+    ``top_acc`` (the best accuracy over the passes) and ``acc_pass_<k>`` for each pass k.
+    """
+    saved = view.snapshot()
+    batches = []
+    for k in range(passes):
+        order = list(range(len(items)))
+        random.Random(seed * 1000 + k).shuffle(order)
+        batches.append([[items[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)])
+    weights = {}  # φ is fixed here: each batch's weights once
+    opt = torch.optim.AdamW(view.params, lr=lr, weight_decay=0.0)
+    out: dict[str, float] = {}
+    try:
+        for k, pass_batches in enumerate(batches, start=1):
+            with eval_mode(view.model):
+                for b, chunk in enumerate(pass_batches):
+                    doc, _ = collate(chunk, pad_id)
+                    key = tuple(id(t) for t in chunk)
+                    if key not in weights:
+                        weights[key] = weights_fn(doc).detach()
+                    loss = token_weighted_mean(view.loss(doc), weights[key], next_token_valid_mask(doc["attention_mask"]))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            was = view.model.training
+            view.model.eval()
+            out[f"acc_pass_{k}"] = task_accuracy(view.model, items, pad_id)
+            view.model.train(was)
+    finally:
+        for p in view.params:
+            p.grad = None
+        view.assign(saved)
+    out["acc"] = out[f"acc_pass_{passes}"]
+    out["top_acc"] = max(out[f"acc_pass_{k}"] for k in range(1, passes + 1))
+    return out
