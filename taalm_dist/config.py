@@ -61,16 +61,29 @@ class ModelSourceConfig:
     tokenizer: str | None = None
     """Where to load the tokenizer from when it is not next to the weights (default: ``source``)."""
     dtype: str = "float32"
-    """Parameter dtype: float32, bfloat16 or float64 (float64 is the exact reference mode)."""
-    attn_implementation: str = "sdpa"
-    """HF attention implementation; ``taalm_eager`` is a dtype-preserving eager attention that supports
-    forward-mode AD and double backward (needed by ``meta.method`` jvp / double_backward)."""
+    """dtype of the frozen base: float32, bfloat16 or float64 (float64 is the exact reference mode). The
+    trainable tensors (LoRA adapters, φ's head, θ or φ when trained in full) and their optimizer state stay
+    float32 whatever this is (mixed precision: a bfloat16 base computes in bfloat16, the updates and the
+    meta-gradient's differences are taken in float32)."""
+    attn_implementation: str = "auto"
+    """HF attention implementation. ``auto``: ``flash_attention_2`` when the model runs on CUDA in bfloat16
+    and flash-attn is installed, else ``sdpa``. ``flash_attention_2`` is refused with a clear message when
+    flash-attn is missing, without CUDA or in float32. ``taalm_eager`` is a dtype-preserving eager attention that
+    supports forward-mode AD and double backward (needed by ``meta.method`` jvp / double_backward); ``sdpa``
+    and ``eager`` pass through to transformers."""
+    quantization: Literal["none", "4bit"] = "none"
+    """``4bit``: load the frozen base in bitsandbytes NF4 (QLoRA, as the paper's authors ran it; compute in
+    ``dtype``, adapters float32): CUDA, bitsandbytes, LoRA and one process only, refused elsewhere."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the random model when ``source: tiny``."""
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is not one of {DTYPES}")
+        if self.quantization == "4bit" and self.source == "tiny":
+            raise ConfigError("quantization=4bit needs a pretrained checkpoint (source), not the random tiny model")
+        if self.quantization == "4bit" and self.dtype == "float64":
+            raise ConfigError("quantization=4bit computes in bfloat16 or float32: set dtype to one of them")
 
 
 @dataclass
@@ -151,7 +164,7 @@ class DataConfig:
 
 @dataclass
 class MetaConfig:
-    """The inner step and the meta-objective (DESIGN §2)."""
+    """The inner step and the meta-objective (docs/design.md §2)."""
 
     inner: Literal["sgd", "adamw"] = "sgd"
     """Inner optimiser of θ: one SGD step, or a dummy AdamW step then the differentiated AdamW step."""
@@ -171,6 +184,12 @@ class MetaConfig:
     """Inner AdamW decoupled weight decay (does not depend on the weights, so it leaves the gradient)."""
     restrict_coef: float = 0.0
     """Weight of the stability term |ΔNLL| on an unrelated task T_U (another pair's task); 0 disables."""
+    compute_float32: bool = True
+    """θ's passes in the meta-step compute in float32 even when its frozen base is bfloat16 (weights stay
+    bfloat16; each layer upcasts its own weight for its call; no effect on a float32 θ). false: they compute in
+    the base's dtype (faster on GPUs) and only the finite difference's two forwards are upcast, which is enough
+    for an SGD inner step but not for AdamW, whose meta-gradient amplifies the rounding of small gradients
+    (docs/design.md, precision)."""
 
     def __post_init__(self):
         if self.inner_lr <= 0:
@@ -277,8 +296,9 @@ class EngineConfig:
 
     backend: Literal["auto", "single", "deepspeed"] = "auto"
     """auto: DeepSpeed ZeRO-3 when launched with more than one process (WORLD_SIZE > 1), else single."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """Parameter precision under DeepSpeed (the meta-gradient's losses and differences stay fp32)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where models and batches live: ``auto`` is ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU;
+    ``cuda`` on a machine without CUDA is refused."""
     param_persistence_threshold: int | None = None
     """ZeRO-3 ``stage3_param_persistence_threshold``: tensors smaller than this stay unpartitioned;
     null: DeepSpeed's default (1e5). Tiny test models need 0, or nothing is partitioned."""
@@ -479,11 +499,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}={value!r} must be of type {_type_name(tp)}")
 
 
+RETIRED_KEYS = {
+    "engine.precision": "the precision is the models' own now: set theta.model.dtype / phi.model.dtype to bfloat16 "
+                        "(the frozen base in bfloat16; trainable tensors and optimizer state stay float32)",
+}
+"""Keys earlier versions accepted, with what replaces them (named in the error instead of 'unknown key')."""
+
+
 def build(cls: type, data: dict, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrong types."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
+    for key in unknown:
+        if prefix + key in RETIRED_KEYS:
+            raise ConfigError(f"config key '{prefix}{key}' was removed: {RETIRED_KEYS[prefix + key]}")
     if unknown:
         raise ConfigError(
             f"unknown config key '{prefix}{unknown[0]}'; known keys under '{prefix or '<top>'}': {', '.join(names)}"

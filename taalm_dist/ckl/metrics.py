@@ -1,4 +1,4 @@
-"""LAMA-CKL metrics (DESIGN §4).
+"""LAMA-CKL metrics (docs/design.md §4).
 
 Accuracy of a task sentence = fraction of the object's tokens that the model predicts, teacher forced:
 token i of the object counts as right when ``argmax logits[i-1] == input_ids[i]``. The object's tokens

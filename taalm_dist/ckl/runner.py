@@ -1,5 +1,5 @@
 """``taalm ckl run``: θ learns the To-Learn evidence epoch by epoch with a method's token weights, and is
-tested on To-Learn (plasticity) and Not-To-Forget (stability) tasks after every epoch (DESIGN §4).
+tested on To-Learn (plasticity) and Not-To-Forget (stability) tasks after every epoch (docs/design.md §4).
 
 Contract: ``r = CklRunner(cfg); r.setup(); r.run(); r.cleanup()``. On one process θ is a plain module;
 launched with several processes (torchrun / deepspeed launcher, ``engine.backend: auto``) θ is a
@@ -25,7 +25,7 @@ from taalm_dist.ckl.report import heatmap, plot_curves, write_metrics, write_rep
 from taalm_dist.config import TaalmConfig, save_config, to_dict
 from taalm_dist.data import collate, load_pairs, pad_batch, tokenize_pair
 from taalm_dist.engine import distributed as D
-from taalm_dist.engine.meta_trainer import prepare_out_dir, use_deepspeed
+from taalm_dist.engine.runtime import Runtime
 from taalm_dist.errors import ConfigError, DataError
 from taalm_dist.losses import next_token_valid_mask, token_weighted_mean
 from taalm_dist.losses.lm_head import per_token_loss_fn
@@ -46,15 +46,14 @@ class CklRunner:
         c = self.c
         if not c.data_dir:
             raise ConfigError("ckl.data_dir is not set: pass --data-dir (a directory from `taalm ckl build`)")
-        self.distributed = use_deepspeed(self.cfg)
-        if self.distributed:
-            D.init_process_group(self.cfg.engine.dist_backend)
-        self.world, self.rank = (D.world_size(), D.rank()) if self.distributed else (1, 0)
+        self.rt = Runtime.start(self.cfg.engine, "ckl run")
+        self.rt.check_models(theta=self.cfg.theta.model)
+        self.distributed, self.world, self.rank = self.rt.distributed, self.rt.world, self.rt.rank
         torch.manual_seed(c.seed)
         self.tokenizer = load_tokenizer(self.cfg.theta.model)
         self.pad_id = self.tokenizer.pad_token_id or 0
         self._load_data()
-        self.out = prepare_out_dir(c.out_dir, self.cfg.train.overwrite, resuming=False)
+        self.out = self.rt.prepare_out_dir(c.out_dir, self.cfg.train.overwrite, resuming=False)
         self._build_theta()
         self.rule = self._weight_rule()
         self.per_token_loss = per_token_loss_fn(self.cfg.loss)
@@ -101,13 +100,15 @@ class CklRunner:
 
     def _build_theta(self) -> None:
         c = self.cfg
-        self.theta = load_causal_lm(c.theta.model, vocab_size=len(self.tokenizer))
+        self.theta = load_causal_lm(c.theta.model, vocab_size=len(self.tokenizer), device=self.rt.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.c.seed)
             if M.mechanism(self.c.method) == "kadapter":
                 M.add_kadapters(self.theta, self.c.kadapter_size)
             else:
                 self.theta = make_trainable(self.theta, c.theta.trainable, c.theta.lora)
+        if not self.rt.distributed:
+            self.theta = self.rt.place(self.theta)
         self.params = [p for p in self.theta.parameters() if p.requires_grad]
         if M.mechanism(self.c.method) == "recadam":  # θ₀ for the pull term
             self.start = [p.detach().clone() for p in self.params]
@@ -115,8 +116,6 @@ class CklRunner:
     def _shard_theta(self) -> None:
         """θ as a ZeRO-3 engine with AdamW (data parallel over the batch)."""
         from taalm_dist.engine.ds_config import ckl_theta_config, save_ds_configs
-        from taalm_dist.engine.zero3 import import_deepspeed
-
         mech = M.mechanism(self.c.method)
         if mech == "recadam" or (M.base_rule(self.c.method) == "rho1" and not hasattr(self.theta, "disable_adapter")):
             raise ConfigError(f"ckl.method={self.c.method} needs θ's full tensors on every rank (θ₀ pull / reference "
@@ -126,9 +125,7 @@ class CklRunner:
         config = ckl_theta_config(self.cfg, self.world)
         if D.is_main():
             save_ds_configs({"theta": config}, self.out / "ds_config.json")
-        deepspeed = import_deepspeed()
-        self.engine, *_ = deepspeed.initialize(model=self.theta, model_parameters=self.params, config=config,
-                                               dist_init_required=False)
+        self.engine = self.rt.initialize(self.theta, config, model_parameters=self.params)
 
     def _weight_rule(self):
         rule = M.base_rule(self.c.method)
@@ -139,14 +136,14 @@ class CklRunner:
         if rule == "taalm":
             if not self.c.phi_path:
                 raise ConfigError(f"ckl.method={self.c.method} needs ckl.phi_path (a meta-trained φ's phi/ directory)")
-            phi = load_phi(self.c.phi_path)
+            phi = load_phi(self.c.phi_path, device=self.rt.device)
             from taalm_dist.models.train_attention import PHI_CONFIG
 
             phi_source = json.loads((Path(self.c.phi_path) / PHI_CONFIG).read_text())["phi"]["model"]
             from taalm_dist.config import ModelSourceConfig, build
 
             check_same_tokenizer(self.tokenizer, load_tokenizer(build(ModelSourceConfig, phi_source, "phi.model.")))
-            return M.PhiWeights(phi)
+            return M.PhiWeights(self.rt.place(phi))
         return M.uniform_weights
 
     # ---------------------------------------------------------------------------------- evaluation
@@ -163,8 +160,8 @@ class CklRunner:
         for k in range(steps):
             chunk = mine[k * bs : (k + 1) * bs]
             batch_items = chunk or items[:1]
-            batch = pad_batch([t.task_ids for t in batch_items], self.pad_id,
-                              {"label_mask": [t.label_mask for t in batch_items]})
+            batch = self.rt.to_device(pad_batch([t.task_ids for t in batch_items], self.pad_id,
+                                                {"label_mask": [t.label_mask for t in batch_items]}))
             logits = self.theta(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             if chunk:
                 total += float(object_token_accuracy(logits, batch["input_ids"], batch["attention_mask"],
@@ -189,7 +186,7 @@ class CklRunner:
             local = -(-len(items) // self.world)
             mine = items[self.rank * local : (self.rank + 1) * local]
             share, items = len(mine), (mine or items[:1])
-        doc, _ = collate(items, self.pad_id)
+        doc = self.rt.to_device(collate(items, self.pad_id)[0])
         w = self.rule(doc) * (1.0 if share else 0.0)
         model = self.engine if self.distributed else self.theta
         self.theta.train()
@@ -261,8 +258,8 @@ class CklRunner:
         items = self.to_learn[: self.c.heatmap_docs]
         if not items:
             return
-        doc, _ = collate(items, self.pad_id)
-        w = self.rule(doc)
+        doc = self.rt.to_device(collate(items, self.pad_id)[0])
+        w = self.rule(doc).cpu()
         if not D.is_main():
             return
         docs = []
@@ -275,8 +272,8 @@ class CklRunner:
     def cleanup(self) -> None:
         if hasattr(self, "log"):
             self.log.close()
-        if getattr(self, "distributed", False):
-            D.shutdown()
+        if hasattr(self, "rt"):
+            self.rt.shutdown()
 
 
 def run_ckl(cfg: TaalmConfig) -> tuple[CklRunner, dict]:

@@ -2,7 +2,7 @@
 
 Each row needs ``evidence`` (the document), the task field (``task_descriptive`` by default) and
 ``object``. The task is cut right after the last occurrence of the object, so the object's tokens are the
-last tokens of T_D (DESIGN §4). Every problem names the file, the line and the field.
+last tokens of T_D (docs/design.md §4). Every problem names the file, the line and the field.
 """
 
 from __future__ import annotations

@@ -21,15 +21,23 @@ from taalm_dist.meta.functional import ThetaView, eval_mode
 
 WeightsFn = Callable[[dict], torch.Tensor]
 """``fn(doc_batch) -> [B, L]`` token weights (no graph)."""
+Place = Callable[[dict], dict]
+"""``fn(batch) -> batch`` on the model's device (:meth:`taalm_dist.engine.runtime.Runtime.to_device`)."""
+
+
+def _unmoved(batch: dict) -> dict:
+    return batch
 
 
 @torch.no_grad()
-def task_accuracy(model: torch.nn.Module, items: list[TokenizedPair], pad_id: int, batch_size: int = 16) -> float:
-    """Mean object-token accuracy (teacher forced) of the tasks of ``items`` under ``model``."""
+def task_accuracy(model: torch.nn.Module, items: list[TokenizedPair], pad_id: int, batch_size: int = 16,
+                  place: Place = _unmoved) -> float:
+    """Mean object-token accuracy (teacher forced) of the tasks of ``items`` under ``model``; ``place`` moves
+    each batch to the model's device."""
     total = 0.0
     for s in range(0, len(items), batch_size):
         chunk = items[s : s + batch_size]
-        batch = pad_batch([t.task_ids for t in chunk], pad_id, {"label_mask": [t.label_mask for t in chunk]})
+        batch = place(pad_batch([t.task_ids for t in chunk], pad_id, {"label_mask": [t.label_mask for t in chunk]}))
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         total += float(object_token_accuracy(logits, batch["input_ids"], batch["attention_mask"],
                                              batch["label_mask"]).sum())
@@ -37,10 +45,11 @@ def task_accuracy(model: torch.nn.Module, items: list[TokenizedPair], pad_id: in
 
 
 def ckl_validation(view: ThetaView, items: list[TokenizedPair], weights_fn: WeightsFn, pad_id: int, *, passes: int,
-                   lr: float, batch_size: int, seed: int = 0) -> dict[str, float]:
+                   lr: float, batch_size: int, seed: int = 0, place: Place = _unmoved) -> dict[str, float]:
     """θ (from its current values, restored afterwards) trains ``passes`` passes of AdamW (``lr``, no weight
     decay) over ``items`` in batches of ``batch_size`` with the token-weighted loss under ``weights_fn``'s
-    weights; the documents are shuffled per pass by ``seed`` (the same order for every φ).
+    weights; the documents are shuffled per pass by ``seed`` (the same order for every φ). ``place`` moves
+    each batch to θ's device.
 
     Returns ``acc`` (mean object-token accuracy of the items' tasks after the last pass, in [0, 1]),
     ``top_acc`` (the best accuracy over the passes) and ``acc_pass_<k>`` for each pass k.
@@ -58,7 +67,7 @@ def ckl_validation(view: ThetaView, items: list[TokenizedPair], weights_fn: Weig
         for k, pass_batches in enumerate(batches, start=1):
             with eval_mode(view.model):
                 for b, chunk in enumerate(pass_batches):
-                    doc, _ = collate(chunk, pad_id)
+                    doc = place(collate(chunk, pad_id)[0])
                     key = tuple(id(t) for t in chunk)
                     if key not in weights:
                         weights[key] = weights_fn(doc).detach()
@@ -68,7 +77,7 @@ def ckl_validation(view: ThetaView, items: list[TokenizedPair], weights_fn: Weig
                     opt.step()
             was = view.model.training
             view.model.eval()
-            out[f"acc_pass_{k}"] = task_accuracy(view.model, items, pad_id)
+            out[f"acc_pass_{k}"] = task_accuracy(view.model, items, pad_id, place=place)
             view.model.train(was)
     finally:
         for p in view.params:

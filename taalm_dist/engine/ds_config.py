@@ -5,6 +5,12 @@ its optimizer is a torch SGD with lr 0 (``zero_allow_untested_optimizer``). φ's
 AdamW (``torch_adam``: no fused_adam JIT build on CPU) and accumulates over the micro-steps of one φ
 update. A JSON override (``engine.ds_config_override``) is merged over both; the resolved pair is saved
 with the run as ``ds_config.json``.
+
+[mixed precision note] No ``bf16`` section: DeepSpeed's bf16 mode would cast the whole module, adapters
+included, to bfloat16. The frozen base is loaded in ``*.model.dtype`` (bfloat16 on GPUs) and the trainable
+tensors stay float32 (:func:`taalm_dist.models.lora.keep_trainable_float32`), so DeepSpeed runs its fp32
+path on them: fp32 optimizer state, fp32 gradients, and the finite difference of the meta-gradient taken in
+fp32 on fp32 partitions.
 """
 
 from __future__ import annotations
@@ -60,8 +66,6 @@ def ds_configs(cfg: TaalmConfig, world: int) -> dict[str, dict]:
     local = local_docs_per_inner_step(cfg, world)
     micro_steps = cfg.train.docs_per_step // cfg.train.docs_per_inner_step
     common = {"zero_optimization": _zero3(cfg), "steps_per_print": 10**9, "wall_clock_breakdown": False}
-    if cfg.engine.precision == "bf16":
-        common["bf16"] = {"enabled": True}
     theta = {**common, "train_micro_batch_size_per_gpu": local, "gradient_accumulation_steps": 1,
              "train_batch_size": local * world, "zero_allow_untested_optimizer": True}
     phi = {**common, "train_micro_batch_size_per_gpu": local, "gradient_accumulation_steps": micro_steps,
@@ -82,8 +86,6 @@ def ckl_theta_config(cfg: TaalmConfig, world: int) -> dict:
               "train_micro_batch_size_per_gpu": local, "gradient_accumulation_steps": 1,
               "train_batch_size": local * world,
               "optimizer": {"type": "AdamW", "params": {"lr": cfg.ckl.lr, "weight_decay": 0.0, "torch_adam": True}}}
-    if cfg.engine.precision == "bf16":
-        config["bf16"] = {"enabled": True}
     return _merge(config, load_override(cfg.engine.ds_config_override))
 
 

@@ -34,6 +34,7 @@ from taalm_dist.engine import distributed as D
 from taalm_dist.engine.ckl_validation import ckl_validation
 from taalm_dist.engine.data_setup import PreparedData, prepare_data
 from taalm_dist.engine.phi_update import DeepSpeedPhi, LocalPhi
+from taalm_dist.engine.runtime import Runtime
 from taalm_dist.errors import ConfigError, TrainingError
 from taalm_dist.losses import next_token_valid_mask
 from taalm_dist.losses.lm_head import per_token_loss_fn
@@ -86,24 +87,6 @@ def resume_hash(cfg: TaalmConfig) -> str:
     return config_hash(d)
 
 
-def prepare_out_dir(out_dir: str, overwrite: bool, resuming: bool) -> Path:
-    """Create the run directory (rank 0) after every rank checked it: a non-empty one is refused on all
-    ranks together unless resuming or ``overwrite`` (so nothing is overwritten and no rank waits alone)."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (overwrite or resuming):
-        raise ConfigError(f"{out} already holds a run; resume it with --resume auto, choose a new "
-                          "directory, or pass train.overwrite=true")
-    D.barrier()
-    if D.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-    D.barrier()
-    return out
-
-
-def use_deepspeed(cfg: TaalmConfig) -> bool:
-    return cfg.engine.backend == "deepspeed" or (cfg.engine.backend == "auto" and D.env_world_size() > 1)
-
-
 class MetaTrainer:
     """Meta-trains φ; see the module docstring."""
 
@@ -122,13 +105,9 @@ class MetaTrainer:
         """Process group, tokenizers (a mismatch is refused), data, θ and φ, run directory, trackers,
         and the checkpoint to resume from, if any."""
         cfg = self.cfg
-        self.distributed = use_deepspeed(cfg)
-        if not self.distributed and D.env_world_size() > 1:
-            raise ConfigError(f"engine.backend=single but launched with {D.env_world_size()} processes: they would "
-                              "all write the same run; use engine.backend=auto or deepspeed")
-        if self.distributed:
-            D.init_process_group(cfg.engine.dist_backend)
-        self.world, self.rank = (D.world_size(), D.rank()) if self.distributed else (1, 0)
+        self.rt = Runtime.start(cfg.engine, "meta-train")
+        self.rt.check_models(theta=cfg.theta.model, phi=cfg.phi.model)
+        self.distributed, self.world, self.rank = self.rt.distributed, self.rt.world, self.rt.rank
         if self.distributed and cfg.train.phi_graph == "keep":
             raise ConfigError("train.phi_graph=keep is for one process: under DeepSpeed φ's forward runs again after "
                               "all ranks agreed on the step ([skip agreement note]); use auto or recompute")
@@ -144,7 +123,7 @@ class MetaTrainer:
         if cfg.train.ckl_val_every and not self.data.val:
             raise ConfigError("train.ckl_val_every needs validation pairs: give data.val_file or train.val_docs > 0")
         resume_from = D.broadcast_object(ckpt.resolve_resume(cfg.train.resume, cfg.train.out_dir))
-        self.out = prepare_out_dir(cfg.train.out_dir, cfg.train.overwrite, resume_from is not None)
+        self.out = self.rt.prepare_out_dir(cfg.train.out_dir, cfg.train.overwrite, resume_from is not None)
         self._build_models()
         low = {p.dtype for p in self.view.params} - {torch.float32, torch.float64}
         if low and D.is_main():
@@ -180,24 +159,25 @@ class MetaTrainer:
                 # real checkpoints load partitioned; tiny random models are built whole (their random init
                 # would differ under zero.Init) and partitioned by deepspeed.initialize
                 self._zero_init = partition_while_loading(configs["theta"])
-        theta = load_causal_lm(cfg.theta.model, vocab)
+        device = self.rt.device
+        theta = load_causal_lm(cfg.theta.model, vocab, device=device)
         with torch.random.fork_rng(devices=[]):  # adapters start the same whatever loading consumed
             torch.manual_seed(cfg.train.seed)
             theta = make_trainable(theta, cfg.theta.trainable, cfg.theta.lora)
-        phi = build_phi(cfg.phi, vocab, seed=cfg.train.seed)
+        phi = build_phi(cfg.phi, vocab, seed=cfg.train.seed, device=device)
         if cfg.engine.gradient_checkpointing:
             enable_gradient_checkpointing(theta)
             enable_gradient_checkpointing(phi.backbone)
         loss_fn = per_token_loss_fn(cfg.loss, cfg.meta.method)
         if not self.distributed:
-            self.view = ThetaView(theta, loss_fn)
-            self.phi = LocalPhi(phi, cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip)
+            self.view = ThetaView(self.rt.place(theta), loss_fn)
+            self.phi = LocalPhi(self.rt.place(phi), cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip)
             self.local_docs = cfg.train.docs_per_inner_step
             return
         from taalm_dist.engine.zero3 import Zero3ThetaView, build_phi_engine, build_theta_engine
 
-        self.view = Zero3ThetaView(build_theta_engine(theta, configs["theta"]), loss_fn)
-        self.phi = DeepSpeedPhi(build_phi_engine(phi, configs["phi"]))
+        self.view = Zero3ThetaView(build_theta_engine(self.rt, theta, configs["theta"]), loss_fn)
+        self.phi = DeepSpeedPhi(build_phi_engine(self.rt, phi, configs["phi"]))
 
     def _open_trackers(self, run_id: str | None) -> None:
         if not D.is_main():
@@ -223,7 +203,7 @@ class MetaTrainer:
                 j = self.rng.randrange(len(items) - 1)
                 others.append(items[j + (j >= i)])
             _, restrict = collate(others, self.pad_id)
-        return doc, task, restrict
+        return self.rt.to_device(doc), self.rt.to_device(task), self.rt.to_device(restrict)
 
     def micro_step_meta_gradient(self, global_idx: list[int]):
         """First pass of a micro-step on the training documents ``global_idx`` (this rank takes its
@@ -233,7 +213,8 @@ class MetaTrainer:
         w = self.phi.weights(doc, grad=self.keep_phi_graph)
         m = self.cfg.meta
         mg = meta_gradient(self.view, doc, w, task, inner=self.inner, objective=m.objective, method=m.method,
-                           fd_eps=m.fd_eps, restrict_batch=restrict, restrict_coef=m.restrict_coef)
+                           fd_eps=m.fd_eps, restrict_batch=restrict, restrict_coef=m.restrict_coef,
+                           compute_float32=m.compute_float32)
         return doc, w, mg
 
     # ------------------------------------------------------------------------------------ one step
@@ -286,7 +267,7 @@ class MetaTrainer:
             idx = list(range(g * group, (g + 1) * group))
             doc, task, _ = self._local_batch(idx, val)
             w = self.phi.weights(doc, grad=False)
-            kw = dict(inner=self.inner, objective=self.cfg.meta.objective)
+            kw = dict(inner=self.inner, objective=self.cfg.meta.objective, compute_float32=self.cfg.meta.compute_float32)
             sums[0] += float(updated_objective(self.view, doc, w, task, **kw))
             if baselines:
                 sums[1] += float(updated_objective(self.view, doc, doc["attention_mask"].to(w.dtype), task, **kw))
@@ -312,7 +293,8 @@ class MetaTrainer:
             rules.update({"_uniform": uniform_weights, "_oracle": oracle_weights})
         out = {}
         for suffix, rule in rules.items():
-            res = ckl_validation(self.view, self.data.val[: t.ckl_val_docs], rule, self.pad_id, **kw)
+            res = ckl_validation(self.view, self.data.val[: t.ckl_val_docs], rule, self.pad_id, place=self.rt.to_device,
+                                 **kw)
             out[f"ckl_val/acc{suffix}"], out[f"ckl_val/top_acc{suffix}"] = res["acc"], res["top_acc"]
         out["time/ckl_val_s"] = time.perf_counter() - t0
         self._write_heatmap()
@@ -325,7 +307,7 @@ class MetaTrainer:
 
         items = self.data.val[:docs]
         doc, _ = collate(items, self.pad_id)
-        w = self.phi.weights(doc, grad=False)
+        w = self.phi.weights(self.rt.to_device(doc), grad=False).cpu()
         rows = [([self.tokenizer.decode([i]) for i in it.doc_ids], w[b, : len(it.doc_ids)].tolist(), it.doc_object_mask)
                 for b, it in enumerate(items)]
         folder = self.out / "heatmaps" / f"step_{self.step:06d}"
@@ -470,8 +452,8 @@ class MetaTrainer:
     def cleanup(self) -> None:
         """Close the trackers (MLflow waits a bounded time for its queue) and leave the process group."""
         self.log.close()
-        if getattr(self, "distributed", False):
-            D.shutdown()
+        if hasattr(self, "rt"):
+            self.rt.shutdown()
 
 
 class WeightStats:

@@ -1,6 +1,6 @@
 """θ and φ under DeepSpeed ZeRO-3, and the sharded θ view the closed-form meta-gradient runs on.
 
-The closed form (DESIGN §2) needs only forwards, backwards and in-place edits of θ's trainable tensors,
+The closed form (docs/design.md §2) needs only forwards, backwards and in-place edits of θ's trainable tensors,
 so under ZeRO-3 each rank edits its own partitions (``param.ds_tensor``) and reads its partition of the
 rank-averaged gradient. [partition cache note] After a forward+backward, ZeRO-3 keeps gathered copies of
 parameters; an in-place edit of ``ds_tensor`` is silently ignored by later forwards unless
@@ -56,21 +56,15 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def build_theta_engine(theta: torch.nn.Module, ds_config: dict):
-    """Shard θ (already made trainable) under ZeRO-3; its optimizer is never stepped."""
-    deepspeed = import_deepspeed()
+def build_theta_engine(rt, theta: torch.nn.Module, ds_config: dict):
+    """Shard θ (already made trainable) under ZeRO-3 through the runtime ``rt``; its optimizer is never stepped."""
     params = [p for p in theta.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.0)
-    engine, *_ = deepspeed.initialize(model=theta, optimizer=opt, config=ds_config, dist_init_required=False)
-    return engine
+    return rt.initialize(theta, ds_config, optimizer=torch.optim.SGD(params, lr=0.0))
 
 
-def build_phi_engine(phi: torch.nn.Module, ds_config: dict):
-    """Shard φ under ZeRO-3 with the AdamW optimizer of its DeepSpeed config."""
-    deepspeed = import_deepspeed()
-    params = [p for p in phi.parameters() if p.requires_grad]
-    engine, *_ = deepspeed.initialize(model=phi, model_parameters=params, config=ds_config, dist_init_required=False)
-    return engine
+def build_phi_engine(rt, phi: torch.nn.Module, ds_config: dict):
+    """Shard φ under ZeRO-3 through the runtime ``rt``, with the AdamW optimizer of its DeepSpeed config."""
+    return rt.initialize(phi, ds_config, model_parameters=[p for p in phi.parameters() if p.requires_grad])
 
 
 class Zero3ThetaView(ThetaView):

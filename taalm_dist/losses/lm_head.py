@@ -20,15 +20,12 @@ from taalm_dist.losses.token_weighted_ce import PerTokenLossFn, eager_per_token_
 
 
 def resolve_impl(impl: str, meta_method: str = "fd") -> str:
-    """``eager``, ``chunked`` or ``triton`` for ``loss.impl`` (``auto``: triton on CUDA when installed, else
-    chunked; eager when ``meta_method`` differentiates through the loss twice or forward-mode)."""
-    if impl != "auto":
-        return impl
-    if meta_method in ("jvp", "double_backward"):
+    """``eager``, ``chunked``, ``triton`` or ``auto`` for ``loss.impl``: ``auto`` stays ``auto`` (the fused loss
+    then chooses per call by the tensors' device: triton for CUDA tensors when installed, else chunked), except
+    that it is ``eager`` when ``meta_method`` differentiates through the loss twice or forward-mode."""
+    if impl == "auto" and meta_method in ("jvp", "double_backward"):
         return "eager"
-    from taalm_dist.losses.fused_ce import triton_available
-
-    return "triton" if torch.cuda.is_available() and triton_available() else "chunked"
+    return impl
 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Linear:
@@ -54,11 +51,15 @@ def fused_per_token_nll(impl: str = "chunked", chunk: int | None = None) -> PerT
                 raise RuntimeError(f"θ's head saw hidden states {tuple(hidden.shape)} for input_ids {tuple(ids.shape)}")
             return chunked_per_token_nll(hidden, head.weight.to(hidden.dtype), ids, mask, chunk=chunk, impl=impl)
 
+        previous = head.__dict__.get("forward")  # e.g. float32_compute's upcasting forward
         head.forward = per_token_head
         try:
             return model(input_ids=ids, attention_mask=mask).logits
         finally:
-            del head.forward  # back to nn.Linear.forward
+            if previous is None:
+                del head.forward  # back to nn.Linear.forward
+            else:
+                head.forward = previous
 
     return fn
 

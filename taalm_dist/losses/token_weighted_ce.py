@@ -1,4 +1,4 @@
-"""The token-weighted loss (TWL) of DESIGN §1, in eager PyTorch: the specification.
+"""The token-weighted loss (TWL) of docs/design.md §1, in eager PyTorch: the specification.
 
 Conventions, used everywhere in the package:
 

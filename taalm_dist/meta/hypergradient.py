@@ -1,4 +1,4 @@
-"""The exact one-step meta-gradient dL/dw without double backward (DESIGN §2).
+"""The exact one-step meta-gradient dL/dw without double backward (docs/design.md §2).
 
 For an inner step θ' = θ_pre − ṽ-direction update on the token-weighted loss of the document batch D,
 
@@ -12,6 +12,7 @@ the inner backward is ever built; θ's trainable tensors are edited in place and
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Mapping
@@ -21,6 +22,7 @@ import torch
 from taalm_dist.losses import PerTokenLossFn, WEIGHT_SUM_EPS, next_token_valid_mask, token_weighted_mean
 from taalm_dist.meta.functional import ThetaView, eval_mode
 from taalm_dist.meta.inner import InnerStep, adam_direction_derivative, adam_moments, apply_adamw, apply_sgd
+from taalm_dist.models.precision import float32_compute
 from taalm_dist.meta.objectives import NEEDS_BEFORE, objective_value, restrict_value
 
 METHODS = ("jvp", "fd", "double_backward")
@@ -77,15 +79,17 @@ def directional_jvp(view: ThetaView, at: list[torch.Tensor], direction: list[tor
 
 @torch.no_grad()
 def directional_fd(view: ThetaView, at: list[torch.Tensor], direction: list[torch.Tensor], batch: Batch, eps: float):
-    """``[B, L]`` u by a central difference of two no-grad forwards along the unit direction."""
+    """``[B, L]`` u by a central difference of two no-grad forwards along the unit direction, computed in float32
+    even when θ's frozen base is bfloat16 (:func:`taalm_dist.models.precision.float32_compute`)."""
     norm = math.sqrt(view.global_sq_norm(direction))
     if norm == 0.0:
         return torch.zeros_like(view.loss(batch))
-    view.assign([a + (eps / norm) * d.to(a.dtype) for a, d in zip(at, direction)])  # assign() syncs
-    plus = view.loss(batch)
-    view.assign([a - (eps / norm) * d.to(a.dtype) for a, d in zip(at, direction)])
-    minus = view.loss(batch)
-    view.assign(at)
+    with float32_compute(view.model):  # [mixed precision note] in taalm_dist.models.precision
+        view.assign([a + (eps / norm) * d.to(a.dtype) for a, d in zip(at, direction)])  # assign() syncs
+        plus = view.loss(batch)
+        view.assign([a - (eps / norm) * d.to(a.dtype) for a, d in zip(at, direction)])
+        minus = view.loss(batch)
+        view.assign(at)
     return (plus - minus) * (norm / (2 * eps))
 
 
@@ -113,7 +117,7 @@ def inner_update_(view: ThetaView, doc_batch: Batch, weights: torch.Tensor, vali
     """In place θ₀ → θ'. Returns ``(θ_pre, A′ or None)``: the point the differentiated step's gradient
     is taken at (θ₀ for SGD, θ₁ after the dummy AdamW step) and, for AdamW, dA/dg per tensor (fp32+)."""
     state = None
-    if inner.kind == "adamw":  # dummy step: not differentiated (DESIGN §2)
+    if inner.kind == "adamw":  # dummy step: not differentiated (docs/design.md §2)
         g0 = view.grad(token_weighted_mean(view.loss(doc_batch), weights, valid))
         state = apply_adamw(view.params, g0, None, inner)
         view.sync()
@@ -129,6 +133,10 @@ def inner_update_(view: ThetaView, doc_batch: Batch, weights: torch.Tensor, vali
     apply_adamw(view.params, g, state, inner)
     view.sync()
     return pre, scale
+
+
+def _compute_context(model: torch.nn.Module, compute_float32: bool):
+    return float32_compute(model) if compute_float32 else contextlib.nullcontext()
 
 
 def _jvp_with_advice(view, pre, direction, doc_batch):
@@ -153,15 +161,17 @@ def updated_objective(
     inner: InnerStep,
     objective: str,
     per_token_loss: PerTokenLossFn | None = None,
+    compute_float32: bool = True,
 ) -> torch.Tensor:
     """L(θ'): the objective after one inner step with ``weights`` (θ restored after). Scalar, detached.
 
     ``theta`` may be a model or a prebuilt :class:`ThetaView` (e.g. a sharded one); the value is this
-    rank's part (its documents' mean) — average over ranks for the global value."""
+    rank's part (its documents' mean) — average over ranks for the global value. ``compute_float32`` as in
+    :func:`meta_gradient`."""
     view = theta if isinstance(theta, ThetaView) else ThetaView(theta, per_token_loss)
     valid = next_token_valid_mask(doc_batch["attention_mask"])
     theta0 = view.snapshot()
-    with eval_mode(view.model):
+    with eval_mode(view.model), _compute_context(view.model, compute_float32):
         try:
             before, _ = _reference_losses(view, task_batch, objective, None, 0.0)
             inner_update_(view, doc_batch, weights.detach(), valid, inner)
@@ -184,11 +194,15 @@ def meta_gradient(
     fd_eps: float | None = None,
     restrict_batch: Batch | None = None,
     restrict_coef: float = 0.0,
+    compute_float32: bool = True,
 ) -> MetaGradient:
     """dL/dw for one inner step of θ on ``doc_batch`` weighted by ``weights``; see the module docstring.
 
     θ's trainable tensors are left exactly as they were (θ₀). θ runs in eval mode (no dropout).
     ``theta`` may be a model or a prebuilt :class:`ThetaView` (a sharded view supports ``fd`` only).
+    ``compute_float32``: θ's passes compute in float32 even when its frozen base is bfloat16/float16
+    (:func:`taalm_dist.models.precision.float32_compute`; nothing changes for a float32 model); when false they
+    compute in the base's dtype and only the finite difference's two forwards are upcast.
     """
     if method == "double_backward":
         from taalm_dist.meta.reference import reference_meta_gradient
@@ -209,7 +223,7 @@ def meta_gradient(
     weights = weights.detach()
     valid = next_token_valid_mask(doc_batch["attention_mask"])
     theta0 = view.snapshot()
-    with eval_mode(view.model):
+    with eval_mode(view.model), _compute_context(view.model, compute_float32):
         try:
             before, r_before = _reference_losses(view, task_batch, objective, restrict_batch, restrict_coef)
             pre, scale = inner_update_(view, doc_batch, weights, valid, inner)

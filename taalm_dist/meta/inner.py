@@ -5,7 +5,7 @@ Adam's update direction for one tensor, with moments after the current gradient 
     m = β1 m_prev + (1−β1) g,   v = β2 v_prev + (1−β2) g²,   A(g) = (m / bc1) / (sqrt(v / bc2) + eps)
 
 with ``bc = 1 − β^t``; AdamW then sets ``θ ← θ(1 − lr·wd) − lr·A``. ``adam_direction_derivative`` is
-``dA/dg`` elementwise (through both m and v), used by the closed-form hypergradient (DESIGN §2).
+``dA/dg`` elementwise (through both m and v), used by the closed-form hypergradient (docs/design.md §2).
 """
 
 from __future__ import annotations

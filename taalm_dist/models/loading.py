@@ -14,7 +14,7 @@ import torch
 
 from taalm_dist.cache import cache_root
 from taalm_dist.config import ModelSourceConfig
-from taalm_dist.errors import ModelError
+from taalm_dist.errors import ConfigError, ModelError
 from taalm_dist.models.precision import keep_float64_in_norms, register_attention
 from taalm_dist.models.toy_tokenizer import toy_tokenizer
 
@@ -127,7 +127,7 @@ def load_tokenizer(spec: ModelSourceConfig):
     return tok
 
 
-def _tiny_model(spec: ModelSourceConfig, vocab_size: int):
+def _tiny_model(spec: ModelSourceConfig, vocab_size: int, attn: str):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     t = spec.tiny
@@ -146,7 +146,7 @@ def _tiny_model(spec: ModelSourceConfig, vocab_size: int):
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(t.seed)
-        return AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation)
+        return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
 
 
 def _drop_quantizer(model) -> None:
@@ -162,17 +162,66 @@ def _drop_quantizer(model) -> None:
             model.is_quantized = False
 
 
-def load_causal_lm(spec: ModelSourceConfig, vocab_size: int | None = None):
-    """A causal LM (``AutoModelForCausalLM``) in ``spec.dtype``.
+def flash_attn_installed() -> bool:
+    """Whether the ``flash_attn`` package is importable (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def resolve_attention(spec: ModelSourceConfig, device: torch.device | None = None) -> str:
+    """The ``attn_implementation`` to load ``spec`` with on ``device`` (default: CUDA when available).
+
+    ``auto``: ``flash_attention_2`` on CUDA in bfloat16 with flash-attn installed, else ``sdpa``. An explicit
+    ``flash_attention_2`` is refused (:class:`ConfigError`) without flash-attn, without CUDA or in float32/64."""
+    attn = spec.attn_implementation
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if attn == "auto":
+        fits = on_cuda and spec.dtype == "bfloat16" and flash_attn_installed()
+        return "flash_attention_2" if fits else "sdpa"
+    if attn == "flash_attention_2":
+        if not flash_attn_installed():
+            raise ConfigError("attn_implementation=flash_attention_2 but flash-attn is not installed: "
+                              "pip install flash-attn --no-build-isolation (or the [gpu] extra), or use sdpa / auto")
+        if not on_cuda:
+            raise ConfigError(f"attn_implementation=flash_attention_2 runs on CUDA only, this run is on {device or 'cpu'}:"
+                              " use sdpa (or auto)")
+        if spec.dtype != "bfloat16":
+            raise ConfigError(f"attn_implementation=flash_attention_2 computes in bfloat16/float16, the model is "
+                              f"{spec.dtype}: set model.dtype: bfloat16, or use sdpa")
+    return attn
+
+
+def _quantization_config(spec: ModelSourceConfig, device: torch.device | None):
+    """bitsandbytes NF4 settings for ``quantization: 4bit`` (QLoRA), refused where it cannot run."""
+    import importlib.util
+
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if not on_cuda:
+        raise ConfigError(f"quantization=4bit (bitsandbytes NF4) runs on CUDA only, this run is on {device or 'cpu'}: "
+                          "set quantization: none")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("quantization=4bit needs bitsandbytes: pip install bitsandbytes (or the [gpu] extra)")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=TORCH_DTYPES[spec.dtype])
+
+
+def load_causal_lm(spec: ModelSourceConfig, vocab_size: int | None = None, device: torch.device | None = None):
+    """A causal LM (``AutoModelForCausalLM``) in ``spec.dtype`` (or NF4 with ``quantization: 4bit``).
 
     Args:
         spec: the model source.
         vocab_size: for ``tiny`` only; default: the toy tokenizer's size.
+        device: where the model will run (chooses the attention; a 4-bit model is loaded onto it);
+            default: CUDA when available. The caller moves other models there.
     """
     register_attention()
     dtype = TORCH_DTYPES[spec.dtype]
+    attn = resolve_attention(spec, device)
     if spec.source == "tiny":
-        model = _tiny_model(spec, vocab_size or len(toy_tokenizer()))
+        model = _tiny_model(spec, vocab_size or len(toy_tokenizer()), attn)
         if next(model.parameters()).dtype != dtype:
             model = model.to(dtype)
     else:
@@ -180,8 +229,12 @@ def load_causal_lm(spec: ModelSourceConfig, vocab_size: int | None = None):
 
         src = resolve_source(spec.source)
         src = str(converted_gguf_dir(src) or src)
+        kwargs = {}
+        if spec.quantization == "4bit":
+            kwargs["quantization_config"] = _quantization_config(spec, device)
+            kwargs["device_map"] = {"": str(device or torch.device("cuda", torch.cuda.current_device()))}
         try:
-            model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation=spec.attn_implementation)
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation=attn, **kwargs)
         except (OSError, ValueError, KeyError) as e:
             raise ModelError(f"cannot load a causal LM from {spec.source!r}: {e}") from None
     if dtype == torch.float64:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from taalm_dist.config import LoraConfig
@@ -27,12 +28,31 @@ def add_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
 
 
 def make_trainable(model: nn.Module, trainable: str, lora: LoraConfig) -> nn.Module:
-    """``trainable="lora"``: add adapters; ``"full"``: every parameter requires grad."""
+    """``trainable="lora"``: add adapters; ``"full"``: every parameter requires grad. Either way the trainable
+    tensors are float32 (or wider) afterwards: see :func:`keep_trainable_float32`."""
     if trainable == "lora":
-        return add_lora(model, lora)
-    for p in model.parameters():
-        p.requires_grad_(True)
+        model = add_lora(model, lora)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    keep_trainable_float32(model)
     return model
+
+
+def keep_trainable_float32(model: nn.Module) -> int:
+    """Cast every trainable bfloat16/float16 parameter of ``model`` to float32 in place (mixed precision: the
+    frozen base keeps its low precision, updates and optimizer state are float32; a bfloat16 step loses small
+    updates to rounding). Returns the number of tensors cast. LoRA layers cast their input to the adapter's
+    dtype and their output back, so a float32 adapter on a bfloat16 base needs nothing else."""
+    cast = 0
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            if hasattr(p, "ds_id"):  # already partitioned by zero.Init: its shards cannot be recast here
+                raise ConfigError(f"{name} is trained but was loaded in {p.dtype} and partitioned by ZeRO-3: train in "
+                                  "full from a float32 base (model.dtype: float32), or use trainable: lora")
+            p.data = p.data.float()
+            cast += 1
+    return cast
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -56,20 +56,22 @@ class TrainAttention(nn.Module):
         with torch.no_grad():
             self.head.weight.normal_(0.0, head_init_std)
             self.head.bias.fill_(head_init_bias)
-        dtype = next(backbone.parameters()).dtype
-        self.head.to(dtype)
+        # trainable: float32 even on a bfloat16 backbone (float64 on the float64 reference backbone)
+        self.head.to(torch.promote_types(next(backbone.parameters()).dtype, torch.float32))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``[B, L]`` token weights in (0, 1) (fp32 or wider), 0 where ``attention_mask`` is 0."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logit = self.head(hidden).squeeze(-1)
-        w = torch.sigmoid(logit.to(torch.promote_types(logit.dtype, torch.float32)))
+        logit = self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+        w = torch.sigmoid(logit)
         return w * attention_mask.to(w.dtype)
 
 
-def build_phi(cfg: PhiConfig, vocab_size: int | None = None, seed: int = 0) -> TrainAttention:
-    """Build φ from its config: load the backbone, truncate, add the head, mark what trains."""
-    lm = load_causal_lm(cfg.model, vocab_size=vocab_size)
+def build_phi(cfg: PhiConfig, vocab_size: int | None = None, seed: int = 0,
+              device: torch.device | None = None) -> TrainAttention:
+    """Build φ from its config: load the backbone, truncate, add the head, mark what trains (on the CPU
+    unless a 4-bit backbone is loaded onto ``device``; ``device`` also chooses the attention)."""
+    lm = load_causal_lm(cfg.model, vocab_size=vocab_size, device=device)
     backbone = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model
     del lm  # the LM head is not part of φ
     if cfg.num_layers is not None:
@@ -103,8 +105,9 @@ def save_phi(phi: TrainAttention | dict, cfg: PhiConfig, out_dir: str | Path) ->
     return out
 
 
-def load_phi(path: str | Path) -> TrainAttention:
-    """Rebuild φ saved by :func:`save_phi` (in a single process, no DeepSpeed)."""
+def load_phi(path: str | Path, device: torch.device | None = None) -> TrainAttention:
+    """Rebuild φ saved by :func:`save_phi` (in a single process, no DeepSpeed); ``device`` as in :func:`build_phi`
+    (the caller moves φ there)."""
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -112,7 +115,7 @@ def load_phi(path: str | Path) -> TrainAttention:
         raise ModelError(f"{p} is not a saved φ: expected {PHI_CONFIG} and {PHI_WEIGHTS} in it")
     meta = json.loads((p / PHI_CONFIG).read_text())
     cfg = build(PhiConfig, meta["phi"], "phi.")
-    phi = build_phi(cfg)
+    phi = build_phi(cfg, device=device)
     state = load_file(str(p / PHI_WEIGHTS))
     expected = set(phi_state(phi))
     if set(state) != expected:

@@ -51,8 +51,21 @@ def test_head_with_adapters_is_refused_and_jvp_keeps_eager():
     with pytest.raises(ConfigError, match="bias-free torch.nn.Linear"):
         output_head(model)
     assert resolve_impl("auto", "jvp") == "eager" and resolve_impl("auto", "double_backward") == "eager"
-    assert resolve_impl("auto", "fd") == ("triton" if torch.cuda.is_available() else "chunked")
+    assert resolve_impl("auto", "fd") == "auto"  # the fused loss chooses per call, by the tensors' device
     assert per_token_loss_fn(build(TaalmConfig, {"loss": {"impl": "eager"}}).loss) is eager_per_token_nll
     with pytest.raises(ConfigError, match="loss.impl=chunked is differentiable once"):
         build(TaalmConfig, {"loss": {"impl": "chunked"}, "meta": {"method": "jvp"},
                             "theta": {"model": {"attn_implementation": "taalm_eager"}}})
+
+
+def test_auto_chooses_by_the_tensors_device_not_the_machine(monkeypatch):
+    """On a CUDA machine, CPU tensors must not reach the Triton kernel (auto used to decide by the machine)."""
+    from taalm_dist.losses import fused_ce
+    from tiny_models import make_batches, tiny_theta
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(fused_ce, "triton_available", lambda: True)
+    theta = tiny_theta("float32")
+    doc, _, _ = make_batches()
+    got = per_token_loss_fn(build(TaalmConfig, {"loss": {"impl": "auto"}}).loss)(theta, doc)
+    torch.testing.assert_close(got, eager_per_token_nll(theta, doc), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,162 @@
+"""One runtime for every trainer: process group, device, DeepSpeed engines and batch placement.
+
+``meta-train`` and ``ckl run`` (and any later trainer) start a :class:`Runtime` from ``engine.*`` and go
+through it for everything that depends on where they run:
+
+- one process or DeepSpeed ZeRO-3 (``engine.backend``; ``auto``: ZeRO-3 when launched with several processes);
+- the device: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU (``engine.device`` forces one; asking
+  for CUDA on a machine without it is a :class:`~taalm_dist.errors.ConfigError`);
+- the process-group backend: nccl on CUDA, gloo on the CPU (``engine.dist_backend`` forces one);
+- :meth:`Runtime.to_device`: the one function through which every batch reaches θ or φ;
+- :meth:`Runtime.place`: a model on the runtime's device (one process; DeepSpeed engines place themselves);
+- :meth:`Runtime.initialize`: a DeepSpeed engine (the process group is joined by the runtime, never twice).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from taalm_dist.config import EngineConfig
+from taalm_dist.engine import distributed as D
+from taalm_dist.errors import ConfigError
+
+
+def prepare_out_dir(out_dir: str | Path, overwrite: bool, resuming: bool) -> Path:
+    """Create the run directory (rank 0) after every rank checked it: a non-empty one is refused on all
+    ranks together unless resuming or ``overwrite`` (so nothing is overwritten and no rank waits alone)."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not (overwrite or resuming):
+        raise ConfigError(f"{out} already holds a run; resume it with --resume auto, choose a new "
+                          "directory, or pass train.overwrite=true")
+    D.barrier()
+    if D.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    D.barrier()
+    return out
+
+
+def resolve_device(requested: str) -> torch.device:
+    """The device of ``engine.device``: ``auto`` → ``cuda:LOCAL_RANK`` with CUDA, else ``cpu``.
+
+    Raises:
+        ConfigError: ``cuda`` was asked for on a machine where ``torch.cuda.is_available()`` is false.
+    """
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        built = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+        raise ConfigError(f"engine.device=cuda but this machine has no usable CUDA device (torch {torch.__version__}, "
+                          f"{built}); run on a GPU machine, install a CUDA build of torch, or set engine.device=cpu")
+    if requested in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def process_group_backend(requested: str, device: torch.device) -> str:
+    """``engine.dist_backend`` for ``device``: ``auto`` → nccl on CUDA, gloo on the CPU; nccl on the CPU is refused."""
+    if requested == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if requested == "nccl" and device.type != "cuda":
+        raise ConfigError(f"engine.dist_backend=nccl needs CUDA devices, but this run is on {device}: use "
+                          "engine.dist_backend=gloo (or auto)")
+    return requested
+
+
+def wants_deepspeed(engine: EngineConfig) -> bool:
+    """Whether ``engine.backend`` asks for DeepSpeed ZeRO-3 in this launch (``auto``: launched with > 1 process)."""
+    return engine.backend == "deepspeed" or (engine.backend == "auto" and D.env_world_size() > 1)
+
+
+@dataclass
+class Runtime:
+    """Where a trainer runs; see the module docstring.
+
+    Attributes:
+        distributed: DeepSpeed ZeRO-3 (possibly a group of one) rather than plain PyTorch on one process.
+        device: the device of this process's models and batches.
+        world: number of processes (1 on one process).
+        rank: this process's rank (0 on one process).
+    """
+
+    distributed: bool
+    device: torch.device
+    world: int = 1
+    rank: int = 0
+
+    @classmethod
+    def start(cls, engine: EngineConfig, command: str = "this command") -> "Runtime":
+        """Resolve the backend and the device, join the process group under DeepSpeed, select the CUDA device.
+
+        ``command`` names the verb in messages (e.g. ``"meta-train"``)."""
+        distributed = wants_deepspeed(engine)
+        if not distributed and D.env_world_size() > 1:
+            raise ConfigError(f"engine.backend=single but {command} was launched with {D.env_world_size()} processes: "
+                              "they would all write the same run; use engine.backend=auto or deepspeed")
+        device = resolve_device(engine.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        else:
+            # DeepSpeed picks its accelerator once, at import: make it the CPU one for a CPU run
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        if not distributed:
+            return cls(False, device)
+        D.init_process_group(process_group_backend(engine.dist_backend, device))
+        return cls(True, device, D.world_size(), D.rank())
+
+    # --------------------------------------------------------------------------------- placement
+    def to_device(self, batch: Mapping[str, Any] | torch.Tensor | None):
+        """``batch`` (a tensor, or a mapping whose tensor values are moved; other values pass through) on
+        :attr:`device`. The one way a batch reaches θ or φ."""
+        if batch is None:
+            return None
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        return {k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+    def place(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` on :attr:`device` (for one process; a DeepSpeed engine moves its own module). A
+        bitsandbytes 4-bit model, loaded onto the device already, refuses ``.to``: its other tensors (e.g.
+        adapters) are moved one by one."""
+        tensors = [*module.parameters(), *module.buffers()]
+        if all(t.device == self.device for t in tensors):
+            return module
+        if not any(type(t).__name__ == "Params4bit" for t in tensors):
+            return module.to(self.device)
+        for t in tensors:
+            if t.device != self.device:
+                t.data = t.data.to(self.device)
+        return module
+
+    def check_models(self, **specs) -> None:
+        """Refuse model settings this runtime cannot run (``specs``: name → ModelSourceConfig)."""
+        for name, spec in specs.items():
+            if spec.quantization == "4bit" and self.distributed:
+                raise ConfigError(f"{name}.model.quantization=4bit runs on one process (QLoRA); under DeepSpeed ZeRO-3 "
+                                  "load the base in bfloat16 instead (quantization: none, dtype: bfloat16)")
+
+    # --------------------------------------------------------------------------------- DeepSpeed
+    def initialize(self, model: torch.nn.Module, config: dict, *, optimizer=None, model_parameters=None):
+        """A DeepSpeed engine for ``model`` with ``config`` (the process group is already joined)."""
+        if not self.distributed:
+            raise RuntimeError("Runtime.initialize is for DeepSpeed runs (engine.backend deepspeed, or a launch with "
+                               "several processes)")
+        from taalm_dist.engine.zero3 import import_deepspeed
+
+        deepspeed = import_deepspeed()
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=model_parameters,
+                                          config=config, dist_init_required=False)
+        return engine
+
+    def prepare_out_dir(self, out_dir: str | Path, overwrite: bool, resuming: bool) -> Path:
+        """The run directory, created by rank 0 after every rank checked it (see :func:`prepare_out_dir`)."""
+        return prepare_out_dir(out_dir, overwrite, resuming)
+
+    def shutdown(self) -> None:
+        """Leave the process group (all ranks together); nothing to do on one process."""
+        if self.distributed:
+            D.shutdown()
