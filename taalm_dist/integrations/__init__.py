@@ -1,0 +1,1 @@
+"""Integrations of a trained φ into other training stacks (``integrations.hf``: a transformers Trainer)."""

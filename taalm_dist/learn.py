@@ -1,0 +1,388 @@
+"""``taalm learn``: θ learns a user's own documents with a trained φ's token weights (or uniform ones).
+
+Contract: ``l = Learner(cfg); l.setup(); l.run(); l.cleanup()`` (or :func:`run_learn`). The documents
+(:func:`taalm_dist.data.documents.load_documents`) are tokenised and split into windows of at most
+``learn.window_tokens`` tokens; θ learns the windows epoch by epoch with the token-weighted loss, exactly as
+``taalm ckl run`` learns evidence (the same θ update, shuffle and optimizer: :class:`Learner` is a
+:class:`~taalm_dist.ckl.runner.CklRunner` whose documents are the windows and whose evaluation is the user's
+question files). One process, or θ as a DeepSpeed ZeRO-3 engine when launched with several processes
+(``launch/learn.sh``).
+
+Run directory (``learn.out_dir``):
+
+- ``learn_run.json`` (what made it; a directory without it is never resumed into), ``config.yaml``;
+- ``checkpoints/step-00000E/`` after every epoch E (θ's trainable tensors and AdamW state, RNG) —
+  ``--resume auto`` continues from the newest complete one;
+- ``adapter/`` (peft: ``PeftModel.from_pretrained(base, "adapter")``) with ``theta.trainable: lora``, or
+  ``model/`` (the whole fine-tuned θ) with ``full``; ``merged/`` (with ``learn.merge``): base + adapter folded
+  into one model that ``AutoModelForCausalLM.from_pretrained`` loads; both hold the tokenizer;
+- ``metrics.jsonl`` (``train/loss`` every update, ``eval/*`` every epoch; MLflow too), ``summary.json``,
+  ``curves.png``, ``heatmap.html`` / ``heatmap.png`` (the weights θ learns the first windows with).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from taalm_dist.ckl.runner import CklRunner
+from taalm_dist.config import CklConfig, TaalmConfig, to_dict
+from taalm_dist.data.documents import load_documents, load_questions, qa_text, token_windows
+from taalm_dist.data.tokenize import TokenizedPair, encode_marked
+from taalm_dist.engine import checkpoint as ckpt
+from taalm_dist.engine import distributed as D
+from taalm_dist.errors import ConfigError, DataError
+from taalm_dist.models.lora import trainable_parameters
+
+RUN_MARK = "learn_run.json"
+"""The file that makes a directory a ``taalm learn`` run."""
+RESUME_MAY_CHANGE = {"learn.epochs", "learn.resume", "learn.overwrite", "learn.progress", "learn.merge",
+                     "learn.heatmap_docs", "learn.eval_batch_size", "learn.keep_checkpoints"}
+"""Settings a resumed run may change (everything else of ``learn``, ``theta`` and ``loss`` must match)."""
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def learned_settings(cfg: TaalmConfig) -> dict:
+    """The flattened ``learn``/``theta``/``loss`` settings a resumed run must share with the run it continues."""
+    flat = _flatten({k: v for k, v in to_dict(cfg).items() if k in ("learn", "theta", "loss")})
+    return {k: v for k, v in flat.items() if k not in RESUME_MAY_CHANGE}
+
+
+class Learner(CklRunner):
+    """One ``taalm learn`` run; see the module docstring."""
+
+    def __init__(self, cfg: TaalmConfig):
+        l = cfg.learn
+        ckl = CklConfig(method="taalm" if l.phi_path else "finetune", epochs=l.epochs, lr=l.lr,
+                        batch_size=l.batch_size, eval_batch_size=l.eval_batch_size, phi_path=l.phi_path,
+                        heatmap_docs=l.heatmap_docs, out_dir=l.out_dir, seed=l.seed, progress=l.progress)
+        super().__init__(dataclasses.replace(cfg, ckl=ckl))
+        self.l = l
+        self.epoch = 0
+        self.rows: list[dict] = []
+
+    # ---------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        if not self.l.docs:
+            raise ConfigError("learn.docs is not set: pass --docs (a .jsonl file, a directory of .txt/.md files or a "
+                              "datasets dataset)")
+        self._start("learn")
+        self._load_data()
+        fresh = not Path(self.l.out_dir).exists()
+        resume_from = self._prepare_run_dir()
+        try:
+            self._build_training()
+        except BaseException:
+            if fresh and D.is_main():  # a run that could not start leaves no directory to resume or refuse
+                shutil.rmtree(self.out, ignore_errors=True)
+            raise
+        run_id = self._load_checkpoint(resume_from) if resume_from else None
+        if D.is_main():  # an interrupted epoch (or a run stopped before its first checkpoint) is learned again
+            self._drop_metrics_after(self.step if resume_from else -1)
+        self._open_trackers({"learn.documents": len(self.documents), "learn.windows": len(self.to_learn)}, run_id)
+
+    def _load_data(self) -> None:
+        l = self.l
+        self.documents = load_documents(l.docs, l.text_field)
+        self.to_learn, self.replay = [], []
+        digest = hashlib.sha256()
+        for doc in self.documents:
+            digest.update(doc.text.encode("utf-8") + b"\x00")
+            ids = list(self.tokenizer(doc.text)["input_ids"])
+            if len(ids) < 2:
+                raise DataError(f"{l.docs}: document {doc.id} has {len(ids)} token(s); at least 2 are needed to learn "
+                                "from (remove it)")
+            for window, context in token_windows(ids, l.window_tokens, l.window_overlap):
+                loss_mask = [0] * context + [1] * (len(window) - context) if context else None
+                self.to_learn.append(TokenizedPair(None, window, [0] * len(window), [], [], False, loss_mask))
+        self.docs_sha256 = digest.hexdigest()
+        self.qa = self._questions(l.eval_qa)
+        self.retain = self._questions(l.retain)
+        self.not_to_forget = self.retain
+
+    def _questions(self, path: str | None) -> list[TokenizedPair]:
+        """Question files as evaluation items: the answer's tokens are the ones scored (teacher forced)."""
+        if not path:
+            return []
+        items = []
+        for qa in load_questions(path):
+            text, span = qa_text(qa)
+            ids, answer_mask = encode_marked(self.tokenizer, text, [span])
+            if not any(answer_mask[1:]):
+                raise DataError(f"{qa.id}: answer {qa.answer!r} has no token θ predicts in {text!r}")
+            items.append(TokenizedPair(None, [], [], ids, answer_mask, False))
+        return items
+
+    def _prepare_run_dir(self) -> Path | None:
+        """Check ``out_dir`` on every rank (together), move an old run aside with ``overwrite``, write the run mark.
+        Returns the checkpoint to resume from (``resume: auto`` in a run that has one), else None."""
+        l, out = self.l, Path(self.l.out_dir)
+        holds = out.exists() and (not out.is_dir() or any(out.iterdir()))
+        mark = out / RUN_MARK
+        resume_from = None
+        if holds and not l.overwrite:
+            if l.resume != "auto":
+                kind = "a `taalm learn` run" if mark.is_file() else "files"
+                raise ConfigError(f"{out} already holds {kind}; continue it with --resume auto, choose another --out, "
+                                  f"or pass --overwrite (the old directory is moved aside, not deleted)")
+            if not mark.is_file():
+                raise ConfigError(f"{out} holds files that are not a `taalm learn` run (no {RUN_MARK}), so --resume "
+                                  "auto cannot continue it: choose another --out, or pass --overwrite to move them aside")
+            self._check_resumable(mark)
+            resume_from = ckpt.resolve_resume("auto", out)
+        D.barrier()
+        if D.is_main():
+            if holds and l.overwrite:
+                aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+                n = 1
+                while aside.exists():
+                    aside, n = aside.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+                os.replace(out, aside)
+                print(f"taalm: {out} held another run; moved it to {aside}")
+            out.mkdir(parents=True, exist_ok=True)
+            if not mark.is_file():
+                mark.write_text(json.dumps({"command": "taalm learn", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                            "documents_sha256": self.docs_sha256,
+                                            "settings": learned_settings(self.cfg)}, indent=2))
+        D.barrier()
+        self.out = out
+        return resume_from
+
+    def _check_resumable(self, mark: Path) -> None:
+        """Refuse to continue a run whose documents or settings differ from this one's, naming what differs."""
+        try:
+            saved = json.loads(mark.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{mark} is unreadable ({e}); the run cannot be resumed: choose another --out") from None
+        if saved.get("documents_sha256") != self.docs_sha256:
+            raise ConfigError(f"{mark.parent} learned other documents than {self.l.docs} holds now (their content "
+                              "changed); resuming would mix them: choose another --out or restore the documents")
+        now = learned_settings(self.cfg)
+        before = saved.get("settings", {})
+        differ = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        if differ:
+            shown = ", ".join(f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in differ[:5])
+            raise ConfigError(f"cannot resume {mark.parent} with other settings ({shown}); use the run's own "
+                              "settings (its config.yaml), or choose another --out")
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        tmp = ckpt.begin(self.out, self.epoch)
+        if self.distributed:
+            self.engine.save_checkpoint(str(tmp), tag="theta", save_latest=False)
+        elif D.is_main():
+            save_file({n: p.detach().cpu().contiguous() for n, p in trainable_parameters(self.theta)},
+                      str(tmp / "theta.safetensors"))
+            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+        save_file({"torch": torch.get_rng_state()}, str(tmp / f"rng-rank{self.rank}.safetensors"))
+        mlflow = getattr(self, "mlflow", None)
+        state = {"epoch": self.epoch, "step": self.step, "rows": self.rows, "losses": self.losses,
+                 "documents_sha256": self.docs_sha256, "mlflow_run_id": mlflow.wait_ready() if mlflow else None}
+        return ckpt.commit(self.out, tmp, self.epoch, state, self.l.keep_checkpoints)
+
+    def _load_checkpoint(self, directory: Path) -> str | None:
+        """θ's trainable tensors, the optimizer, the RNG and the progress of ``directory``; returns the MLflow run id."""
+        from safetensors.torch import load_file
+
+        state = ckpt.read_state(directory)
+        if self.distributed:
+            path, _ = self.engine.load_checkpoint(str(directory), tag="theta", load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
+            if path is None:
+                raise ConfigError(f"{directory}: DeepSpeed found no θ checkpoint there (was the run made with another "
+                                  "number of processes or on one process?)")
+        else:
+            saved = load_file(str(directory / "theta.safetensors"))
+            named = dict(trainable_parameters(self.theta))
+            if set(saved) != set(named):
+                raise ConfigError(f"{directory}: its θ tensors ({len(saved)}) are not this θ's trainable ones "
+                                  f"({len(named)}); it was made by a run with other settings")
+            with torch.no_grad():
+                for n, p in named.items():
+                    p.copy_(saved[n])
+            self.opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        torch.set_rng_state(load_file(str(directory / f"rng-rank{self.rank}.safetensors"))["torch"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.rows, self.losses = state["rows"], state["losses"]
+        if D.is_main():
+            print(f"taalm: resuming {self.out} after epoch {self.epoch} ({self.step} θ updates)")
+        return state.get("mlflow_run_id")
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """Remove ``metrics.jsonl`` rows of updates after ``step`` (an interrupted epoch that is learned again)."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = [x for x in lines if x.strip() and json.loads(x).get("step", -1) <= step]
+        if len(kept) != len(lines):
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(x + "\n" for x in kept))
+            os.replace(tmp, path)
+
+    # ------------------------------------------------------------------------------------- training
+    def train_epoch(self, epoch: int) -> float:
+        batches = self.epoch_batches(epoch)
+        bar = tqdm(batches, desc=f"learn epoch {epoch}/{self.c.epochs}", unit="update", dynamic_ncols=True,
+                   disable=not (self.c.progress and D.is_main()))
+        losses = []
+        for batch in bar:
+            loss = self._theta_update(batch)
+            losses.append(loss)
+            self.log.log_metrics({"train/loss": loss, "train/epoch": epoch}, step=self.step)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        return sum(losses) / len(losses)
+
+    def evaluate(self) -> dict:
+        """``qa_acc`` / ``retain_acc``: answer-token accuracy on the question files given (every rank takes part)."""
+        out = {}
+        if self.qa:
+            out["qa_acc"] = self.accuracy(self.qa)
+        if self.retain:
+            out["retain_acc"] = self.accuracy(self.retain)
+        return out
+
+    def _log_row(self, row: dict) -> None:
+        self.rows.append(row)
+        self.log.log_metrics({f"eval/{k}": v for k, v in row.items() if k not in ("epoch", "train_loss")}
+                             | {"epoch": row["epoch"]}, step=self.step)
+
+    def run(self) -> dict:
+        """Learn the remaining epochs (a checkpoint after each), then export θ. Returns the run's summary."""
+        if self.epoch == 0 and not self.rows:
+            self._write_heatmap()
+            self._log_row({"epoch": 0, "train_loss": None, **self.evaluate()})
+        for epoch in range(self.epoch + 1, self.c.epochs + 1):
+            loss = self.train_epoch(epoch)
+            self.epoch = epoch
+            self._log_row({"epoch": epoch, "train_loss": loss, **self.evaluate()})
+            self._save_checkpoint()
+        exported = self.export()
+        summary = {"method": self.c.method, "phi": self.l.phi_path, "documents": len(self.documents),
+                   "windows": len(self.to_learn), "updates": self.step, "epochs": self.rows, **exported,
+                   "setup": self._setup_facts()}
+        if D.is_main():
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            plot_learn_curves(self.rows, self.out / "curves.png", self.c.method)
+            for name in ("summary.json", "curves.png", "heatmap.html", "heatmap.png", "config.yaml"):
+                if (self.out / name).is_file():
+                    self.log.log_artifact(self.out / name)
+        return summary
+
+    # ------------------------------------------------------------------------------------------ export
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        """θ's trainable tensors on the CPU, in full (gathered from every rank under ZeRO-3)."""
+        named = trainable_parameters(self.theta)
+        if not self.distributed:
+            return {n: p.detach().cpu().clone() for n, p in named}
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+            return {n: p.detach().cpu().clone() for n, p in named}
+
+    def export(self) -> dict:
+        """Write ``adapter/`` (LoRA) or ``model/`` (full) and, with ``learn.merge``, ``merged/``; returns their paths."""
+        state = self._trainable_state()
+        if not D.is_main():
+            D.barrier()
+            return {}
+        lora = hasattr(self.theta, "peft_config")
+        target = self.out / ("adapter" if lora else "model")
+        _replace_dir(target, lambda d: self._save_pretrained(self.theta, d, state))
+        paths = {"adapter" if lora else "model": str(target)}
+        if self.l.merge and lora:
+            _replace_dir(self.out / "merged", lambda d: self._save_pretrained(merge_adapter(self.cfg, target, self.tokenizer), d))
+            paths["merged"] = str(self.out / "merged")
+        elif self.l.merge:
+            self.notes.append("learn.merge: θ was trained in full, model/ is already a whole model")
+        D.barrier()
+        return paths
+
+    def _save_pretrained(self, model, directory: Path, state: dict | None = None) -> None:
+        model.save_pretrained(str(directory), **({"state_dict": state} if state is not None else {}))
+        if hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(str(directory))
+
+
+def merge_adapter(cfg: TaalmConfig, adapter_dir: str | Path, tokenizer):
+    """θ's base (unquantized, on the CPU) with the peft adapter in ``adapter_dir`` folded into its weights."""
+    from peft import PeftModel
+
+    from taalm_dist.models import load_causal_lm
+
+    spec = dataclasses.replace(cfg.theta.model, quantization="none", attn_implementation="auto")
+    base = load_causal_lm(spec, vocab_size=len(tokenizer), device=torch.device("cpu"))
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
+def _replace_dir(target: Path, write) -> None:
+    """``write(tmp)`` into a fresh sibling directory, then swap it in for ``target`` (never a half-written one)."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)
+
+
+def plot_learn_curves(rows: list[dict], path: Path, label: str) -> None:
+    """Training loss and the question accuracies per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    trained = [r for r in rows if r.get("train_loss") is not None]
+    axes[0].plot([r["epoch"] for r in trained], [r["train_loss"] for r in trained], marker="o", ms=3, label=label)
+    axes[0].set_title("training loss (token-weighted)")
+    for key, name in (("qa_acc", "--eval-qa"), ("retain_acc", "--retain")):
+        pts = [(r["epoch"], r[key]) for r in rows if key in r]
+        if pts:
+            axes[1].plot(*zip(*pts), marker="o", ms=3, label=f"{name} ({label})")
+    axes[1].set_title("answer-token accuracy")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_learn(cfg: TaalmConfig) -> tuple[Learner, dict]:
+    """``setup``, ``run``, ``cleanup`` (always) of one :class:`Learner`; returns it and the run's summary."""
+    learner = Learner(cfg)
+    try:
+        learner.setup()
+        return learner, learner.run()
+    finally:
+        learner.cleanup()

@@ -1,0 +1,112 @@
+"""A trained φ as a tool: the token weights of any text (``TokenWeigher``, ``taalm weigh``).
+
+>>> from taalm_dist import TokenWeigher
+>>> weigher = TokenWeigher.load("runs/meta_train/phi")
+>>> [doc] = weigher.weigh(["Mira Olsen was born in Tallinn."])
+>>> list(zip(doc.tokens, doc.weights))   # the weight of θ's loss on each token
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from taalm_dist.data import pad_batch
+from taalm_dist.errors import ModelError
+
+
+@dataclass
+class WeightedTokens:
+    """φ's weights for one text. ``weights[i]`` weighs θ's loss of predicting ``ids[i]`` (the first token's is
+    never used: nothing predicts it)."""
+
+    ids: list[int]
+    tokens: list[str]
+    weights: list[float]
+    text: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {**self.meta, "tokens": self.tokens, "ids": self.ids, "weights": self.weights}
+
+
+class TokenWeigher:
+    """A trained φ (a ``phi/`` directory) with its tokenizer, on one device, frozen."""
+
+    def __init__(self, phi: torch.nn.Module, tokenizer, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.phi = phi.to(self.device).eval()
+        for p in self.phi.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id or 0
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> "TokenWeigher":
+        """Load the φ saved in ``path`` (``phi.safetensors`` + ``phi_config.json``) and the tokenizer of its backbone;
+        ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+        from taalm_dist.config import ModelSourceConfig, build
+        from taalm_dist.engine.runtime import resolve_device
+        from taalm_dist.models import load_phi, load_tokenizer
+        from taalm_dist.models.train_attention import PHI_CONFIG
+
+        dev = resolve_device(device) if device in ("auto", "cpu", "cuda") else torch.device(device)
+        phi = load_phi(path, device=dev)
+        source = json.loads((Path(path) / PHI_CONFIG).read_text())["phi"]["model"]
+        return cls(phi, load_tokenizer(build(ModelSourceConfig, source, "phi.model.")), dev)
+
+    def check_tokenizer(self, tokenizer, name: str = "the model") -> None:
+        """Refuse a tokenizer that gives token ids other meanings than φ's (the weights index θ's tokens)."""
+        from taalm_dist.models import check_same_tokenizer
+
+        check_same_tokenizer(tokenizer, self.tokenizer, name, "φ")
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` as θ learns it (the tokenizer's special tokens included)."""
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    @torch.no_grad()
+    def weights(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` weights in (0, 1) for a right-padded batch (0 at padding), on the inputs' device."""
+        w = self.phi(input_ids.to(self.device), attention_mask.to(self.device))
+        return w.to(input_ids.device)
+
+    def weigh(self, texts: str | Sequence[str] | Sequence[Sequence[int]], batch_size: int = 8) -> list[WeightedTokens]:
+        """φ's weight for every token of each text (or of each list of token ids), in order."""
+        if isinstance(texts, str):
+            texts = [texts]
+        out = []
+        for s in range(0, len(texts), batch_size):
+            chunk = texts[s : s + batch_size]
+            ids = [self.encode(t) if isinstance(t, str) else [int(i) for i in t] for t in chunk]
+            if any(len(x) == 0 for x in ids):
+                raise ModelError("cannot weigh an empty text")
+            batch = pad_batch(ids, self.pad_id)
+            w = self.weights(batch["input_ids"], batch["attention_mask"]).float().cpu()
+            for b, (t, x) in enumerate(zip(chunk, ids)):
+                out.append(WeightedTokens(x, [self.tokenizer.decode([i]) for i in x], w[b, : len(x)].tolist(),
+                                          t if isinstance(t, str) else None))
+        return out
+
+
+def weigh_documents(weigher: TokenWeigher, path: str | Path, text_field: str = "text", window_tokens: int = 512,
+                    window_overlap: int = 64, batch_size: int = 8) -> list[WeightedTokens]:
+    """φ's weights for every window of every document in ``path`` (any input of
+    :func:`taalm_dist.data.documents.load_documents`), windowed as ``taalm learn`` learns them; each result's
+    ``meta`` holds the document ``id``, the ``window`` index and ``context`` (leading tokens repeated from the
+    previous window, whose loss ``taalm learn`` does not count)."""
+    from taalm_dist.data.documents import load_documents, token_windows
+
+    windows, meta = [], []
+    for doc in load_documents(path, text_field):
+        for k, (ids, context) in enumerate(token_windows(weigher.encode(doc.text), window_tokens, window_overlap)):
+            windows.append(ids)
+            meta.append({"id": doc.id, "window": k, "context": context})
+    out = weigher.weigh(windows, batch_size=batch_size)
+    for w, m in zip(out, meta):
+        w.meta = m
+    return out

@@ -1,0 +1,62 @@
+"""A user's documents in every format, windows, and the errors bad input gets."""
+
+import json
+
+import pytest
+
+from taalm_dist.data.documents import load_documents, token_windows
+from taalm_dist.errors import DataError
+
+TEXTS = ["Mira Olsen was born in Tallinn.", "The Vantor bridge crosses the river Ilm."]
+
+
+def test_the_three_formats_give_the_same_documents(tmp_path):
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"body": t, "id": i}) for i, t in enumerate(TEXTS)) + "\n")
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text(TEXTS[0])
+    (folder / "sub" / "b.md").write_text(TEXTS[1])
+    (folder / "ignored.bin").write_bytes(b"\x00\x01")
+    import datasets
+
+    datasets.Dataset.from_dict({"body": TEXTS}).save_to_disk(str(tmp_path / "saved"))
+    datasets.Dataset.from_dict({"body": TEXTS}).to_parquet(str(tmp_path / "docs.parquet"))
+    for path, field in ((jsonl, "body"), (folder, "text"), (tmp_path / "saved", "body"), (tmp_path / "docs.parquet", "body")):
+        assert [d.text for d in load_documents(path, field)] == TEXTS, path
+    assert [d.id for d in load_documents(folder)] == ["a.txt", "sub/b.md"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: (p / "x.jsonl").write_text(""), "is empty: it holds no document"),
+    (lambda p: (p / "x.jsonl").write_bytes(b"{\"text\": \"a\"}\n\x00\x01\x02"), "looks binary"),
+    (lambda p: (p / "x.jsonl").write_bytes(b"{\"text\": \"caf\xe9\"}\n"), "is not UTF-8 text"),
+    (lambda p: (p / "x.jsonl").write_text('{"body": "a"}\n'), r"x.jsonl:1: no field 'text' \(the row has \['body'\]\)"),
+    (lambda p: (p / "x.jsonl").write_text('{"text": "a"}\n{"text": \n'), "x.jsonl:2: not valid JSON"),
+    (lambda p: (p / "x.jsonl").write_text('{"text": "  "}\n'), "1 empty document"),
+    (lambda p: (p / "x.csv").write_text("a,b"), "unknown kind of file .csv"),
+])
+def test_bad_input_is_named(tmp_path, make, message):
+    make(tmp_path)
+    target = next(p for p in tmp_path.iterdir())
+    with pytest.raises(DataError, match=message):
+        load_documents(target)
+
+
+def test_a_directory_without_text_files_and_a_missing_path(tmp_path):
+    (tmp_path / "notes.pdf").write_bytes(b"%PDF")
+    with pytest.raises(DataError, match="holds no .txt or .md files and no datasets dataset"):
+        load_documents(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        load_documents(tmp_path / "nope.jsonl")
+
+
+def test_windows_cover_every_token_once_outside_their_context():
+    ids = list(range(23))
+    windows = token_windows(ids, window=8, overlap=3)
+    assert all(len(w) <= 8 for w, _ in windows) and windows[0][1] == 0
+    learned = [t for w, ctx in windows for t in w[ctx:]]
+    assert learned == ids  # every token's loss counts exactly once (the context repeats the previous window's end)
+    assert token_windows([1, 2, 3], 8, 3) == [([1, 2, 3], 0)]
+    with pytest.raises(ValueError, match="overlap=8 must be in"):
+        token_windows(ids, 8, 8)

@@ -1,0 +1,243 @@
+"""`taalm learn` on a tiny model: every input format, the saved adapter and merged model, exact resume, agreement
+with `ckl run` and with TokenWeightedTrainer, and the refusals."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from taalm_dist.cli import main as cli_main
+from taalm_dist.config import LoraConfig, ModelSourceConfig, PhiConfig, TinyModelConfig, load_config
+from taalm_dist.data import toy_rows, write_pairs
+from taalm_dist.errors import ConfigError, DataError, ModelError
+from taalm_dist.learn import Learner, run_learn
+from taalm_dist.models import build_phi, save_phi
+
+TINY = ["theta.model.tiny.hidden_size=32", "theta.model.tiny.intermediate_size=64"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Toy evidence as to_learn.jsonl (field ``evidence``), questions about it, and a tiny φ."""
+    d = tmp_path_factory.mktemp("learn")
+    rows = toy_rows(6, seed=0, filler_words=6)
+    write_pairs(rows, d / "to_learn.jsonl")
+    write_pairs(toy_rows(4, seed=1, filler_words=6, entity_offset=50), d / "not_to_forget.jsonl")
+    with (d / "qa.jsonl").open("w") as f:
+        for r in rows:
+            f.write(json.dumps({"question": r["task_descriptive"][: -len(r["object"])], "answer": r["object"]}) + "\n")
+    cfg = PhiConfig(model=ModelSourceConfig(tiny=TinyModelConfig(hidden_size=32, intermediate_size=64)),
+                    lora=LoraConfig(rank=4, target_modules=["q_proj"]), head_init_std=0.5)
+    save_phi(build_phi(cfg), cfg, d / "phi")
+    return d
+
+
+def _cfg(data, out, *extra, phi=True):
+    return load_config(None, TINY + [f"learn.docs={data / 'to_learn.jsonl'}", "learn.text_field=evidence",
+                                     f"learn.out_dir={out}", f"learn.phi_path={data / 'phi' if phi else 'null'}",
+                                     "learn.epochs=2", "learn.batch_size=2", "learn.progress=false",
+                                     "tracking.mlflow=false", *extra])
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+
+def test_adapter_and_merged_model_reload_with_the_same_logits(data, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from taalm_dist.models import load_causal_lm
+
+    learner, summary = run_learn(_cfg(data, tmp_path / "run", f"learn.eval_qa={data / 'qa.jsonl'}",
+                                      "learn.merge=true", "learn.lr=1e-2"))
+    out = tmp_path / "run"
+    for name in ("summary.json", "metrics.jsonl", "curves.png", "heatmap.html", "heatmap.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert [r["epoch"] for r in summary["epochs"]] == [0, 1, 2] and "qa_acc" in summary["epochs"][-1]
+    ids = torch.tensor([learner.to_learn[0].doc_ids])
+    trained = _logits(learner.theta.eval(), ids)
+    base = load_causal_lm(learner.cfg.theta.model, vocab_size=len(learner.tokenizer))
+    assert not torch.allclose(_logits(base, ids), trained, atol=1e-4)  # the adapter changed θ
+    reloaded = PeftModel.from_pretrained(base, out / "adapter").eval()
+    torch.testing.assert_close(_logits(reloaded, ids), trained, rtol=0, atol=1e-6)
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    torch.testing.assert_close(_logits(merged, ids), trained, rtol=1e-5, atol=1e-5)
+    steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+    assert steps == list(range(1, summary["updates"] + 1))
+
+
+@pytest.mark.parametrize("fmt", ["text_dir", "save_to_disk", "parquet"])
+def test_every_input_format_learns_the_same_windows(data, tmp_path, fmt):
+    import datasets
+
+    texts = [json.loads(x)["evidence"] for x in (data / "to_learn.jsonl").read_text().splitlines()]
+    if fmt == "text_dir":
+        src = tmp_path / "docs"
+        src.mkdir()
+        for i, t in enumerate(texts):
+            (src / f"doc{i}.txt").write_text(t)
+    elif fmt == "save_to_disk":
+        src = tmp_path / "ds"
+        datasets.Dataset.from_dict({"evidence": texts}).save_to_disk(str(src))
+    else:
+        src = tmp_path / "docs.parquet"
+        datasets.Dataset.from_dict({"evidence": texts}).to_parquet(str(src))
+    reference = Learner(_cfg(data, tmp_path / "ref"))
+    reference._start("learn")
+    reference._load_data()
+    learner, summary = run_learn(_cfg(data, tmp_path / "run", f"learn.docs={src}", "learn.epochs=1"))
+    assert [t.doc_ids for t in learner.to_learn] == [t.doc_ids for t in reference.to_learn]
+    assert summary["windows"] == len(texts) and (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_long_documents_are_learned_in_windows_whose_context_loss_is_masked(data, tmp_path):
+    learner, summary = run_learn(_cfg(data, tmp_path / "run", "learn.window_tokens=6", "learn.window_overlap=2",
+                                      "learn.epochs=1"))
+    assert summary["windows"] > summary["documents"]
+    later = [t for t in learner.to_learn if t.doc_loss_mask is not None]
+    assert later and all(t.doc_loss_mask[:2] == [0, 0] and all(t.doc_loss_mask[2:]) for t in later)
+
+
+def test_resume_after_a_stop_mid_epoch_equals_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    full, _ = run_learn(_cfg(data, tmp_path / "full", "learn.epochs=3", "theta.lora.dropout=0.1"))
+    calls = {"n": 0}
+    original = Learner._theta_update
+
+    def stop_in_epoch_two(self, items):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 3 updates an epoch: the 2nd of epoch 2
+            raise KeyboardInterrupt
+        return original(self, items)
+
+    monkeypatch.setattr(Learner, "_theta_update", stop_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_learn(_cfg(data, tmp_path / "cut", "learn.epochs=3", "theta.lora.dropout=0.1"))
+    monkeypatch.setattr(Learner, "_theta_update", original)
+    resumed, summary = run_learn(_cfg(data, tmp_path / "cut", "learn.epochs=3", "theta.lora.dropout=0.1",
+                                      "learn.resume=auto"))
+    assert resumed.losses == full.losses and summary["updates"] == 9
+    for (n, a), (_, b) in zip(full.theta.named_parameters(), resumed.theta.named_parameters()):
+        assert torch.equal(a, b), n
+    rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "train/loss" in r]
+    assert steps == list(range(1, 10))  # the interrupted epoch's rows were dropped, none is duplicated
+
+
+def test_learn_and_ckl_run_take_the_same_steps(data, tmp_path):
+    from taalm_dist.ckl.runner import run_ckl
+
+    learner, _ = run_learn(_cfg(data, tmp_path / "learn"))
+    cfg = load_config(None, TINY + [f"ckl.data_dir={data}", "ckl.method=taalm", f"ckl.phi_path={data / 'phi'}",
+                                    f"ckl.out_dir={tmp_path / 'ckl'}", "ckl.epochs=2", "ckl.batch_size=2",
+                                    "ckl.progress=false", "tracking.mlflow=false"])
+    runner, _ = run_ckl(cfg)
+    assert len(learner.losses) == 6
+    assert learner.losses == pytest.approx(runner.losses, rel=1e-6, abs=0)
+
+
+def test_activation_checkpointing_changes_no_loss(data, tmp_path):
+    plain, _ = run_learn(_cfg(data, tmp_path / "plain", "learn.epochs=1"))
+    ckpt, _ = run_learn(_cfg(data, tmp_path / "ckpt", "learn.epochs=1", "engine.gradient_checkpointing=true"))
+    assert ckpt.theta.get_base_model().is_gradient_checkpointing
+    assert ckpt.losses == pytest.approx(plain.losses, rel=1e-6)
+
+
+def test_token_weighted_trainer_computes_learns_loss(data, tmp_path):
+    from transformers import TrainingArguments
+
+    from taalm_dist.data import collate
+    from taalm_dist.integrations.hf import TokenWeightedTrainer
+    from taalm_dist.losses.lm_head import token_weighted_loss
+
+    learner = Learner(_cfg(data, tmp_path / "run"))
+    try:
+        learner.setup()
+        doc = collate(learner.to_learn[:3], learner.pad_id)[0]
+        want = token_weighted_loss(learner.theta, doc, learner.rule(doc), learner.per_token_loss)
+        args = TrainingArguments(output_dir=str(tmp_path / "hf"), report_to=[], use_cpu=True)
+        trainer = TokenWeightedTrainer(model=learner.theta, args=args, processing_class=learner.tokenizer,
+                                       phi=data / "phi")
+        got = trainer.compute_loss(learner.theta, {"input_ids": doc["input_ids"], "attention_mask":
+                                                   doc["attention_mask"], "labels": doc["input_ids"]})
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    finally:
+        learner.cleanup()
+
+
+def test_phi_none_is_plain_fine_tuning(data, tmp_path):
+    learner, summary = run_learn(_cfg(data, tmp_path / "run", "learn.epochs=1", phi=False))
+    assert summary["method"] == "finetune" and summary["phi"] is None
+    doc = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5, dtype=torch.long)}
+    assert torch.equal(learner.rule(doc), torch.ones(2, 5))
+
+
+def test_a_run_directory_is_never_overwritten_or_mixed(data, tmp_path):
+    out = tmp_path / "run"
+    run_learn(_cfg(data, out, "learn.epochs=1"))
+    with pytest.raises(ConfigError, match="already holds a `taalm learn` run; continue it with --resume auto"):
+        run_learn(_cfg(data, out, "learn.epochs=1"))
+    with pytest.raises(ConfigError, match=r"other settings \(learn.lr: 0.0001 → 0.001"):
+        run_learn(_cfg(data, out, "learn.epochs=1", "learn.lr=1e-3", "learn.resume=auto"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a `taalm learn` run"):
+        run_learn(_cfg(data, foreign, "learn.resume=auto"))
+    run_learn(_cfg(data, foreign, "learn.epochs=1", "learn.overwrite=true"))
+    [aside] = tmp_path.glob("foreign.replaced-*")
+    assert (aside / "notes.txt").read_text() == "mine" and (foreign / "adapter").is_dir()
+
+
+def test_changed_documents_are_not_resumed(data, tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    shutil.copy(data / "to_learn.jsonl", docs)
+    run_learn(_cfg(data, tmp_path / "run", f"learn.docs={docs}", "learn.epochs=1"))
+    docs.write_text(docs.read_text().replace("code", "name"))
+    with pytest.raises(ConfigError, match="learned other documents"):
+        run_learn(_cfg(data, tmp_path / "run", f"learn.docs={docs}", "learn.epochs=1", "learn.resume=auto"))
+
+
+def test_a_phi_with_another_tokenizer_is_refused(data, tmp_path, monkeypatch):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    import taalm_dist.ckl.runner as runner
+
+    real, calls = runner.load_tokenizer, []
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
+    monkeypatch.setattr(runner, "load_tokenizer", lambda spec: calls.append(spec) or (real(spec) if len(calls) == 1 else other))
+    with pytest.raises(ModelError, match=r"do not share a tokenizer.*") as e:
+        run_learn(_cfg(data, tmp_path / "run"))
+    assert str(data / "phi") in str(e.value)
+    assert not (tmp_path / "run").exists()  # the corrected command can use the same --out
+
+
+def test_bad_questions_are_named(data, tmp_path):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"question": "who?"}\n')
+    with pytest.raises(DataError, match=r"qa.jsonl:1: field 'answer' must be a non-empty string"):
+        run_learn(_cfg(data, tmp_path / "run", f"learn.eval_qa={qa}"))
+
+
+def test_cli_learn_and_weigh(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli_main(["learn", "--model", "tiny", "--phi", "none", "--docs", str(data / "to_learn.jsonl"),
+                     "--text-field", "evidence", "--out", str(out), "--eval-qa", str(data / "qa.jsonl"), *TINY,
+                     "learn.epochs=1", "learn.progress=false", "tracking.mlflow=false"])
+    assert code == 0 and "adapter:" in capsys.readouterr().out
+    assert cli_main(["learn", "--model", "tiny", "--phi", "none", "--docs", str(data / "to_learn.jsonl"), "--text-field",
+                     "evidence", "--out", str(out), *TINY, "tracking.mlflow=false"]) == 2
+    assert "already holds" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert cli_main(["weigh", "--phi", str(data / "phi"), "--docs", str(empty), "--out", str(tmp_path / "w.jsonl")]) == 2
+    assert "empty.jsonl is empty" in capsys.readouterr().err
+    weights, page = tmp_path / "w.jsonl", tmp_path / "w.html"
+    assert cli_main(["weigh", "--phi", str(data / "phi"), "--docs", str(data / "to_learn.jsonl"), "--text-field",
+                     "evidence", "--out", str(weights), "--html", str(page), "--device", "cpu"]) == 0
+    rows = [json.loads(x) for x in weights.read_text().splitlines()]
+    assert len(rows) == 6 and rows[0]["id"] == "to_learn.jsonl:1" and len(rows[0]["tokens"]) == len(rows[0]["weights"])
+    assert page.read_text().count("<span") == sum(len(r["tokens"]) for r in rows)

@@ -1,0 +1,44 @@
+"""TokenWeigher: a saved φ's weights for any text, aligned with the tokens; its tokenizer check."""
+
+import pytest
+import torch
+
+from taalm_dist import TokenWeigher
+from taalm_dist.config import LoraConfig, ModelSourceConfig, PhiConfig, TinyModelConfig
+from taalm_dist.errors import ModelError
+from taalm_dist.models import build_phi, save_phi
+from taalm_dist.models.toy_tokenizer import ANSWERS, ENTITIES
+
+
+@pytest.fixture
+def phi_dir(tmp_path):
+    cfg = PhiConfig(model=ModelSourceConfig(tiny=TinyModelConfig(hidden_size=32, intermediate_size=64)),
+                    lora=LoraConfig(rank=4, target_modules=["q_proj"]), head_init_std=0.5)
+    phi = build_phi(cfg)
+    return save_phi(phi, cfg, tmp_path / "phi"), phi
+
+
+def test_weights_are_phi_on_the_tokens_of_each_text(phi_dir):
+    path, phi = phi_dir
+    weigher = TokenWeigher.load(path, device="cpu")
+    e, a = ENTITIES[0], ANSWERS[0]
+    texts = [f"the code of {e} is {a} .", f"the code of {e}"]
+    out = weigher.weigh(texts, batch_size=1)
+    assert [d.tokens for d in out] == [["the", "code", "of", e, "is", a, "."], ["the", "code", "of", e]]
+    ids = torch.tensor([out[0].ids])
+    want = phi.eval()(ids, torch.ones_like(ids))[0]
+    torch.testing.assert_close(torch.tensor(out[0].weights), want.float())
+    assert out[1].weights == pytest.approx(weigher.weigh([out[1].ids])[0].weights)  # token ids in, same weights
+    assert len({round(w, 6) for w in out[0].weights}) > 1  # head std 0.5: not all equal
+
+
+def test_a_foreign_tokenizer_and_empty_text_are_refused(phi_dir):
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    weigher = TokenWeigher.load(phi_dir[0], device="cpu")
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
+    with pytest.raises(ModelError, match="do not share a tokenizer"):
+        weigher.check_tokenizer(other, "the model")
+    with pytest.raises(ModelError, match="cannot weigh an empty text"):
+        weigher.weigh([[]])
