@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # taalm learn with a meta-trained φ against plain fine-tuning (--phi none) on your-own-documents-style input:
 # 60 plain .txt documents, a questions file about them (--eval-qa) and one about facts the model already
-# knows (--retain). Reproduces the README's "taalm learn on SmolLM2" table (about 40 minutes on 2 CPU cores).
+# knows (--retain). Reproduces the README's "taalm learn on SmolLM2" table (about an hour on 2 CPU cores).
 #
 #   bash examples/learn_vs_finetune.sh [WORK_DIR]          (default: runs/learn_vs_finetune)
-#   META_TIME_S=900 N_DOCS=60 bash examples/learn_vs_finetune.sh ...
+#   META_TIME_S=900 N_DOCS=60 SEEDS="0 1 2" bash examples/learn_vs_finetune.sh ...
 #
 # Steps: the synthetic CKL benchmark (`taalm data synth`), tailored to SmolLM2 (`taalm ckl build`); φ
 # meta-trained for META_TIME_S seconds on the meta-training pairs (`taalm meta-train`, the demo's config);
 # the first N_DOCS To-Learn evidences written as .txt files, their tasks as qa.jsonl, the Not-To-Forget
-# tasks as retain.jsonl; then `taalm learn` twice. Each step's output is kept; WORK_DIR must not exist.
+# tasks as retain.jsonl; then `taalm learn` with φ and with --phi none, once per seed (learn.seed: the
+# adapter's initialisation and the order of the windows). Each step's output is kept; WORK_DIR must not exist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-runs/learn_vs_finetune}
 META_TIME_S=${META_TIME_S:-900}
 N_DOCS=${N_DOCS:-60}
+SEEDS=${SEEDS:-0 1 2}
 TAALM=${TAALM:-taalm}
 if [[ -e $W ]]; then echo "error: $W exists; give a new WORK_DIR" >&2; exit 2; fi
 mkdir -p "$W"
@@ -49,16 +51,19 @@ for i, row in enumerate(to_learn):
 (user / "retain.jsonl").write_text("".join(json.dumps(question(r)) + "\n" for r in rows("not_to_forget.jsonl")))
 PY
 
-for phi in "$W/meta_train/phi" none; do
-  name=$([[ $phi == none ]] && echo finetune || echo taalm)
-  $TAALM learn --config configs/learn_smollm2_cpu.yaml --phi "$phi" --docs "$W/userdocs/docs" \
-    --eval-qa "$W/userdocs/qa.jsonl" --retain "$W/userdocs/retain.jsonl" --out "$W/$name" learn.progress=false
+for seed in $SEEDS; do
+  for phi in "$W/meta_train/phi" none; do
+    name=$([[ $phi == none ]] && echo finetune || echo taalm)-seed$seed
+    $TAALM learn --config configs/learn_smollm2_cpu.yaml --phi "$phi" --docs "$W/userdocs/docs" \
+      --eval-qa "$W/userdocs/qa.jsonl" --retain "$W/userdocs/retain.jsonl" --out "$W/$name" \
+      learn.seed="$seed" learn.progress=false
+  done
 done
 python - "$W" <<'PY'
 import json, sys
 from pathlib import Path
 
-for name in ("taalm", "finetune"):
-    epochs = json.loads((Path(sys.argv[1]) / name / "summary.json").read_text())["epochs"]
-    print(name, " ".join(f"e{e['epoch']}: qa {e['qa_acc']:.3f} retain {e['retain_acc']:.3f}" for e in epochs))
+for run in sorted(Path(sys.argv[1]).glob("*-seed*/summary.json")):
+    last = json.loads(run.read_text())["epochs"][-1]
+    print(f"{run.parent.name:>16}: qa_acc {last['qa_acc']:.3f}  retain_acc {last['retain_acc']:.3f}")
 PY

@@ -36,18 +36,22 @@ def _read_text(path: Path) -> str:
                         "UTF-8") from None
 
 
+def parse_json_object(line: str, where: str) -> dict:
+    """One jsonl line as a dict; ``where`` (``file:line``) names it in the error when it is not a JSON object."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    return row
+
+
 def _jsonl_objects(path: Path):
     """``(line number, row)`` of every non-blank line of a jsonl file; a line that is not a JSON object is named."""
     for n, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{n}: a row must be a JSON object, got {type(row).__name__}")
-        yield n, row
+        if line.strip():
+            yield n, parse_json_object(line, f"{path}:{n}")
 
 
 def _from_jsonl(path: Path, text_field: str) -> list[Document]:

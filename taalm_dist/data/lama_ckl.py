@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from taalm_dist.data.documents import parse_json_object
 from taalm_dist.errors import DataError
 
 
@@ -76,13 +77,7 @@ def load_pairs(path: str | Path, task_field: str = "task_descriptive", skip_bad_
             report.rows += 1
             where = f"{p}:{lineno}"
             try:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{where}: a row must be a JSON object")
-                pairs.append(parse_row(row, where, task_field))
+                pairs.append(parse_row(parse_json_object(line, where), where, task_field))
             except DataError as e:
                 if not skip_bad_rows:
                     raise DataError(f"{e} — fix the row, or pass --skip-bad-rows / data.skip_bad_rows=true") from None
