@@ -630,6 +630,17 @@ def to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)))
 
 
+def flatten_dict(d: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: nested dicts (e.g. :func:`to_dict`'s) as dotted keys, values unchanged."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def config_hash(cfg: Any) -> str:
     """Short stable hash of the resolved config (for checkpoints and run names)."""
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]

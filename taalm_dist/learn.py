@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from taalm_dist.ckl.runner import CklRunner
-from taalm_dist.config import CklConfig, TaalmConfig, to_dict
+from taalm_dist.config import CklConfig, TaalmConfig, flatten_dict, to_dict
 from taalm_dist.data.documents import load_documents, load_questions, qa_text, token_windows
 from taalm_dist.data.tokenize import TokenizedPair, encode_marked
 from taalm_dist.engine import checkpoint as ckpt
@@ -49,19 +49,9 @@ RESUME_MAY_CHANGE = {"learn.epochs", "learn.resume", "learn.overwrite", "learn.p
 """Settings a resumed run may change (everything else of ``learn``, ``theta`` and ``loss`` must match)."""
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def learned_settings(cfg: TaalmConfig) -> dict:
     """The flattened ``learn``/``theta``/``loss`` settings a resumed run must share with the run it continues."""
-    flat = _flatten({k: v for k, v in to_dict(cfg).items() if k in ("learn", "theta", "loss")})
+    flat = flatten_dict({k: v for k, v in to_dict(cfg).items() if k in ("learn", "theta", "loss")})
     return {k: v for k, v in flat.items() if k not in RESUME_MAY_CHANGE}
 
 
@@ -150,11 +140,7 @@ class Learner(CklRunner):
         D.barrier()
         if D.is_main():
             if holds and l.overwrite:
-                aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-                n = 1
-                while aside.exists():
-                    aside, n = aside.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
-                os.replace(out, aside)
+                aside = ckpt.move_aside(out)
                 print(f"taalm: {out} held another run; moved it to {aside}")
             out.mkdir(parents=True, exist_ok=True)
             if not mark.is_file():
@@ -193,7 +179,7 @@ class Learner(CklRunner):
             save_file({n: p.detach().cpu().contiguous() for n, p in trainable_parameters(self.theta)},
                       str(tmp / "theta.safetensors"))
             torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-        save_file({"torch": torch.get_rng_state()}, str(tmp / f"rng-rank{self.rank}.safetensors"))
+        ckpt.save_rng(tmp)
         mlflow = getattr(self, "mlflow", None)
         state = {"epoch": self.epoch, "step": self.step, "rows": self.rows, "losses": self.losses,
                  "documents_sha256": self.docs_sha256, "mlflow_run_id": mlflow.wait_ready() if mlflow else None}
@@ -220,7 +206,7 @@ class Learner(CklRunner):
                 for n, p in named.items():
                     p.copy_(saved[n])
             self.opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-        torch.set_rng_state(load_file(str(directory / f"rng-rank{self.rank}.safetensors"))["torch"])
+        ckpt.load_rng(directory)
         self.epoch, self.step = state["epoch"], state["step"]
         self.rows, self.losses = state["rows"], state["losses"]
         if D.is_main():
@@ -307,10 +293,10 @@ class Learner(CklRunner):
             return {}
         lora = hasattr(self.theta, "peft_config")
         target = self.out / ("adapter" if lora else "model")
-        _replace_dir(target, lambda d: self._save_pretrained(self.theta, d, state))
+        ckpt.replace_dir(target, lambda d: self._save_pretrained(self.theta, d, state))
         paths = {"adapter" if lora else "model": str(target)}
         if self.l.merge and lora:
-            _replace_dir(self.out / "merged", lambda d: self._save_pretrained(merge_adapter(self.cfg, target, self.tokenizer), d))
+            ckpt.replace_dir(self.out / "merged", lambda d: self._save_pretrained(merge_adapter(self.cfg, target, self.tokenizer), d))
             paths["merged"] = str(self.out / "merged")
         elif self.l.merge:
             self.notes.append("learn.merge: θ was trained in full, model/ is already a whole model")
@@ -332,24 +318,6 @@ def merge_adapter(cfg: TaalmConfig, adapter_dir: str | Path, tokenizer):
     spec = dataclasses.replace(cfg.theta.model, quantization="none", attn_implementation="auto")
     base = load_causal_lm(spec, vocab_size=len(tokenizer), device=torch.device("cpu"))
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-
-
-def _replace_dir(target: Path, write) -> None:
-    """``write(tmp)`` into a fresh sibling directory, then swap it in for ``target`` (never a half-written one)."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, target)
 
 
 def plot_learn_curves(rows: list[dict], path: Path, label: str) -> None:

@@ -59,6 +59,12 @@ class TokenWeigher:
         source = json.loads((Path(path) / PHI_CONFIG).read_text())["phi"]["model"]
         return cls(phi, load_tokenizer(build(ModelSourceConfig, source, "phi.model.")), dev)
 
+    def to(self, device: torch.device | str) -> "TokenWeigher":
+        """Move φ to ``device`` (where the weights are computed); returns self."""
+        self.device = torch.device(device)
+        self.phi.to(self.device)
+        return self
+
     def check_tokenizer(self, tokenizer, name: str = "the model") -> None:
         """Refuse a tokenizer that gives token ids other meanings than φ's (the weights index θ's tokens)."""
         from taalm_dist.models import check_same_tokenizer

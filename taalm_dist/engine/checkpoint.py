@@ -1,7 +1,7 @@
 """Crash-safe checkpoint directories and ``--resume auto``.
 
 Layout: ``<out_dir>/checkpoints/step-000123/`` with ``phi/`` (φ and its optimizer; a ZeRO-3 checkpoint
-under DeepSpeed), ``trainer_state.json``, ``rng-rank<r>.pt`` and, written last, ``COMPLETE``.
+under DeepSpeed), ``trainer_state.json``, ``rng-rank<r>.safetensors`` and, written last, ``COMPLETE``.
 A checkpoint is first written to ``.tmp-step-000123`` by all ranks, then renamed by rank 0 after a
 barrier, then marked complete, then ``latest`` is replaced atomically. A directory without
 ``COMPLETE`` (a save that was killed) is never resumed from.
@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -61,15 +62,77 @@ def resolve_resume(resume: str | None, out_dir: str | Path) -> Path | None:
     return p
 
 
-def save_rng(directory: Path, py_rng: random.Random) -> None:
-    torch.save({"torch": torch.get_rng_state(), "python": py_rng.getstate()}, directory / f"rng-rank{D.rank()}.pt")
+def replace_dir(target: Path, write) -> None:
+    """``write(tmp)`` into a fresh sibling directory, then swap it in for ``target``: a reader finds the old
+    directory or the new one, never a half-written one."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, target)
 
 
-def load_rng(directory: Path, py_rng: random.Random) -> None:
-    path = directory / f"rng-rank{D.rank()}.pt"
-    state = torch.load(path, weights_only=False)
-    torch.set_rng_state(state["torch"])
-    py_rng.setstate(state["python"])
+def move_aside(path: Path) -> Path:
+    """Rename ``path`` (atomically) to ``<name>.replaced-<YYYYmmdd-HHMMSS>[-n]``, a name not taken; returns it.
+    Nothing is deleted."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = path.with_name(f"{path.name}.replaced-{stamp}"), 1
+    while aside.exists():
+        aside, n = path.with_name(f"{path.name}.replaced-{stamp}-{n}"), n + 1
+    os.replace(path, aside)
+    return aside
+
+
+def save_rng(directory: Path, py_rng: random.Random | None = None) -> None:
+    """This rank's RNG state as ``rng-rank<r>.safetensors``: torch's generator (a uint8 tensor) and, when
+    given, ``py_rng``'s state as JSON in the file's metadata. Nothing is pickled, so loading runs no code."""
+    from safetensors.torch import save_file
+
+    meta = {"python": json.dumps(py_rng.getstate())} if py_rng is not None else None
+    save_file({"torch": torch.get_rng_state()}, str(directory / f"rng-rank{D.rank()}.safetensors"), metadata=meta)
+
+
+def load_rng(directory: Path, py_rng: random.Random | None = None) -> None:
+    """Restore what :func:`save_rng` wrote for this rank. A checkpoint of an earlier version (``rng-rank<r>.pt``)
+    is read with ``weights_only=True``: tensors and plain values only, never code."""
+    from safetensors import safe_open
+
+    path = directory / f"rng-rank{D.rank()}.safetensors"
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            torch_state, meta = f.get_tensor("torch"), f.metadata() or {}
+        python_state = _python_rng_state(json.loads(meta["python"])) if "python" in meta else None
+    else:
+        legacy = path.with_suffix(".pt")
+        if not legacy.is_file():
+            raise ConfigError(f"{directory}: no RNG state for rank {D.rank()} ({path.name}); the checkpoint is "
+                              "incomplete or was written by another number of processes")
+        try:
+            state = torch.load(legacy, weights_only=True)
+        except Exception as e:  # the unpickler refuses anything but tensors and plain values
+            raise ConfigError(f"{legacy}: not a plain RNG state ({type(e).__name__}); it is not loaded, since it "
+                              "could run code. Resume from another checkpoint") from None
+        torch_state, python_state = state["torch"], state.get("python")
+    torch.set_rng_state(torch_state)
+    if py_rng is not None:
+        if python_state is None:
+            raise ConfigError(f"{directory}: its RNG state has no Python generator; it was not written by this trainer")
+        py_rng.setstate(python_state)
+
+
+def _python_rng_state(state: list) -> tuple:
+    """``random.Random.getstate()`` after a JSON round trip (lists back to tuples)."""
+    version, internal, gauss_next = state
+    return version, tuple(internal), gauss_next
 
 
 def begin(out_dir: str | Path, step: int) -> Path:

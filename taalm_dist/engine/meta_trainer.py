@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -336,15 +335,11 @@ class MetaTrainer:
         self.best = {"step": self.step, "score": score, "metric": metric}
         state = self.phi.export_state()
         if D.is_main():
-            tmp = self.out / "best_phi.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_phi(state, self.cfg.phi, tmp)
-            (tmp / "selection.json").write_text(json.dumps(self.best, indent=2))
-            old = self.out / "best_phi.old"
-            if (self.out / "best_phi").exists():
-                os.replace(self.out / "best_phi", old)
-            os.replace(tmp, self.out / "best_phi")
-            shutil.rmtree(old, ignore_errors=True)
+            def write(tmp: Path) -> None:
+                save_phi(state, self.cfg.phi, tmp)
+                (tmp / "selection.json").write_text(json.dumps(self.best, indent=2))
+
+            ckpt.replace_dir(self.out / "best_phi", write)
         D.barrier()
 
     # -------------------------------------------------------------------------------------- train

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import Trainer
 
 from taalm_dist.config import LossConfig
@@ -43,10 +42,8 @@ class TokenWeightedTrainer(Trainer):
         self._per_token_loss = per_token_loss_fn(LossConfig())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        device = inputs["input_ids"].device
-        if self.weigher.device != device:
-            self.weigher.phi.to(device)
-            self.weigher.device = device
+        if self.weigher.device != inputs["input_ids"].device:
+            self.weigher.to(inputs["input_ids"].device)
         w = self.weigher.weights(inputs["input_ids"], inputs["attention_mask"])
         loss = token_weighted_loss(model, inputs, w, self._per_token_loss)
         return (loss, {"loss": loss}) if return_outputs else loss

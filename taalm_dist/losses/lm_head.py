@@ -86,7 +86,6 @@ def token_weighted_loss(model: torch.nn.Module, batch: dict, weights: torch.Tens
         from taalm_dist.config import LossConfig
 
         per_token_loss = per_token_loss_fn(LossConfig())
-    fn = per_token_loss
     valid = next_token_valid_mask(batch["attention_mask"])
     if batch.get("labels") is not None:
         labels = batch["labels"]
@@ -98,4 +97,4 @@ def token_weighted_loss(model: torch.nn.Module, batch: dict, weights: torch.Tens
     if batch.get("loss_mask") is not None:
         valid = valid & batch["loss_mask"].bool()
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    return token_weighted_mean(fn(model, inputs), weights, valid)
+    return token_weighted_mean(per_token_loss(model, inputs), weights, valid)

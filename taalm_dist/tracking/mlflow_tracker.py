@@ -14,15 +14,11 @@ import threading
 from pathlib import Path
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = str(v)[:500]
-    return out
+def _flatten(d: dict) -> dict[str, str]:
+    """MLflow params: dotted keys, values as strings of at most 500 characters."""
+    from taalm_dist.config import flatten_dict
+
+    return {k: str(v)[:500] for k, v in flatten_dict(d).items()}
 
 
 def default_tracking_uri(out_dir: str | Path) -> str:

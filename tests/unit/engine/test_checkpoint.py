@@ -35,3 +35,53 @@ def test_commit_is_atomic_and_prunes_old_checkpoints(tmp_path):
     assert names == ["step-000002", "step-000003"]
     assert (ckpt.checkpoints_dir(tmp_path) / "latest").read_text().strip() == "step-000003"
     assert ckpt.read_state(ckpt.checkpoints_dir(tmp_path) / "step-000003") == {"step": 3}
+
+
+def test_rng_state_round_trips_without_pickle(tmp_path):
+    import random
+
+    import torch
+
+    py = random.Random(7)
+    torch.manual_seed(3)
+    ckpt.save_rng(tmp_path, py)
+    expected = (torch.rand(4), py.random())
+    torch.manual_seed(99)
+    py.seed(99)
+    ckpt.load_rng(tmp_path, py)
+    assert torch.equal(torch.rand(4), expected[0]) and py.random() == expected[1]
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(tmp_path / "rng-rank0.safetensors"))) == {"torch"}  # tensors + JSON metadata only
+    assert not (tmp_path / "rng-rank0.pt").exists()
+    ckpt.load_rng(tmp_path)  # torch's generator alone (taalm learn)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("touch pwned",)
+
+
+def test_a_crafted_legacy_rng_file_is_refused_without_running_it(tmp_path, monkeypatch):
+    import random
+
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"torch": torch.get_rng_state(), "python": _RunsCode()}, tmp_path / "rng-rank0.pt")
+    with pytest.raises(ConfigError, match="could run code"):
+        ckpt.load_rng(tmp_path, random.Random())
+    assert not (tmp_path / "pwned").exists()
+    # a plain one from an earlier version still resumes
+    py = random.Random(5)
+    torch.save({"torch": torch.get_rng_state(), "python": py.getstate()}, tmp_path / "rng-rank0.pt")
+    expected = py.random()
+    ckpt.load_rng(tmp_path, py)
+    assert py.random() == expected
+
+
+def test_a_missing_rng_state_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="no RNG state for rank 0"):
+        ckpt.load_rng(tmp_path)
