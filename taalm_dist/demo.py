@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from taalm_dist.engine.checkpoint import move_aside
 from taalm_dist.errors import DataError
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo_smollm2.yaml"
@@ -41,7 +42,7 @@ class DemoPlan:
         overrides: ``key=value`` config overrides applied to every stage on top of ``config``.
         config: the YAML config of the meta-training and ckl stages.
         seed: synthetic data seed.
-        overwrite: allow a non-empty ``out``.
+        overwrite: move a non-empty ``out`` aside (renamed, never deleted) and start anew.
     """
 
     out: Path
@@ -91,9 +92,9 @@ def _prepare_out(plan: DemoPlan) -> Path:
     out = plan.out.resolve()
     if out.exists() and any(out.iterdir()) and not plan.overwrite:
         raise DataError(f"--out {plan.out} exists and is not empty (an earlier demo?): remove it, choose another "
-                        "--out, or pass --overwrite to replace it")
+                        "--out, or pass --overwrite to move it aside")
     if out.exists() and plan.overwrite:
-        shutil.rmtree(out)
+        print(f"taalm: {out} held an earlier demo; moved it to {move_aside(out)}")
     out.mkdir(parents=True)
     return out
 

@@ -39,7 +39,7 @@ def strip_local_rank(argv: list[str]) -> tuple[list[str], int | None]:
 
 def command_line(verb: str, argv: list[str]) -> list[str]:
     """The ``taalm`` arguments a launch script runs: ``CONFIG [args...]`` → ``<verb words> --config CONFIG
-    [--resume auto] args...`` (meta-training and learn always resume the newest complete checkpoint, so a requeued
+    --resume auto args...`` (every verb resumes the newest complete checkpoint, so a requeued
     job continues)."""
     if verb not in VERBS:
         raise ValueError(f"unknown launch verb {verb!r}; one of {sorted(VERBS)}")
@@ -47,7 +47,7 @@ def command_line(verb: str, argv: list[str]) -> list[str]:
     if not args or args[0].startswith("-"):
         raise SystemExit(f"usage: deepspeed launch/{verb.replace('-', '_')}.sh CONFIG.yaml [key.sub=value ...]")
     config, rest = args[0], args[1:]
-    resume = ["--resume", "auto"] if verb in ("meta-train", "learn") else []
+    resume = ["--resume", "auto"]
     return [*VERBS[verb], "--config", config, *resume, *rest]
 
 

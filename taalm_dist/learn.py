@@ -10,7 +10,8 @@ question files). One process, or θ as a DeepSpeed ZeRO-3 engine when launched w
 
 Run directory (``learn.out_dir``):
 
-- ``learn_run.json`` (what made it; a directory without it is never resumed into), ``config.yaml``;
+- ``learn_run.json`` (what made it; a directory without it or a checkpoint is never resumed into), ``config.yaml``
+  (the directory is held exclusively while the run lasts: :mod:`taalm_dist.engine.run_dir`);
 - ``checkpoints/step-00000E/`` after every epoch E (θ's trainable tensors and AdamW state, RNG) —
   ``--resume auto`` continues from the newest complete one;
 - ``adapter/`` (peft: ``PeftModel.from_pretrained(base, "adapter")``) with ``theta.trainable: lora``, or
@@ -25,68 +26,58 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from taalm_dist.ckl.runner import CklRunner
-from taalm_dist.config import CklConfig, TaalmConfig, flatten_dict, to_dict
+from taalm_dist.config import CklConfig, TaalmConfig
 from taalm_dist.data.documents import load_documents, load_questions, qa_text, token_windows
 from taalm_dist.data.tokenize import TokenizedPair, encode_marked
 from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
+from taalm_dist.engine.preemption import run_to_end
 from taalm_dist.errors import ConfigError, DataError
 from taalm_dist.models.lora import trainable_parameters
-
-RUN_MARK = "learn_run.json"
-"""The file that makes a directory a ``taalm learn`` run."""
-RESUME_MAY_CHANGE = {"learn.epochs", "learn.resume", "learn.overwrite", "learn.progress", "learn.merge",
-                     "learn.heatmap_docs", "learn.eval_batch_size", "learn.keep_checkpoints"}
-"""Settings a resumed run may change (everything else of ``learn``, ``theta`` and ``loss`` must match)."""
-
-
-def learned_settings(cfg: TaalmConfig) -> dict:
-    """The flattened ``learn``/``theta``/``loss`` settings a resumed run must share with the run it continues."""
-    flat = flatten_dict({k: v for k, v in to_dict(cfg).items() if k in ("learn", "theta", "loss")})
-    return {k: v for k, v in flat.items() if k not in RESUME_MAY_CHANGE}
 
 
 class Learner(CklRunner):
     """One ``taalm learn`` run; see the module docstring."""
 
+    COMMAND = "learn"
+    SETTINGS = ("learn.", "theta.", "loss.")
+    RESUME_MAY_CHANGE = ("learn.epochs", "learn.resume", "learn.overwrite", "learn.progress", "learn.merge",
+                         "learn.heatmap_docs", "learn.eval_batch_size", "learn.keep_checkpoints", "learn.docs",
+                         "learn.out_dir")
+    """Settings a resumed run may change (the documents may move: their content is compared instead)."""
+
     def __init__(self, cfg: TaalmConfig):
         l = cfg.learn
         ckl = CklConfig(method="taalm" if l.phi_path else "finetune", epochs=l.epochs, lr=l.lr,
                         batch_size=l.batch_size, eval_batch_size=l.eval_batch_size, phi_path=l.phi_path,
-                        heatmap_docs=l.heatmap_docs, out_dir=l.out_dir, seed=l.seed, progress=l.progress)
+                        heatmap_docs=l.heatmap_docs, out_dir=l.out_dir, seed=l.seed, progress=l.progress,
+                        resume=l.resume, keep_checkpoints=l.keep_checkpoints)
         super().__init__(dataclasses.replace(cfg, ckl=ckl))
         self.l = l
-        self.epoch = 0
-        self.rows: list[dict] = []
 
     # ---------------------------------------------------------------------------------------- setup
-    def setup(self) -> None:
+    def _check_inputs(self) -> None:
         if not self.l.docs:
             raise ConfigError("learn.docs is not set: pass --docs (a .jsonl file, a directory of .txt/.md files or a "
                               "datasets dataset)")
-        self._start("learn")
-        self._load_data()
-        fresh = not Path(self.l.out_dir).exists()
-        resume_from = self._prepare_run_dir()
-        try:
-            self._build_training()
-        except BaseException:
-            if fresh and D.is_main():  # a run that could not start leaves no directory to resume or refuse
-                shutil.rmtree(self.out, ignore_errors=True)
-            raise
-        run_id = self._load_checkpoint(resume_from) if resume_from else None
-        if D.is_main():  # an interrupted epoch (or a run stopped before its first checkpoint) is learned again
-            self._drop_metrics_after(self.step if resume_from else -1)
-        self._open_trackers({"learn.documents": len(self.documents), "learn.windows": len(self.to_learn)}, run_id)
+
+    def _overwrite(self) -> bool:
+        return self.l.overwrite
+
+    def _data_sha256(self) -> dict:
+        return {"learn.docs": self.docs_sha256}
+
+    def _tracker_params(self) -> dict:
+        return {"learn.documents": len(self.documents), "learn.windows": len(self.to_learn)}
+
+    def _metrics_step(self) -> int:
+        return self.step  # learn logs per θ update
 
     def _load_data(self) -> None:
         l = self.l
@@ -120,111 +111,6 @@ class Learner(CklRunner):
             items.append(TokenizedPair(None, [], [], ids, answer_mask, False))
         return items
 
-    def _prepare_run_dir(self) -> Path | None:
-        """Check ``out_dir`` on every rank (together), move an old run aside with ``overwrite``, write the run mark.
-        Returns the checkpoint to resume from (``resume: auto`` in a run that has one), else None."""
-        l, out = self.l, Path(self.l.out_dir)
-        holds = out.exists() and (not out.is_dir() or any(out.iterdir()))
-        mark = out / RUN_MARK
-        resume_from = None
-        if holds and not l.overwrite:
-            if l.resume != "auto":
-                kind = "a `taalm learn` run" if mark.is_file() else "files"
-                raise ConfigError(f"{out} already holds {kind}; continue it with --resume auto, choose another --out, "
-                                  f"or pass --overwrite (the old directory is moved aside, not deleted)")
-            if not mark.is_file():
-                raise ConfigError(f"{out} holds files that are not a `taalm learn` run (no {RUN_MARK}), so --resume "
-                                  "auto cannot continue it: choose another --out, or pass --overwrite to move them aside")
-            self._check_resumable(mark)
-            resume_from = ckpt.resolve_resume("auto", out)
-        D.barrier()
-        if D.is_main():
-            if holds and l.overwrite:
-                aside = ckpt.move_aside(out)
-                print(f"taalm: {out} held another run; moved it to {aside}")
-            out.mkdir(parents=True, exist_ok=True)
-            if not mark.is_file():
-                mark.write_text(json.dumps({"command": "taalm learn", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                            "documents_sha256": self.docs_sha256,
-                                            "settings": learned_settings(self.cfg)}, indent=2))
-        D.barrier()
-        self.out = out
-        return resume_from
-
-    def _check_resumable(self, mark: Path) -> None:
-        """Refuse to continue a run whose documents or settings differ from this one's, naming what differs."""
-        try:
-            saved = json.loads(mark.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{mark} is unreadable ({e}); the run cannot be resumed: choose another --out") from None
-        if saved.get("documents_sha256") != self.docs_sha256:
-            raise ConfigError(f"{mark.parent} learned other documents than {self.l.docs} holds now (their content "
-                              "changed); resuming would mix them: choose another --out or restore the documents")
-        now = learned_settings(self.cfg)
-        before = saved.get("settings", {})
-        differ = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
-        if differ:
-            shown = ", ".join(f"{k}: {before.get(k)!r} → {now.get(k)!r}" for k in differ[:5])
-            raise ConfigError(f"cannot resume {mark.parent} with other settings ({shown}); use the run's own "
-                              "settings (its config.yaml), or choose another --out")
-
-    # ---------------------------------------------------------------------------------- checkpoints
-    def _save_checkpoint(self) -> Path:
-        from safetensors.torch import save_file
-
-        tmp = ckpt.begin(self.out, self.epoch)
-        if self.distributed:
-            self.engine.save_checkpoint(str(tmp), tag="theta", save_latest=False)
-        elif D.is_main():
-            save_file({n: p.detach().cpu().contiguous() for n, p in trainable_parameters(self.theta)},
-                      str(tmp / "theta.safetensors"))
-            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-        ckpt.save_rng(tmp)
-        mlflow = getattr(self, "mlflow", None)
-        state = {"epoch": self.epoch, "step": self.step, "rows": self.rows, "losses": self.losses,
-                 "documents_sha256": self.docs_sha256, "mlflow_run_id": mlflow.wait_ready() if mlflow else None}
-        return ckpt.commit(self.out, tmp, self.epoch, state, self.l.keep_checkpoints)
-
-    def _load_checkpoint(self, directory: Path) -> str | None:
-        """θ's trainable tensors, the optimizer, the RNG and the progress of ``directory``; returns the MLflow run id."""
-        from safetensors.torch import load_file
-
-        state = ckpt.read_state(directory)
-        if self.distributed:
-            path, _ = self.engine.load_checkpoint(str(directory), tag="theta", load_optimizer_states=True,
-                                                  load_lr_scheduler_states=False)
-            if path is None:
-                raise ConfigError(f"{directory}: DeepSpeed found no θ checkpoint there (was the run made with another "
-                                  "number of processes or on one process?)")
-        else:
-            saved = load_file(str(directory / "theta.safetensors"))
-            named = dict(trainable_parameters(self.theta))
-            if set(saved) != set(named):
-                raise ConfigError(f"{directory}: its θ tensors ({len(saved)}) are not this θ's trainable ones "
-                                  f"({len(named)}); it was made by a run with other settings")
-            with torch.no_grad():
-                for n, p in named.items():
-                    p.copy_(saved[n])
-            self.opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-        ckpt.load_rng(directory)
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.rows, self.losses = state["rows"], state["losses"]
-        if D.is_main():
-            print(f"taalm: resuming {self.out} after epoch {self.epoch} ({self.step} θ updates)")
-        return state.get("mlflow_run_id")
-
-    def _drop_metrics_after(self, step: int) -> None:
-        """Remove ``metrics.jsonl`` rows of updates after ``step`` (an interrupted epoch that is learned again)."""
-        path = self.out / "metrics.jsonl"
-        if not path.is_file():
-            return
-        lines = path.read_text().splitlines()
-        kept = [x for x in lines if x.strip() and json.loads(x).get("step", -1) <= step]
-        if len(kept) != len(lines):
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(x + "\n" for x in kept))
-            os.replace(tmp, path)
-
     # ------------------------------------------------------------------------------------- training
     def train_epoch(self, epoch: int) -> float:
         batches = self.epoch_batches(epoch)
@@ -252,7 +138,7 @@ class Learner(CklRunner):
         self.log.log_metrics({f"eval/{k}": v for k, v in row.items() if k not in ("epoch", "train_loss")}
                              | {"epoch": row["epoch"]}, step=self.step)
 
-    def run(self) -> dict:
+    def _run(self) -> dict:
         """Learn the remaining epochs (a checkpoint after each), then export θ. Returns the run's summary."""
         if self.epoch == 0 and not self.rows:
             self._write_heatmap()
@@ -349,8 +235,4 @@ def plot_learn_curves(rows: list[dict], path: Path, label: str) -> None:
 def run_learn(cfg: TaalmConfig) -> tuple[Learner, dict]:
     """``setup``, ``run``, ``cleanup`` (always) of one :class:`Learner`; returns it and the run's summary."""
     learner = Learner(cfg)
-    try:
-        learner.setup()
-        return learner, learner.run()
-    finally:
-        learner.cleanup()
+    return learner, run_to_end(learner, learner.run)

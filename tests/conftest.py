@@ -1,7 +1,9 @@
 """Shared fixtures: tiny random Llamas (no network), padded batches."""
 
 import os
+import socket
 import tempfile
+import threading
 
 import pytest
 import torch
@@ -21,3 +23,29 @@ def theta64():
 @pytest.fixture
 def batches():
     return make_batches()
+
+
+@pytest.fixture
+def hanging_server():
+    """``http://127.0.0.1:PORT`` of a server that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for conn in held:
+        conn.close()
+    server.close()

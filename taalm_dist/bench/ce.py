@@ -53,9 +53,10 @@ def bench_ce(
     Returns:
         ``{"bench": "ce", "machine": machine_info(), "cases": [...]}``; each case has ``impl, tokens, vocab,
         hidden, dtype, train_head, device, wall_s`` (s, best forward + backward), ``peak_mb`` (MB over the
-        inputs), ``peak_rss_mb`` (CPU: absolute peak RSS), ``max_rel_err_vs_eager`` (norm-wise, worst of
-        loss and gradients, vs the fp32 eager spec), ``ratio_time_vs_eager`` and ``ratio_mem_vs_eager`` (None
-        without an eager case), or ``skipped`` with the reason.
+        inputs), ``peak_rss_mb`` (CPU: absolute peak RSS), ``loss`` (the impl's loss on the case's inputs;
+        under uniform weights for liger), ``max_rel_err_vs_eager`` (norm-wise, worst of loss and gradients,
+        vs the fp32 eager spec), ``ratio_time_vs_eager`` and ``ratio_mem_vs_eager`` (None without an eager
+        case), or ``skipped`` with the reason.
     """
     bad = [i for i in impls if i not in IMPLS]
     if bad:
@@ -130,12 +131,13 @@ def _measure(case: dict) -> dict:
         out |= {"peak_mb": memory.peak(), "peak_rss_mb": None}
     else:
         out |= {"peak_mb": memory.peak(), "peak_rss_mb": peak_rss_mb(), "base_rss_mb": memory.base}
-    out["max_rel_err_vs_eager"] = _error_vs_spec(impl, hidden, head, ids, weights, mask, params)
+    out["loss"], out["max_rel_err_vs_eager"] = _error_vs_spec(impl, hidden, head, ids, weights, mask, params)
     return out
 
 
-def _error_vs_spec(impl, hidden, head, ids, weights, mask, params) -> float:
-    """Worst norm-wise relative error of the loss and the gradients vs the eager spec in fp32."""
+def _error_vs_spec(impl, hidden, head, ids, weights, mask, params) -> tuple[float, float]:
+    """The impl's loss, and the worst norm-wise relative error of the loss and the gradients vs the eager spec
+    in fp32."""
     got = [p.grad.detach().clone() for p in params]
     w = torch.ones_like(weights) if impl == "liger" else weights
     with torch.no_grad():
@@ -146,7 +148,8 @@ def _error_vs_spec(impl, hidden, head, ids, weights, mask, params) -> float:
     ref = token_weighted_ce(h32 @ W32.T, ids, w.float(), mask).loss
     ref_grads = torch.autograd.grad(ref, ref_params)
     pairs = [(loss, ref.detach()), *zip(got, ref_grads)]
-    return max(((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item() for a, b in pairs)
+    err = max(((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item() for a, b in pairs)
+    return loss.item(), err
 
 
 def main(argv=None) -> None:

@@ -63,15 +63,35 @@ def current_rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (``ru_maxrss`` is in KiB on Linux)."""
+    """Peak resident set size of this process, in MB: since the last :func:`reset_peak_rss` where Linux allows it
+    (``VmHWM`` of /proc/self/status), else over the process's life (``ru_maxrss``, KiB on Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux ≥ 4.0: ``5`` into /proc/self/clear_refs), so a
+    peak measured afterwards is not an earlier spike (imports, loading). Returns whether it could."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 class PeakMemory:
     """Peak memory of this process over a baseline taken at construction, in MB (2**20 bytes).
 
-    CPU: peak RSS minus the RSS at construction (RSS peaks never reset, so measure the part of interest
-    first). CUDA: ``max_memory_allocated`` (reset at construction) minus the allocated at construction."""
+    CPU: peak RSS minus the RSS at construction, the peak being reset at construction where Linux allows it
+    (else an earlier spike, e.g. from imports, can hide the part of interest: measure it first). CUDA:
+    ``max_memory_allocated`` (reset at construction) minus the allocated at construction."""
 
     def __init__(self, device: str):
         self.cuda = device == "cuda"
@@ -80,6 +100,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated() / 2**20
         else:
+            self.reset = reset_peak_rss()
             self.base = current_rss_mb()
 
     def peak(self) -> float:

@@ -57,6 +57,7 @@ def _build(case: dict, device: str):
 
     attn = "taalm_eager" if case["method"] in ("jvp", "double_backward") else "sdpa"
     lora = LoraConfig(rank=16, alpha=32)
+    torch.manual_seed(0)  # LoRA's initialisation draws from the global generator: the same θ and φ in every case
     spec, vocab = _source(case["theta"], case["real_weights"], attn, case["dtype"])
     theta = make_trainable(load_causal_lm(spec, vocab_size=vocab), "lora", lora).to(device)
     phi_spec, phi_vocab = _source(case["phi"], case["real_weights"], "sdpa", case["dtype"])
@@ -116,8 +117,14 @@ def _measure(case: dict) -> dict:
 
     with torch.no_grad():
         w0 = phi(doc["input_ids"], doc["attention_mask"])
-    out["theta_wall_s"] = best_time(lambda: theta_side(w0), case["repeats"], device == "cuda")
+    last = {}
+
+    def theta_side_w0():  # keeps the last dL/dw (φ's initial weights: the same in every method's process)
+        last["grad"] = theta_side(w0).grad.detach()
+
+    out["theta_wall_s"] = best_time(theta_side_w0, case["repeats"], device == "cuda")
     out["theta_peak_mb"] = meter.peak()
+    out["meta_grad"] = last["grad"].double().flatten().tolist()
 
     def whole():
         if case["phi_graph"] == "keep":  # one φ forward; its graph stays alive through θ's side
@@ -139,13 +146,20 @@ def _measure(case: dict) -> dict:
 
 def _add_ratios(cases: list[dict]) -> None:
     """Ratios within each (tokens, θ shape) group: θ side vs double backward's θ side (same inner), whole
-    meta-step vs the plain step."""
+    meta-step vs the plain step; and how far each closed-form dL/dw is from double backward's (the case's
+    ``meta_grad`` vector is replaced by its norm)."""
     key = lambda c: (c["tokens"], c["theta"], c["phi"])  # noqa: E731
     for c in cases:
         ref = next((r for r in cases if key(r) == key(c) and r["method"] == "double_backward"
                     and r["inner"] == c["inner"] and "theta_wall_s" in r), None)
         plain = next((r for r in cases if key(r) == key(c) and r["method"] == "plain" and "wall_s" in r), None)
         ok = c.get("theta_wall_s") is not None and ref is not None
+        cos = rel = None
+        if ok and c is not ref:
+            g, g_ref = torch.tensor(c["meta_grad"]), torch.tensor(ref["meta_grad"])
+            cos = torch.nn.functional.cosine_similarity(g, g_ref, dim=0, eps=1e-30).item()
+            rel = ((g - g_ref).norm() / g_ref.norm().clamp_min(1e-30)).item()
+        c["meta_grad_cos_vs_double_backward"], c["meta_grad_rel_err_vs_double_backward"] = cos, rel
         c["ratio_time_vs_double_backward"] = c["theta_wall_s"] / ref["theta_wall_s"] if ok else None
         c["ratio_mem_vs_double_backward"] = (c["theta_peak_mb"] / ref["theta_peak_mb"]
                                              if ok and ref["theta_peak_mb"] > 0 else None)
@@ -159,7 +173,10 @@ def bench_metastep(tokens: list[int], methods=METHODS, inners=("sgd", "adamw"), 
                    timeout_s: float = 1800) -> dict:
     """Run every case (module docstring), each in a fresh process; returns the ``{"bench", "machine", "cases"}``
     JSON object. Case fields: ``wall_s`` (whole meta-step, s per document), ``theta_wall_s`` (θ side, s),
-    ``peak_mb`` / ``theta_peak_mb`` (MB over the loaded models), the ratios of :func:`_add_ratios`."""
+    ``peak_mb`` / ``theta_peak_mb`` (MB over the loaded models), the ratios of :func:`_add_ratios`, and for the
+    meta-gradient methods ``meta_grad_norm`` (of the θ side's dL/dw for φ's initial weights) with
+    ``meta_grad_cos_vs_double_backward`` / ``meta_grad_rel_err_vs_double_backward`` (None for double backward
+    itself and without it)."""
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
@@ -176,6 +193,9 @@ def bench_metastep(tokens: list[int], methods=METHODS, inners=("sgd", "adamw"), 
                 cases.append({k: case[k] for k in ("method", "inner", "tokens", "theta", "phi")} |
                              {"failed": str(e)[-600:]})
     _add_ratios(cases)
+    for c in cases:
+        if "meta_grad" in c:
+            c["meta_grad_norm"] = float(torch.tensor(c.pop("meta_grad")).norm())
     return {"bench": "metastep", "machine": machine_info(), "cases": cases}
 
 

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from taalm_dist.ckl.data import load_rows, report_line, require_files, tokenized_tasks
 from taalm_dist.ckl.metrics import object_token_accuracy
 from taalm_dist.data import pad_batch, write_pairs
+from taalm_dist.data.jsonl_file import jsonl_lines
 from taalm_dist.errors import DataError
 
 LogitsFn = Callable[[dict], torch.Tensor]
@@ -101,8 +102,7 @@ def check_disjoint(out_dir: str | Path, evaluation=("to_learn.jsonl", "not_to_fo
     """Raise :class:`DataError` if a teaching file shares a ``uuid`` or ``(subject, relation_code)`` with an
     evaluation file, or the two teaching files share one, in a ``ckl build`` output."""
     out = Path(out_dir)
-    read = lambda name: [json.loads(x) for x in (out / name).read_text(encoding="utf-8").splitlines() if x.strip()] \
-        if (out / name).is_file() else []
+    read = lambda name: [line.row() for line in jsonl_lines(out / name)] if (out / name).is_file() else []
     blocked = _keys([r for name in evaluation for r in read(name)])
     for name in teaching:
         clash = _keys(read(name)) & blocked

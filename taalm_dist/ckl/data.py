@@ -15,6 +15,7 @@ from pathlib import Path
 
 from taalm_dist.cache import cache_root
 from taalm_dist.data import Pair, load_pairs, tokenize_pair
+from taalm_dist.data.jsonl_file import jsonl_lines
 from taalm_dist.data.lama_ckl import LoadReport
 from taalm_dist.errors import DataError
 
@@ -28,6 +29,10 @@ def require_files(data_dir: str | Path, names=tuple(FILES)) -> dict[str, Path]:
     if not d.is_dir():
         raise DataError(f"--data-dir {d} is not a directory (it must hold the LAMA-CKL jsonl files)")
     paths = {n: d / FILES[n] for n in names}
+    folders = [str(p) for p in paths.values() if p.is_dir()]
+    if folders:
+        raise DataError(f"{', '.join(folders)}: a directory where the LAMA-CKL jsonl file of that name is expected "
+                        f"(--data-dir must hold the files {', '.join(FILES.values())})")
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise DataError(f"LAMA-CKL file(s) missing: {', '.join(missing)} (expected {', '.join(FILES.values())})")
@@ -37,12 +42,8 @@ def require_files(data_dir: str | Path, names=tuple(FILES)) -> dict[str, Path]:
 def load_rows(path: str | Path, task_field: str, skip_bad_rows: bool, limit: int | None = None):
     """``(raw rows, pairs, report)`` of the valid rows (same order); ``limit`` keeps the first N."""
     pairs, report = load_pairs(path, task_field, skip_bad_rows)
-    by_line = {}
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                by_line[f"{path}:{lineno}"] = line
-    rows = [json.loads(by_line[p.source]) for p in pairs]
+    by_line = {line.where: line for line in jsonl_lines(path)}  # the same reader: same file:line names
+    rows = [by_line[p.source].row() for p in pairs]
     if limit is not None:
         rows, pairs = rows[:limit], pairs[:limit]
     return rows, pairs, report

@@ -1,7 +1,10 @@
 """``taalm ckl run``: θ learns the To-Learn evidence epoch by epoch with a method's token weights, and is
 tested on To-Learn (plasticity) and Not-To-Forget (stability) tasks after every epoch (docs/design.md §4).
 
-Contract: ``r = CklRunner(cfg); r.setup(); r.run(); r.cleanup()``. On one process θ is a plain module;
+Contract: ``r = CklRunner(cfg); r.setup(); r.run(); r.cleanup()``. The run directory is opened through
+:func:`taalm_dist.engine.run_dir.open_run_dir` (exclusive, never mixed with another run); a checkpoint follows
+every epoch and ``--resume auto`` continues from the newest one (a resumed run equals an uninterrupted one: the
+epoch's order depends on the seed and the epoch alone). On one process θ is a plain module;
 launched with several processes (torchrun / deepspeed launcher, ``engine.backend: auto``) θ is a
 DeepSpeed ZeRO-3 engine and every θ update is data parallel: each rank takes its share of the batch and
 its loss is scaled so that the engine's rank average is the mean over the whole batch
@@ -24,33 +27,88 @@ from taalm_dist.ckl.metrics import object_token_accuracy, summarise
 from taalm_dist.ckl.report import heatmap, plot_curves, write_metrics, write_report
 from taalm_dist.config import TaalmConfig, save_config, to_dict
 from taalm_dist.data import collate, load_pairs, pad_batch, tokenize_pair
+from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
+from taalm_dist.engine.preemption import Preempted, StopSignals, report_stopped, run_to_end
+from taalm_dist.engine.run_dir import (file_sha256, load_on_every_rank, open_run_dir, resume_settings,
+                                      truncate_metrics)
 from taalm_dist.engine.runtime import Runtime
 from taalm_dist.errors import ConfigError, DataError
 from taalm_dist.losses.lm_head import per_token_loss_fn, token_weighted_loss
 from taalm_dist.models import check_same_tokenizer, load_causal_lm, load_phi, load_tokenizer, make_trainable
-from taalm_dist.tracking import MultiTracker, open_run_trackers
+from taalm_dist.models.lora import trainable_parameters
+from taalm_dist.tracking import MultiTracker, NullLogger, open_run_trackers
 
 
 class CklRunner:
     """One LAMA-CKL run; see the module docstring."""
 
+    COMMAND = "ckl run"
+    """The verb (names the run mark and messages)."""
+    SETTINGS = ("ckl.", "theta.", "loss.", "data.task_field", "data.max_doc_tokens", "data.max_task_tokens",
+                "data.on_long_doc")
+    """The settings (dotted keys; a trailing dot: a whole section) a resumed run must share with its checkpoint ..."""
+    RESUME_MAY_CHANGE = ("ckl.epochs", "ckl.resume", "ckl.progress", "ckl.out_dir", "ckl.data_dir", "ckl.phi_path",
+                         "ckl.heatmap_docs", "ckl.eval_batch_size")
+    """... except these (the data directory and φ may move: their content is compared instead)."""
+
     def __init__(self, cfg: TaalmConfig):
         self.cfg, self.c = cfg, cfg.ckl
         self.step = 0
+        self.epoch = 0
+        self.rows: list[dict] = []
+        """One row per evaluated epoch (epoch 0: before training)."""
         self.losses: list[float] = []
         """Every θ update's batch loss, in order."""
         self.notes: list[str] = []
+        self.log = NullLogger()
+        self.signals = StopSignals()
 
     # ---------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
+        """Runtime, data, run directory (checked before anything is written), θ and its optimizer, the checkpoint to
+        resume, trackers."""
+        self._check_inputs()
+        self._start(self.COMMAND)
+        self._load_data()
+        self.run_dir = open_run_dir(self.c.out_dir, self.COMMAND, overwrite=self._overwrite(), resume=self.c.resume,
+                                    settings=self._settings(), data_sha256=self._data_sha256())
+        self.out = self.run_dir.path
+        try:
+            self._build_training()
+            if self.run_dir.resume_from is not None:
+                self._load_checkpoint(self.run_dir.resume_from)
+        except BaseException:
+            self.run_dir.discard_if_fresh()
+            raise
+        truncate_metrics(self.out, self._metrics_step() if self.run_dir.resume_from else -1)
+        self._open_trackers(self._tracker_params(), self.run_dir.resume_state.get("mlflow_run_id"))
+
+    def _check_inputs(self) -> None:
         if not self.c.data_dir:
             raise ConfigError("ckl.data_dir is not set: pass --data-dir (a directory from `taalm ckl build`)")
-        self._start("ckl run")
-        self._load_data()
-        self.out = self.rt.prepare_out_dir(self.c.out_dir, self.cfg.train.overwrite, resuming=False)
-        self._build_training()
-        self._open_trackers({"ckl.to_learn_rows": len(self.to_learn), "ckl.not_to_forget_rows": len(self.not_to_forget)})
+
+    def _overwrite(self) -> bool:
+        return self.cfg.train.overwrite
+
+    def _settings(self) -> dict:
+        return resume_settings(self.cfg, self.SETTINGS, self.RESUME_MAY_CHANGE)
+
+    def _data_sha256(self) -> dict:
+        """Content hashes of the files the run learns from (a file changed in place is not resumed into)."""
+        d = Path(self.c.data_dir)
+        files = {"ckl.data_dir/to_learn.jsonl": d / "to_learn.jsonl",
+                 "ckl.data_dir/not_to_forget.jsonl": d / "not_to_forget.jsonl"}
+        if self.c.phi_path and M.base_rule(self.c.method) == "taalm":
+            files["ckl.phi_path/phi.safetensors"] = Path(self.c.phi_path) / "phi.safetensors"
+        return {k: file_sha256(v) for k, v in files.items() if v.is_file()}
+
+    def _tracker_params(self) -> dict:
+        return {"ckl.to_learn_rows": len(self.to_learn), "ckl.not_to_forget_rows": len(self.not_to_forget)}
+
+    def _metrics_step(self) -> int:
+        """The ``step`` of metrics.jsonl rows the checkpoint covers (``ckl run`` logs per epoch)."""
+        return self.epoch
 
     def _start(self, command: str) -> None:
         """The runtime (process group, device), the seed and θ's tokenizer."""
@@ -72,14 +130,82 @@ class CklRunner:
             self.opt = torch.optim.AdamW(self.params, lr=self.c.lr, weight_decay=0.0)
 
     def _open_trackers(self, params: dict, run_id: str | None = None) -> None:
-        """Rank 0: config.yaml, metrics.jsonl (+ MLflow; ``run_id`` continues that MLflow run) with the config and
-        ``params`` logged."""
+        """Rank 0: config.yaml, metrics.jsonl (+ MLflow; ``run_id`` continues that MLflow run, whose parameters are
+        logged already) with the config and ``params`` logged."""
         self.log = MultiTracker()
         if not D.is_main():
             return
         save_config(self.cfg, self.out / "config.yaml")
-        self.log, self.mlflow = open_run_trackers(self.out, self.cfg.tracking, run_id=run_id)
-        self.log.log_params({**to_dict(self.cfg), **params})
+        self.log, self.mlflow = open_run_trackers(self.out, self.cfg.tracking, run_id=run_id, method=self.c.method,
+                                                  tags={"taalm.command": self.COMMAND, "taalm.method": self.c.method})
+        if run_id is None:
+            self.log.log_params({**to_dict(self.cfg), **params})
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self) -> Path:
+        """θ's trainable tensors and optimizer state (or θ's ZeRO-3 engine), the RNG and the progress, as
+        ``checkpoints/step-<epoch>`` (atomic, see :mod:`taalm_dist.engine.checkpoint`); every rank calls it."""
+        from safetensors.torch import save_file
+
+        tmp = ckpt.begin(self.out, self.epoch)
+        if self.distributed:
+            self.engine.save_checkpoint(str(tmp), tag="theta", save_latest=False)
+        elif D.is_main():
+            save_file({n: p.detach().cpu().contiguous() for n, p in trainable_parameters(self.theta)},
+                      str(tmp / "theta.safetensors"))
+            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
+        ckpt.save_rng(tmp)
+        mlflow = getattr(self, "mlflow", None)
+        state = {"epoch": self.epoch, "step": self.step, "rows": self.rows, "losses": self.losses,
+                 "settings": self._settings(), "data_sha256": self._data_sha256(), "world_size": self.world,
+                 "mlflow_run_id": mlflow.wait_ready() if mlflow else None}
+        return ckpt.commit(self.out, tmp, self.epoch, state, self.c.keep_checkpoints)
+
+    def _load_checkpoint(self, directory: Path) -> None:
+        """θ's trainable tensors, the optimizer, the RNG and the progress of ``directory`` (its settings and data
+        were checked when the run directory was opened)."""
+        from safetensors.torch import load_file
+
+        state = ckpt.read_state(directory)
+        if state.get("world_size", self.world) != self.world:
+            raise ConfigError(f"{directory} was written by {state['world_size']} process(es), this run has "
+                              f"{self.world}: relaunch with {state['world_size']}")
+        if self.distributed:
+            loaded = []
+            load_on_every_rank(directory, lambda: loaded.append(self.engine.load_checkpoint(
+                str(directory), tag="theta", load_optimizer_states=True, load_lr_scheduler_states=False)[0]))
+            if loaded[0] is None:
+                raise ConfigError(f"{directory}: DeepSpeed found no θ checkpoint there (was the run made with another "
+                                  "number of processes or on one process?)")
+        else:
+            saved = load_file(str(directory / "theta.safetensors"))
+            named = dict(trainable_parameters(self.theta))
+            if set(saved) != set(named):
+                raise ConfigError(f"{directory}: its θ tensors ({len(saved)}) are not this θ's trainable ones "
+                                  f"({len(named)}); it was made by a run with other settings")
+            with torch.no_grad():
+                for n, p in named.items():
+                    p.copy_(saved[n])
+            self.opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        ckpt.load_rng(directory)
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.rows, self.losses = state["rows"], state["losses"]
+        if D.is_main():
+            print(f"taalm: resuming {self.out} after epoch {self.epoch} ({self.step} θ updates)")
+
+    def _check_stop(self) -> None:
+        """After a θ update: stop every rank together when any received SIGTERM/SIGINT (the last epoch checkpoint
+        stays; the interrupted epoch is learned again on resume)."""
+        asked = self.signals.requested is not None
+        if self.distributed:
+            asked = D.any_rank(asked)
+        if asked:
+            done = f"after epoch {self.epoch}" if self.epoch else "before its first epoch checkpoint"
+            message = (f"stopped by {self.signals.requested or 'a request on another rank'} during epoch "
+                       f"{self.epoch + 1}; {self.out} holds the run {done}; continue with --resume auto")
+            if D.is_main():
+                report_stopped(message)
+            raise Preempted(message)
 
     def _tokenize(self, pairs):
         d = self.cfg.data
@@ -224,6 +350,7 @@ class CklRunner:
             value = float(loss.detach())
         self.step += 1
         self.losses.append(value)
+        self._check_stop()
         return value
 
     def epoch_batches(self, epoch: int) -> list[list]:
@@ -243,20 +370,36 @@ class CklRunner:
 
     # --------------------------------------------------------------------------------------- run
     def run(self) -> dict:
-        """Epoch 0 evaluation, then train/evaluate ``epochs`` times; write every output. Returns metrics."""
-        self._write_heatmap()
-        rows = [{"epoch": 0, "to_learn_acc": self.accuracy(self.to_learn),
-                 "not_to_forget_acc": self.accuracy(self.not_to_forget), "train_loss": None}]
-        self.log.log_metrics({k: v for k, v in rows[0].items() if k != "epoch"}, step=0)
-        bar = tqdm(range(1, self.c.epochs + 1), desc=f"ckl {self.c.method}",
-                   disable=not (self.c.progress and D.is_main()), dynamic_ncols=True)
+        """Epoch 0 evaluation, then train/evaluate the remaining epochs (a checkpoint after each); write every
+        output. Returns metrics.
+
+        Raises:
+            Preempted: after a SIGTERM/SIGINT (the last epoch checkpoint stays).
+        """
+        then = "finishing the θ update in progress (the last epoch checkpoint is kept)"
+        with StopSignals(announce=D.is_main(), then=then) as self.signals:
+            return self._run()
+
+    def _evaluate_row(self, epoch: int, loss: float | None) -> dict:
+        row = {"epoch": epoch, "to_learn_acc": self.accuracy(self.to_learn),
+               "not_to_forget_acc": self.accuracy(self.not_to_forget), "train_loss": loss}
+        self.rows.append(row)
+        self.log.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        return row
+
+    def _run(self) -> dict:
+        if not self.rows:
+            self._write_heatmap()
+            self._evaluate_row(0, None)
+        bar = tqdm(range(self.epoch + 1, self.c.epochs + 1), desc=f"ckl {self.c.method}", initial=self.epoch,
+                   total=self.c.epochs, disable=not (self.c.progress and D.is_main()), dynamic_ncols=True)
         for epoch in bar:
             loss = self.train_epoch(epoch)
-            row = {"epoch": epoch, "to_learn_acc": self.accuracy(self.to_learn),
-                   "not_to_forget_acc": self.accuracy(self.not_to_forget), "train_loss": loss}
-            rows.append(row)
-            self.log.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            self.epoch = epoch
+            row = self._evaluate_row(epoch, loss)
+            self._save_checkpoint()
             bar.set_postfix(tl=f"{row['to_learn_acc']:.3f}", nf=f"{row['not_to_forget_acc']:.3f}")
+        rows = self.rows
         summary = summarise({r["epoch"]: r["to_learn_acc"] for r in rows}, {r["epoch"]: r["not_to_forget_acc"] for r in rows})
         payload = {"method": self.c.method, "epochs": rows, "summary": summary.as_dict(), "notes": self.notes,
                    "setup": self._setup_facts()}
@@ -292,19 +435,17 @@ class CklRunner:
             docs.append((tokens, w[b, :n].tolist(), item.doc_object_mask))
         heatmap(docs, f"{self.c.method}: token weights (epoch 0)", self.out)
 
-    def cleanup(self) -> None:
-        if hasattr(self, "log"):
-            self.log.close()
+    def cleanup(self, status: str = "FINISHED") -> None:
+        """Close the trackers with ``status`` (FINISHED, FAILED, KILLED), release the run directory, leave the
+        process group."""
+        self.log.close(status=status)
+        if getattr(self, "run_dir", None) is not None:
+            self.run_dir.release()
         if hasattr(self, "rt"):
-            self.rt.shutdown()
+            self.rt.shutdown(together=status == "FINISHED")
 
 
 def run_ckl(cfg: TaalmConfig) -> tuple[CklRunner, dict]:
     """``setup``, ``run``, ``cleanup`` (always) of one :class:`CklRunner`; returns it and the run's result."""
     runner = CklRunner(cfg)
-    try:
-        runner.setup()
-        run = runner.run()
-    finally:
-        runner.cleanup()
-    return runner, run
+    return runner, run_to_end(runner, runner.run)

@@ -7,10 +7,10 @@ document's tokens into overlapping windows that fit the model's context. Every p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from taalm_dist.data.jsonl_file import jsonl_lines
 from taalm_dist.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -36,30 +36,19 @@ def _read_text(path: Path) -> str:
                         "UTF-8") from None
 
 
-def parse_json_object(line: str, where: str) -> dict:
-    """One jsonl line as a dict; ``where`` (``file:line``) names it in the error when it is not a JSON object."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    return row
-
-
-def _jsonl_objects(path: Path):
-    """``(line number, row)`` of every non-blank line of a jsonl file; a line that is not a JSON object is named."""
-    for n, line in enumerate(_read_text(path).splitlines(), start=1):
-        if line.strip():
-            yield n, parse_json_object(line, f"{path}:{n}")
+def _jsonl_objects(path: Path, expected: str):
+    """``(line number, row)`` of every non-blank line of a jsonl file (:func:`jsonl_lines`); a line that is not
+    UTF-8 or not a JSON object is named."""
+    for line in jsonl_lines(path, expected):
+        yield line.number, line.row()
 
 
 def _from_jsonl(path: Path, text_field: str) -> list[Document]:
     docs = []
-    for n, row in _jsonl_objects(path):
+    for n, row in _jsonl_objects(path, f"a jsonl file of documents (field {text_field!r})"):
         if text_field not in row:
-            raise DataError(f"{path}:{n}: no field {text_field!r} (the row has {sorted(row)}); name the text field with "
-                            "--text-field")
+            raise DataError(f"{path}:{n}: no field {text_field!r} (the row has {sorted(row)}); name the text field "
+                            "with --text-field")
         if not isinstance(row[text_field], str):
             raise DataError(f"{path}:{n}: field {text_field!r} must be a string, got {type(row[text_field]).__name__}")
         docs.append(Document(f"{path.name}:{n}", row[text_field]))
@@ -151,10 +140,8 @@ class QuestionAnswer:
 def load_questions(path: str | Path) -> list[QuestionAnswer]:
     """``question`` / ``answer`` rows of a jsonl file (``--eval-qa``, ``--retain``); every problem names file:line."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p} is not a file: give a jsonl file of {{\"question\": ..., \"answer\": ...}} rows")
     rows = []
-    for n, row in _jsonl_objects(p):
+    for n, row in _jsonl_objects(p, 'a jsonl file of {"question": ..., "answer": ...} rows'):
         for key in ("question", "answer"):
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise DataError(f"{p}:{n}: field {key!r} must be a non-empty string (the row has {sorted(row)})")

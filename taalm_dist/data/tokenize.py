@@ -2,7 +2,8 @@
 
 A document longer than ``max_doc_tokens`` is truncated (and counted) or refused, per config; a task longer
 than ``max_task_tokens`` is refused (cutting it would cut off the object). ``doc_object_mask`` marks the
-document's tokens that overlap an occurrence of the object (used by diagnostics and the oracle).
+document's tokens that overlap a whole-word occurrence of the object (:func:`~taalm_dist.data.lama_ckl.object_spans`;
+used by diagnostics and the oracle).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from taalm_dist.data.lama_ckl import Pair
+from taalm_dist.data.lama_ckl import Pair, object_spans
 from taalm_dist.errors import DataError
 
 
@@ -30,14 +31,6 @@ class TokenizedPair:
     doc_loss_mask: list[int] | None = None
 
 
-def _spans(text: str, needle: str) -> list[tuple[int, int]]:
-    out, start = [], text.find(needle)
-    while start >= 0 and needle:
-        out.append((start, start + len(needle)))
-        start = text.find(needle, start + 1)
-    return out
-
-
 def encode_marked(tokenizer, text: str, spans: list[tuple[int, int]]):
     enc = tokenizer(text, return_offsets_mapping=True)
     mask = [int(any(s < e2 and e > s2 for s2, e2 in spans) and e > s) for s, e in enc["offset_mapping"]]
@@ -46,7 +39,7 @@ def encode_marked(tokenizer, text: str, spans: list[tuple[int, int]]):
 
 def tokenize_pair(tokenizer, pair: Pair, max_doc_tokens: int, max_task_tokens: int, on_long_doc: str) -> TokenizedPair:
     """Tokenise one pair (see module docstring); raise :class:`DataError` naming the row on bad input."""
-    doc_ids, doc_mask = encode_marked(tokenizer, pair.document, _spans(pair.document, pair.object))
+    doc_ids, doc_mask = encode_marked(tokenizer, pair.document, object_spans(pair.document, pair.object))
     if len(doc_ids) < 2:
         raise DataError(f"{pair.source}: document has {len(doc_ids)} token(s); at least 2 are needed to learn from")
     truncated = len(doc_ids) > max_doc_tokens

@@ -35,6 +35,21 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+def is_step_dir(path: Path) -> bool:
+    """Whether ``path`` is named like a checkpoint step directory (``step-000123``)."""
+    return bool(_STEP_DIR.match(path.name))
+
+
+def _discard(path: Path) -> None:
+    """Remove a checkpoint directory: renamed to ``.trash-<name>`` first (atomic), so an interrupted removal
+    leaves a leftover :func:`taalm_dist.engine.run_dir.remove_leftovers` deletes, never a half-deleted step."""
+    trash = path.with_name(f".trash-{path.name}")
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def complete_checkpoints(out_dir: str | Path) -> list[Path]:
     """Complete checkpoints, oldest first (half-written ones are ignored)."""
     root = checkpoints_dir(out_dir)
@@ -129,6 +144,44 @@ def load_rng(directory: Path, py_rng: random.Random | None = None) -> None:
         py_rng.setstate(python_state)
 
 
+DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config:ZeroStageEnum",
+                          "deepspeed.runtime.fp16.loss_scaler:LossScaler",
+                          "deepspeed.runtime.fp16.loss_scaler:DynamicLossScaler")
+"""The classes (besides tensors and plain values) DeepSpeed's ZeRO checkpoints of θ and φ hold; nothing else is
+unpickled (an enum, and loss scalers restored from their attributes: no code of the file runs)."""
+
+
+def weights_only_load(path: str | Path, map_location=None):
+    """``torch.load(path, weights_only=True)`` admitting :data:`DEEPSPEED_SAFE_GLOBALS`: tensors, plain values and those
+    classes only. A file holding anything else is refused with a :class:`ConfigError` and never executed."""
+    import importlib
+    import pickle
+
+    allowed = []
+    for spec in DEEPSPEED_SAFE_GLOBALS:
+        module, name = spec.split(":")
+        try:
+            allowed.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):  # another DeepSpeed version: what it lacks, it does not write
+            pass
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).split("\n")[0][:300]
+        raise ConfigError(f"{path}: holds objects this trainer does not load, since loading them could run code "
+                          f"({first}); resume from a checkpoint this trainer wrote, or start a new run") from None
+
+
+def load_weights_only(engine) -> None:
+    """Make a DeepSpeed engine's ``load_checkpoint`` read its files with :func:`weights_only_load` (DeepSpeed's own
+    checkpoint engine unpickles them with ``weights_only=False``, which runs whatever a crafted file holds)."""
+    checkpoint_engine = getattr(engine, "checkpoint_engine", None)
+    if checkpoint_engine is None:
+        raise RuntimeError("this DeepSpeed engine has no checkpoint_engine: safe loading cannot be installed")
+    checkpoint_engine.load = lambda path, map_location=None: weights_only_load(path, map_location)
+
+
 def _python_rng_state(state: list) -> tuple:
     """``random.Random.getstate()`` after a JSON round trip (lists back to tuples)."""
     version, internal, gauss_next = state
@@ -153,14 +206,14 @@ def commit(out_dir: str | Path, tmp: Path, step: int, state: dict, keep: int) ->
     if D.is_main():
         (tmp / STATE).write_text(json.dumps(state, indent=2))
         if final.exists():
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
         (final / COMPLETE).write_text("ok\n")
         latest_tmp = checkpoints_dir(out_dir) / ".latest.tmp"
         latest_tmp.write_text(final.name + "\n")
         os.replace(latest_tmp, checkpoints_dir(out_dir) / "latest")
         for old in complete_checkpoints(out_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
     D.barrier()
     return final
 

@@ -85,10 +85,13 @@ def any_rank(flag: bool) -> bool:
     return all_reduce_sum([1.0 if flag else 0.0])[0] > 0
 
 
-def shutdown() -> None:
-    """Leave the process group cleanly (all ranks together); exiting with it open can abort a rank."""
+def shutdown(together: bool = True) -> None:
+    """Leave the process group: with ``together``, after a barrier (all ranks end the run together; exiting with it
+    open can abort a rank); without, at once (this rank failed alone: waiting for the others could hang, and its
+    exit makes the launcher stop them)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -33,6 +33,9 @@ from taalm_dist.engine import distributed as D
 from taalm_dist.engine.ckl_validation import ckl_validation
 from taalm_dist.engine.data_setup import PreparedData, prepare_data
 from taalm_dist.engine.phi_update import DeepSpeedPhi, LocalPhi
+from taalm_dist.engine.preemption import Preempted, StopSignals, report_stopped, run_to_end
+from taalm_dist.engine.run_dir import (file_sha256, load_on_every_rank, open_run_dir, resume_settings,
+                                      truncate_metrics)
 from taalm_dist.engine.runtime import Runtime
 from taalm_dist.errors import ConfigError, TrainingError
 from taalm_dist.losses import next_token_valid_mask
@@ -42,8 +45,12 @@ from taalm_dist.meta.functional import ThetaView
 from taalm_dist.models import build_phi, check_same_tokenizer, load_causal_lm, load_tokenizer, make_trainable, save_phi
 from taalm_dist.tracking import NullLogger, open_run_trackers
 
-# config fields that may change between a run and its resumption
-RESUMABLE_CHANGES = {"train": ("max_steps", "resume", "overwrite", "progress", "save_every", "keep_checkpoints",
+RESUME_MAY_CHANGE = ("train.max_steps", "train.resume", "train.overwrite", "train.progress", "train.save_every",
+                     "train.save_every_s", "train.keep_checkpoints", "train.val_every", "train.time_limit_s",
+                     "train.out_dir", "data.train_file", "data.val_file", "tracking.")
+"""Settings a resumed run may change (a trailing dot: the whole section). The data files may move: their content
+is compared instead (:func:`data_fingerprint`); so may the run directory (a copied run resumes)."""
+_LEGACY_RESUMABLE = {"train": ("max_steps", "resume", "overwrite", "progress", "save_every", "keep_checkpoints",
                                "val_every"), "tracking": None}
 
 
@@ -74,10 +81,17 @@ class DocOrder:
         self._perm = self._permutation()
 
 
-def resume_hash(cfg: TaalmConfig) -> str:
-    """Hash of the config without the fields a resumed run may change."""
+def data_fingerprint(cfg: TaalmConfig) -> dict:
+    """SHA-256 of the data files' content (a file changed in place must not resume at its old position)."""
+    return {k: file_sha256(v) for k, v in (("data.train_file", cfg.data.train_file),
+                                           ("data.val_file", cfg.data.val_file)) if v}
+
+
+def legacy_resume_hash(cfg: TaalmConfig) -> str:
+    """The config hash checkpoints of earlier versions carry (``resume_hash``; they stored no settings)."""
     d = to_dict(cfg)
-    for section, keys in RESUMABLE_CHANGES.items():
+    d["train"].pop("save_every_s", None)  # added later
+    for section, keys in _LEGACY_RESUMABLE.items():
         if keys is None:
             d.pop(section, None)
         else:
@@ -121,8 +135,30 @@ class MetaTrainer:
         self.data: PreparedData = prepare_data(cfg.data, self.tokenizer, cfg.train.val_docs, cfg.train.seed)
         if cfg.train.ckl_val_every and not self.data.val:
             raise ConfigError("train.ckl_val_every needs validation pairs: give data.val_file or train.val_docs > 0")
-        resume_from = D.broadcast_object(ckpt.resolve_resume(cfg.train.resume, cfg.train.out_dir))
-        self.out = self.rt.prepare_out_dir(cfg.train.out_dir, cfg.train.overwrite, resume_from is not None)
+        if cfg.train.docs_per_step > len(self.data.train):
+            raise ConfigError(f"train.docs_per_step={cfg.train.docs_per_step} is more than the {len(self.data.train)} "
+                              f"training pairs of {cfg.data.train_file}: every φ update would repeat documents (and hold "
+                              f"all their graphs); use at most {len(self.data.train)}, or more data")
+        self.run_dir = open_run_dir(cfg.train.out_dir, "meta-train", overwrite=cfg.train.overwrite,
+                                    resume=cfg.train.resume, settings=resume_settings(cfg, ("",), RESUME_MAY_CHANGE),
+                                    data_sha256=data_fingerprint(cfg), legacy_hashes=(legacy_resume_hash(cfg),))
+        self.out, resume_from = self.run_dir.path, self.run_dir.resume_from
+        try:
+            self._build(resume_from)
+        except BaseException:
+            self.run_dir.discard_if_fresh()
+            raise
+        truncate_metrics(self.out, self.step if resume_from is not None else -1)
+        self._open_trackers(self.run_dir.resume_state.get("mlflow_run_id"))
+
+    def _build(self, resume_from: Path | None) -> None:
+        """Models, inner step, data order and RNG, then the checkpoint's state when resuming."""
+        cfg = self.cfg
+        saved_world = self.run_dir.resume_state.get("world_size", self.world)
+        if saved_world != self.world:
+            raise ConfigError(f"checkpoint {resume_from} was written by {saved_world} process(es), this run has "
+                              f"{self.world}: ZeRO-3 partitions cannot be re-split; relaunch with {saved_world}, or "
+                              "start from the exported φ")
         self._build_models()
         low = {p.dtype for p in self.view.params} - {torch.float32, torch.float64}
         if low and D.is_main():
@@ -133,8 +169,6 @@ class MetaTrainer:
         self.order = DocOrder(len(self.data.train), cfg.train.seed)
         self.rng = random.Random(cfg.train.seed * 7919 + self.rank)
         self.pad_id = self.tokenizer.pad_token_id or 0
-        run_id = ckpt.read_state(resume_from).get("mlflow_run_id") if resume_from else None
-        self._open_trackers(run_id)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
 
@@ -183,7 +217,7 @@ class MetaTrainer:
             return
         cfg = self.cfg
         save_config(cfg, self.out / "config.yaml")
-        self.log, self.mlflow = open_run_trackers(self.out, cfg.tracking, run_id)
+        self.log, self.mlflow = open_run_trackers(self.out, cfg.tracking, run_id, tags={"taalm.command": "meta-train"})
         if run_id is None:
             self.log.log_params({**to_dict(cfg), "config_hash": config_hash(cfg), "world_size": self.world})
             self.log.log_metrics({"data/train_pairs": len(self.data.train), "data/val_pairs": len(self.data.val),
@@ -344,7 +378,16 @@ class MetaTrainer:
 
     # -------------------------------------------------------------------------------------- train
     def train(self) -> dict:
-        """Run until ``max_steps`` φ updates, validating and checkpointing; export φ. Returns a summary."""
+        """Run until ``max_steps`` φ updates, validating and checkpointing; export φ. Returns a summary.
+
+        Raises:
+            Preempted: after a SIGTERM/SIGINT, once the φ update in progress is done and checkpointed.
+        """
+        then = "finishing the φ update in progress, then writing a checkpoint"
+        with StopSignals(announce=D.is_main(), then=then) as self.signals:
+            return self._train()
+
+    def _train(self) -> dict:
         cfg = self.cfg.train
         self._stopping = False
         if self.step == 0 and (cfg.val_every or cfg.ckl_val_every):
@@ -353,17 +396,30 @@ class MetaTrainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="meta-train φ", dynamic_ncols=True,
                    disable=not (cfg.progress and D.is_main()))
         last: dict = {}
-        start, stop = time.monotonic(), False
+        start = last_save = time.monotonic()
+        stop = False
         while self.step < cfg.max_steps and not stop:
             metrics = self.train_step()
-            stop = self._stopping = self._time_is_up(start)
+            stop, signalled, save_due = self._agree_on_stop(start, last_save)
+            self._stopping = stop
+            if signalled:
+                bar.close()
+                self.log.log_metrics(metrics, step=self.step)
+                path = self.save_checkpoint()
+                message = (f"stopped by {self.signals.requested or 'a request on another rank'} after φ update "
+                           f"{self.step}; checkpoint {path}; continue with --resume auto")
+                if D.is_main():
+                    report_stopped(message)
+                raise Preempted(message)
             metrics.update(self._validate_all())
             self.log.log_metrics(metrics, step=self.step)
             last.update(metrics)
             bar.update(1)
             bar.set_postfix(obj=f"{metrics['train/objective']:.3f}", val=f"{last.get('val/objective', math.nan):.3f}")
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+            by_count = cfg.save_every and self.step % cfg.save_every == 0
+            if (by_count or save_due) and self.step < cfg.max_steps and not stop:
                 self.save_checkpoint()
+                last_save = time.monotonic()
         bar.close()
         if stop and D.is_main():
             print(f"time limit train.time_limit_s={cfg.time_limit_s:g} reached after {self.step} φ updates")
@@ -381,13 +437,18 @@ class MetaTrainer:
                 self.log.log_artifact(f, "phi")
         return summary
 
-    def _time_is_up(self, start: float) -> bool:
-        """Whether ``train.time_limit_s`` has passed on rank 0 (all ranks get the same answer)."""
-        limit = self.cfg.train.time_limit_s
-        if limit is None:
-            return False
-        up = time.monotonic() - start >= limit if D.is_main() else False
-        return D.any_rank(up) if self.distributed else up
+    def _agree_on_stop(self, start: float, last_save: float) -> tuple[bool, bool, bool]:
+        """``(time limit reached, stop signal received, time-based checkpoint due)`` after a φ update, the same on
+        every rank (one all-reduce): the clocks are rank 0's, a signal on any rank counts."""
+        t = self.cfg.train
+        now = time.monotonic()
+        main = D.is_main()
+        flags = [main and t.time_limit_s is not None and now - start >= t.time_limit_s,
+                 self.signals.requested is not None,
+                 main and t.save_every_s is not None and now - last_save >= t.save_every_s]
+        if self.distributed:
+            flags = [v > 0 for v in D.all_reduce_sum([float(f) for f in flags])]
+        return flags[0], flags[1], flags[2]
 
     # -------------------------------------------------------------------------------- checkpoints
     def export_phi(self) -> Path:
@@ -420,22 +481,15 @@ class MetaTrainer:
         ckpt.save_rng(tmp, self.rng)
         mlflow = self.mlflow
         state = {"step": self.step, "skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips,
-                 "order": self.order.state_dict(), "world_size": self.world, "resume_hash": resume_hash(self.cfg),
-                 "config_hash": config_hash(self.cfg), "first_val": self.first_val, "best": self.best,
+                 "order": self.order.state_dict(), "world_size": self.world, "settings": resume_settings(self.cfg, ("",), RESUME_MAY_CHANGE),
+                 "data_sha256": data_fingerprint(self.cfg), "config_hash": config_hash(self.cfg), "first_val": self.first_val, "best": self.best,
                  "mlflow_run_id": mlflow.wait_ready() if mlflow else None}
         return ckpt.commit(self.out, tmp, self.step, state, self.cfg.train.keep_checkpoints)
 
     def load_checkpoint(self, directory: Path) -> None:
         """Restore φ, its optimizer, the data position and every rank's RNG from ``directory``."""
-        state = ckpt.read_state(directory)
-        if state["world_size"] != self.world:
-            raise ConfigError(f"checkpoint {directory} was written by {state['world_size']} process(es), this run has "
-                              f"{self.world}: ZeRO-3 partitions cannot be re-split; relaunch with "
-                              f"{state['world_size']}, or start from the exported φ")
-        if state["resume_hash"] != resume_hash(self.cfg):
-            raise ConfigError(f"checkpoint {directory} was written with a different config (only train.max_steps, "
-                              "save_every, keep_checkpoints, val_every, progress and tracking.* may change on resume)")
-        self.phi.load(directory / "phi")
+        state = ckpt.read_state(directory)  # its settings, data and world size were checked by open_run_dir
+        load_on_every_rank(directory, lambda: self.phi.load(directory / "phi"))
         ckpt.load_rng(directory, self.rng)
         self.order.load_state_dict(state["order"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
@@ -444,11 +498,14 @@ class MetaTrainer:
         if D.is_main():
             print(f"resumed from {directory} at step {self.step}")
 
-    def cleanup(self) -> None:
-        """Close the trackers (MLflow waits a bounded time for its queue) and leave the process group."""
-        self.log.close()
+    def cleanup(self, status: str = "FINISHED") -> None:
+        """Close the trackers with ``status`` (FINISHED, FAILED or KILLED; MLflow waits a bounded time for its
+        queue), release the run directory and leave the process group."""
+        self.log.close(status=status)
+        if getattr(self, "run_dir", None) is not None:
+            self.run_dir.release()
         if hasattr(self, "rt"):
-            self.rt.shutdown()
+            self.rt.shutdown(together=status == "FINISHED")
 
 
 class WeightStats:
@@ -486,9 +543,4 @@ class WeightStats:
 def run_meta_training(cfg: TaalmConfig) -> tuple[MetaTrainer, dict]:
     """``setup``, ``train``, ``cleanup`` (always) of one :class:`MetaTrainer`; returns it and its summary."""
     trainer = MetaTrainer(cfg)
-    try:
-        trainer.setup()
-        summary = trainer.train()
-    finally:
-        trainer.cleanup()
-    return trainer, summary
+    return trainer, run_to_end(trainer, trainer.train)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -24,20 +23,6 @@ import torch
 from taalm_dist.config import EngineConfig
 from taalm_dist.engine import distributed as D
 from taalm_dist.errors import ConfigError
-
-
-def prepare_out_dir(out_dir: str | Path, overwrite: bool, resuming: bool) -> Path:
-    """Create the run directory (rank 0) after every rank checked it: a non-empty one is refused on all
-    ranks together unless resuming or ``overwrite`` (so nothing is overwritten and no rank waits alone)."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (overwrite or resuming):
-        raise ConfigError(f"{out} already holds a run; resume it with --resume auto, choose a new "
-                          "directory, or pass train.overwrite=true")
-    D.barrier()
-    if D.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-    D.barrier()
-    return out
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -150,13 +135,13 @@ class Runtime:
         deepspeed = import_deepspeed()
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=model_parameters,
                                           config=config, dist_init_required=False)
+        from taalm_dist.engine.checkpoint import load_weights_only
+
+        load_weights_only(engine)  # its checkpoints are read without unpickling code
         return engine
 
-    def prepare_out_dir(self, out_dir: str | Path, overwrite: bool, resuming: bool) -> Path:
-        """The run directory, created by rank 0 after every rank checked it (see :func:`prepare_out_dir`)."""
-        return prepare_out_dir(out_dir, overwrite, resuming)
-
-    def shutdown(self) -> None:
-        """Leave the process group (all ranks together); nothing to do on one process."""
+    def shutdown(self, together: bool = True) -> None:
+        """Leave the process group (``together``: all ranks after a barrier; else this rank at once, after an error
+        that may be its own); nothing to do on one process."""
         if self.distributed:
-            D.shutdown()
+            D.shutdown(together)

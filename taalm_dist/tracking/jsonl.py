@@ -9,6 +9,18 @@ from pathlib import Path
 from typing import Protocol
 
 
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+"""How a run ended, as ``close(status=...)`` takes it (MLflow's terminal run statuses): ``FINISHED`` when it
+ran to its end, ``FAILED`` on an exception, ``KILLED`` when stopped by SIGTERM / SIGINT."""
+
+
+def check_status(status: str) -> str:
+    """``status`` if it is one of :data:`RUN_STATUSES`; a ``ValueError`` (a caller's bug, not a logging failure)."""
+    if status not in RUN_STATUSES:
+        raise ValueError(f"close(status={status!r}): use one of {', '.join(RUN_STATUSES)}")
+    return status
+
+
 class Tracker(Protocol):
     """What a trainer logs to. Implementations must never raise on a logging failure."""
 
@@ -16,7 +28,9 @@ class Tracker(Protocol):
 
     def log_metrics(self, metrics: dict, step: int) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run as ``status`` (one of :data:`RUN_STATUSES`): a run that failed or was killed must not
+        look finished, nor stay "RUNNING" forever in MLflow."""
 
 
 class NullLogger:
@@ -28,8 +42,8 @@ class NullLogger:
     def log_metrics(self, metrics: dict, step: int) -> None:
         pass
 
-    def close(self) -> None:
-        pass
+    def close(self, status: str = "FINISHED") -> None:
+        check_status(status)
 
 
 def _plain(v):
@@ -58,10 +72,12 @@ class JsonlLogger:
     def log_metrics(self, metrics: dict, step: int) -> None:
         self._write({"step": step, "time": time.time(), **metrics})
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
+        """Close the file. ``status`` is checked, not written: metrics.jsonl holds the steps' records only."""
+        check_status(status)
         self._f.close()
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """All records of a JSONL metrics file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

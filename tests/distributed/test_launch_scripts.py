@@ -106,7 +106,8 @@ def test_launcher_arguments_become_the_taalm_command():
     assert strip_local_rank(["c.yaml", "--local_rank", "1"]) == (["c.yaml"], 1)
     assert command_line("meta-train", ["--local_rank=0", "c.yaml", "train.max_steps=2"]) == [
         "meta-train", "--config", "c.yaml", "--resume", "auto", "train.max_steps=2"]
-    assert command_line("ckl-run", ["c.yaml", "--method", "taalm"]) == ["ckl", "run", "--config", "c.yaml", "--method", "taalm"]
+    assert command_line("ckl-run", ["c.yaml", "--method", "taalm"]) == ["ckl", "run", "--config", "c.yaml", "--resume", "auto",
+                                                                   "--method", "taalm"]
     assert command_line("learn", ["c.yaml", "--phi", "none"]) == ["learn", "--config", "c.yaml", "--resume", "auto",
                                                                   "--phi", "none"]
     with pytest.raises(SystemExit, match="usage: deepspeed launch/meta_train.sh CONFIG.yaml"):

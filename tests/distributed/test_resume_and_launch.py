@@ -51,3 +51,24 @@ def test_torchrun_launch_script_runs_two_processes(toy_data, tmp_path):
     assert "done: 2 φ updates" in res.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2
+
+
+@pytest.mark.slow
+def test_a_crafted_zero3_state_file_is_refused_not_executed(toy_data, tmp_path):
+    # before: DeepSpeed's checkpoint engine unpickled φ's ZeRO-3 state with weights_only=False, so a crafted
+    # *_optim_states.pt ran its code on resume
+    import pickle
+
+    out, marker = tmp_path / "run", tmp_path / "ran"
+    _meta_train(toy_data, out, "train.max_steps=1")
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    [target] = (out / "checkpoints" / "step-000001").rglob("zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    target.write_bytes(pickle.dumps({"optimizer_state_dict": Exploit()}))
+    with pytest.raises(AssertionError, match="could run code") as e:
+        _meta_train(toy_data, out, "train.max_steps=2", flags=("--resume", "auto"))
+    assert "taalm: error:" in str(e.value)  # the one-line refusal of the CLI, on the rank that read the file
+    assert not marker.exists()

@@ -62,7 +62,17 @@ def test_meta_train_cli_end_to_end(tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 
-def test_every_verb_has_help():
-    for verb in (["meta-train"], ["data", "toy"], ["config", "show"], ["demo"]):
+def test_every_verb_has_help_naming_its_defaults():
+    cases = {("meta-train",): ["train.max_steps = 100  [>= 0]", "meta.inner_lr = 0.001  [> 0]"],
+             ("ckl", "run"): ["ckl.epochs = 30  [>= 1]", "ckl.lr = 0.0001  [> 0]"],
+             ("learn",): ["learn.window_tokens = 512  [>= 2]", "learn.epochs = 1  [>= 1]"],
+             ("data", "toy"): ["--n N      training pairs (default: 200)"],
+             ("demo",): ["(default: runs/demo)", "(default: 240.0)"],
+             ("weigh",): ["(default: 512)"],
+             ("config", "show"): ["YAML config; omitted: the defaults"]}
+    for verb, expected in cases.items():
         res = taalm(*verb, "--help")
         assert res.returncode == 0 and "usage:" in res.stdout
+        flat = " ".join(res.stdout.split())
+        for text in expected:
+            assert " ".join(text.split()) in flat, (verb, text)

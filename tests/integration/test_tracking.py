@@ -23,7 +23,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp_path: Path, uri: str, name: str):
+def _run(tmp_path: Path, uri: str, name: str, *extra: str):
     write_pairs(toy_rows(20, seed=0, filler_words=8), tmp_path / "train.jsonl")
     write_pairs(toy_rows(2, seed=1, filler_words=8, entity_offset=50), tmp_path / "val.jsonl")
     cfg = load_config(None, [
@@ -31,7 +31,7 @@ def _run(tmp_path: Path, uri: str, name: str):
         "phi.model.tiny.hidden_size=32", "phi.model.tiny.intermediate_size=64", "phi.lora.rank=2",
         f"data.train_file={tmp_path / 'train.jsonl'}", f"data.val_file={tmp_path / 'val.jsonl'}",
         f"train.out_dir={tmp_path / name}", "train.max_steps=3", "train.docs_per_step=2", "train.val_every=3",
-        "train.progress=false", f"tracking.tracking_uri={uri}", "tracking.timeout_s=2",
+        "train.progress=false", f"tracking.tracking_uri={uri}", "tracking.timeout_s=2", *extra,
     ])
     trainer = MetaTrainer(cfg)
     t0 = time.perf_counter()
@@ -87,6 +87,22 @@ def test_a_closed_port_does_not_stop_or_slow_the_run(tmp_path, capfd):
     assert summary["steps"] == 3
     assert "continuing with metrics.jsonl only" in capfd.readouterr().err
     assert len([r for r in read_jsonl(tmp_path / "untracked" / "metrics.jsonl") if "train/objective" in r]) == 3
+    assert seconds < 60
+
+
+def test_a_hanging_server_costs_one_timeout_and_one_warning_not_one_per_checkpoint(tmp_path, hanging_server,
+                                                                                     monkeypatch, capfd):
+    # Robustness issue: with MLFLOW_HTTP_REQUEST_TIMEOUT=300 every checkpoint (it records the MLflow run id) waited
+    # on the server and no warning was printed.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    trainer, summary, seconds = _run(tmp_path, hanging_server, "hanging", "train.save_every=1")
+    assert summary["steps"] == 3
+    warnings = [x for x in capfd.readouterr().err.splitlines() if "taalm: warning: MLflow" in x]
+    assert len(warnings) == 1 and "continuing with metrics.jsonl only" in warnings[0], warnings
+    t0 = time.perf_counter()
+    assert trainer.mlflow.wait_ready() is None and time.perf_counter() - t0 < 0.5  # later checkpoints do not wait
+    assert len([r for r in read_jsonl(tmp_path / "hanging" / "metrics.jsonl") if "train/objective" in r]) == 3
     assert seconds < 60
 
 

@@ -184,7 +184,7 @@ def test_a_run_directory_is_never_overwritten_or_mixed(data, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="not a `taalm learn` run"):
+    with pytest.raises(ConfigError, match="holds files but no `taalm learn` run"):
         run_learn(_cfg(data, foreign, "learn.resume=auto"))
     run_learn(_cfg(data, foreign, "learn.epochs=1", "learn.overwrite=true"))
     [aside] = tmp_path.glob("foreign.replaced-*")
@@ -196,7 +196,7 @@ def test_changed_documents_are_not_resumed(data, tmp_path):
     shutil.copy(data / "to_learn.jsonl", docs)
     run_learn(_cfg(data, tmp_path / "run", f"learn.docs={docs}", "learn.epochs=1"))
     docs.write_text(docs.read_text().replace("code", "name"))
-    with pytest.raises(ConfigError, match="learned other documents"):
+    with pytest.raises(ConfigError, match="the content of learn.docs changed"):
         run_learn(_cfg(data, tmp_path / "run", f"learn.docs={docs}", "learn.epochs=1", "learn.resume=auto"))
 
 

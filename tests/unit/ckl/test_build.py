@@ -135,3 +135,31 @@ def test_eval_selection_shuffle_is_seeded_and_bad_values_are_refused():
         EvalSelection(to_learn=0)
     with pytest.raises(DataError, match="--eval-order"):
         EvalSelection(order="random")
+
+
+def test_build_reads_a_bom_and_skips_a_line_that_is_not_utf8(tmp_path):
+    # Robustness issue: `ckl build` gave a UnicodeDecodeError traceback even with --skip-bad-rows, and refused a BOM.
+    tok = toy_tokenizer()
+    d = _data_dir(tmp_path)
+    variant = d / "variant.jsonl"
+    good = variant.read_bytes()
+    variant.write_bytes(b"\xef\xbb\xbf" + good + b'{"uuid": "bad", "evidence": "caf\xe9"}\n')
+    with pytest.raises(DataError) as e:
+        build(_knows(tok), tok, d, tmp_path / "out", progress=False, meta_source="invariant_schematic")
+    assert f"{variant}:4: the line is not UTF-8 text" in str(e.value) and "--skip-bad-rows" in str(e.value)
+    summary = build(_knows(tok), tok, d, tmp_path / "out", progress=False, meta_source="invariant_schematic",
+                    skip_bad_rows=True)
+    assert summary["loaded"]["variant"] == "variant: 4 rows, 1 skipped"
+    assert _read(tmp_path / "out", "to_learn.jsonl") == ["u1", "u2"]  # u0's row (behind the BOM) was read: known
+
+
+def test_build_calls_a_directory_in_place_of_a_file_a_directory(tmp_path):
+    tok = toy_tokenizer()
+    d = _data_dir(tmp_path)
+    (d / "invariant_schematic.jsonl").unlink()
+    (d / "invariant_schematic.jsonl").mkdir()
+    with pytest.raises(DataError) as e:
+        build(_knows(tok), tok, d, tmp_path / "out", progress=False)
+    assert "invariant_schematic.jsonl: a directory where the LAMA-CKL jsonl file of that name is expected" \
+        in str(e.value)
+    assert "missing" not in str(e.value)

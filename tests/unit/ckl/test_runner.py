@@ -1,5 +1,6 @@
 """`ckl run` on a tiny model and the toy facts: every method runs and writes every output."""
 
+import dataclasses
 import json
 
 import pytest
@@ -77,3 +78,43 @@ def test_mix_review_replays_replay_jsonl_when_the_build_wrote_one(ckl_dir, tmp_p
         assert sorted(t.pair.uid for t in runner.replay) == sorted(r["uuid"] for r in replay)
     finally:
         runner.cleanup()
+
+
+@pytest.mark.parametrize("method", ["recadam", "taalm+mix_review"])
+def test_an_interrupted_run_resumes_exactly(ckl_dir, tmp_path, method):
+    # before: `ckl run` could not resume; a 30-epoch run that died started over
+    import os
+    import signal
+
+    from taalm_dist.engine.preemption import Preempted
+
+    whole = _run(ckl_dir, tmp_path / "whole", method, "ckl.epochs=3", "ckl.batch_size=2")
+    cfg = load_config(None, TINY + [f"ckl.data_dir={ckl_dir}", f"ckl.method={method}", f"ckl.out_dir={tmp_path / 'run'}",
+                                    f"ckl.phi_path={ckl_dir / 'phi'}", "ckl.epochs=3", "ckl.batch_size=2",
+                                    "ckl.progress=false", "tracking.mlflow=false"])
+    runner = CklRunner(cfg)
+    update = runner._theta_update
+
+    def update_then_signal(items):
+        loss = update(items)
+        if runner.step == 6:  # in epoch 2 (4 updates an epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    runner._theta_update = update_then_signal
+    runner.setup()
+    try:
+        with pytest.raises(Preempted, match="during epoch 2;.*after epoch 1; continue with --resume auto"):
+            runner.run()
+    finally:
+        runner.cleanup("KILLED")
+    resumed = CklRunner(dataclasses.replace(cfg, ckl=dataclasses.replace(cfg.ckl, resume="auto")))
+    try:
+        resumed.setup()
+        assert resumed.epoch == 1 and resumed.step == len(resumed.losses) == len(runner.epoch_batches(1))
+        run = resumed.run()
+    finally:
+        resumed.cleanup()
+    assert run["epochs"] == whole["epochs"]  # every epoch's mean loss and accuracies, bit for bit
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["epochs"]] == [0, 1, 2, 3]

@@ -60,3 +60,22 @@ def test_windows_cover_every_token_once_outside_their_context():
     assert token_windows([1, 2, 3], 8, 3) == [([1, 2, 3], 0)]
     with pytest.raises(ValueError, match="overlap=8 must be in"):
         token_windows(ids, 8, 8)
+
+
+def test_jsonl_documents_with_a_byte_order_mark_and_a_line_that_is_not_utf8(tmp_path):
+    p = tmp_path / "docs.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps({"text": t}) for t in TEXTS).encode() + b"\n")
+    assert [d.text for d in load_documents(p)] == TEXTS
+    p.write_bytes(json.dumps({"text": TEXTS[0]}).encode() + b'\n{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"docs.jsonl:2: the line is not UTF-8 text"):
+        load_documents(p)
+
+
+def test_a_directory_for_a_question_file_is_called_a_directory(tmp_path):
+    from taalm_dist.data.documents import load_questions
+
+    with pytest.raises(DataError) as e:
+        load_questions(tmp_path)
+    assert f"{tmp_path} is a directory, not a file: give a jsonl file of" in str(e.value)
+    (tmp_path / "qa.jsonl").write_bytes(b'\xef\xbb\xbf{"question": "Who?", "answer": "Mira"}\n')
+    assert [q.answer for q in load_questions(tmp_path / "qa.jsonl")] == ["Mira"]

@@ -48,3 +48,15 @@ def test_collate_right_pads(tok):
     assert doc["input_ids"].shape[0] == 2 and doc["attention_mask"].sum(1).tolist() == [len(i.doc_ids) for i in items]
     assert torch.equal(task["label_mask"].sum(1), torch.tensor([1, 1]))
     assert (doc["input_ids"][0, len(items[0].doc_ids):] == tok.pad_token_id).all()
+
+
+def test_the_document_object_mask_marks_whole_words_only():
+    # Robustness issue: object "Mu" in "Mufa ..." labelled Mufa's tokens as the object's.
+    class Chars:  # one token per character, with offsets: shows exactly which characters are marked
+        def __call__(self, text, return_offsets_mapping=True):
+            return {"input_ids": [ord(c) for c in text], "offset_mapping": [(i, i + 1) for i in range(len(text))]}
+
+    doc = "Mufa met Mu. (Mu)"
+    item = tokenize_pair(Chars(), Pair("u", doc, "It was Mu", "Mu", "f.jsonl:1"), 512, 64, "truncate")
+    marked = "".join(c if m else "_" for c, m in zip(doc, item.doc_object_mask))
+    assert marked == "_________Mu___Mu_"

@@ -85,3 +85,39 @@ def test_a_crafted_legacy_rng_file_is_refused_without_running_it(tmp_path, monke
 def test_a_missing_rng_state_is_named(tmp_path):
     with pytest.raises(ConfigError, match="no RNG state for rank 0"):
         ckpt.load_rng(tmp_path)
+
+
+def test_deepspeed_state_is_loaded_weights_only_and_a_crafted_file_never_runs(tmp_path):
+    # before: DeepSpeed's checkpoint engine unpickled φ's ZeRO-3 state with weights_only=False
+    import os
+    import pickle
+
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    state = {"zero_stage": ZeroStageEnum.weights, "loss_scaler": LossScaler(1.0), "fp32": [torch.arange(3.0)]}
+    torch.save(state, tmp_path / "optim_states.pt")
+    got = ckpt.weights_only_load(tmp_path / "optim_states.pt")
+    assert got["zero_stage"] is ZeroStageEnum.weights and isinstance(got["loss_scaler"], LossScaler)
+    assert torch.equal(got["fp32"][0], torch.arange(3.0))
+
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (tmp_path / "crafted.pt").write_bytes(pickle.dumps({"optimizer_state_dict": Exploit()}))
+    with pytest.raises(ConfigError, match="could run code"):
+        ckpt.weights_only_load(tmp_path / "crafted.pt")
+    assert not marker.exists()
+
+
+def test_deepspeed_engines_load_through_the_weights_only_loader():
+    from types import SimpleNamespace
+
+    engine = SimpleNamespace(checkpoint_engine=SimpleNamespace(load=lambda path, map_location=None: "unpickled"))
+    ckpt.load_weights_only(engine)
+    with pytest.raises(FileNotFoundError):
+        engine.checkpoint_engine.load("/nonexistent/state.pt")

@@ -36,7 +36,7 @@ def test_restrict_term_and_adamw_jvp_path_run(tmp_path):
 def test_non_empty_out_dir_is_refused(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("user data")
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="already holds files; continue it with --resume auto"):
         MetaTrainer(_config(tmp_path)).setup()
     assert (tmp_path / "run" / "keep.txt").read_text() == "user data"
 
@@ -72,7 +72,7 @@ def test_single_process_exact_resume(tmp_path):
     a = {r["step"]: r["train/objective"] for r in whole if "train/objective" in r}
     b = {r["step"]: r["train/objective"] for r in split if "train/objective" in r}
     assert a == b and sorted(a) == [1, 2, 3, 4]
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match=r"other settings \(meta.inner_lr: 0.1 → 0.5\)"):
         MetaTrainer(_config(tmp_path, *short, f"train.out_dir={tmp_path / 'split'}", "train.resume=auto",
                             "meta.inner_lr=0.5")).setup()
 

@@ -1,0 +1,208 @@
+"""Run directories: exclusive, never mixed, resumable only into the same settings and data (issue: robustness).
+
+Each test reproduces a failure found by probing the trainer (the first lines say which) and checks it now ends in a
+clear error or the correct result.
+"""
+
+import json
+import os
+import shutil
+import signal
+
+import pytest
+import torch
+
+from taalm_dist.engine import checkpoint as ckpt
+from taalm_dist.engine.meta_trainer import MetaTrainer
+from taalm_dist.engine.preemption import Preempted
+from taalm_dist.engine.run_dir import RunDirLock, lock_path, truncate_metrics
+from taalm_dist.errors import ConfigError
+from taalm_dist.models import load_phi
+from toy_meta import run_trainer as _run
+from toy_meta import toy_config as _config
+
+SHORT = ["train.docs_per_step=2", "train.val_every=0", "train.save_every=1"]
+
+
+def _phi(path):
+    return {n: p.detach().clone() for n, p in load_phi(path).named_parameters()}
+
+
+def _steps(out):
+    return [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if "train/objective" in x]
+
+
+def test_overwrite_moves_the_old_run_aside_and_never_resumes_it(tmp_path):
+    # before: the old run's checkpoints stayed, pruning kept the highest steps (the old run's), so a crash and
+    # --resume auto "resumed" the old run and exported its φ
+    out = tmp_path / "run"
+    _run(_config(tmp_path, *SHORT, "train.max_steps=4"))
+    old_phi = _phi(out / "phi")
+    _run(_config(tmp_path, *SHORT, "train.max_steps=2", "train.overwrite=true", "train.lr=1e-2"))
+    [aside] = tmp_path.glob("run.replaced-*")
+    assert [d.name for d in ckpt.complete_checkpoints(aside)] == ["step-000003", "step-000004"]
+    assert [d.name for d in ckpt.complete_checkpoints(out)] == ["step-000001", "step-000002"]
+    assert (out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()).is_dir()
+    trainer, summary = _run(_config(tmp_path, *SHORT, "train.max_steps=3", "train.lr=1e-2", "train.resume=auto"))
+    assert summary["steps"] == 3 and _steps(out) == [1, 2, 3]
+    assert any(not torch.equal(old_phi[n], p) for n, p in _phi(out / "phi").items())
+
+
+def test_a_second_run_on_a_held_directory_is_refused_naming_the_holder(tmp_path):
+    # before: two runs on one out_dir both exited 0, every metric was written twice, the last writer's φ won
+    first = MetaTrainer(_config(tmp_path, *SHORT, "train.max_steps=1"))
+    first.setup()
+    try:
+        with pytest.raises(ConfigError, match=rf"in use by another run \(.*\"pid\": {os.getpid()}.*taalm meta-train"):
+            MetaTrainer(_config(tmp_path, *SHORT, "train.max_steps=1", "train.resume=auto")).setup()
+        with pytest.raises(ConfigError, match="in use by another run"):  # overwrite does not break in either
+            MetaTrainer(_config(tmp_path, *SHORT, "train.max_steps=1", "train.overwrite=true")).setup()
+        first.train()
+    finally:
+        first.cleanup()
+    _run(_config(tmp_path, *SHORT, "train.max_steps=2", "train.resume=auto"))  # released at the end of the run
+    assert _steps(tmp_path / "run") == [1, 2]
+
+
+def test_lock_is_released_when_its_holder_lets_go(tmp_path):
+    lock = RunDirLock(tmp_path / "run").acquire("meta-train")
+    with pytest.raises(ConfigError, match="in use"):
+        RunDirLock(tmp_path / "run").acquire("meta-train")
+    lock.release()
+    RunDirLock(tmp_path / "run").acquire("meta-train").release()
+    assert lock_path(tmp_path / "run") == tmp_path / ".run.lock"
+
+
+def test_a_refused_resume_writes_nothing_and_names_what_differs(tmp_path):
+    # before: a refused resume first rewrote config.yaml (with the rejected config) and ds_config.json, and the
+    # refusal named no key
+    out = tmp_path / "run"
+    _run(_config(tmp_path, *SHORT, "train.max_steps=2"))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=r"other settings \(meta.inner_lr: 0.1 → 0.2; train.lr: 0.003 → 0.01\)"):
+        MetaTrainer(_config(tmp_path, *SHORT, "train.max_steps=3", "train.resume=auto", "meta.inner_lr=0.2",
+                            "train.lr=1e-2")).setup()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_data_changed_in_place_is_not_resumed_but_a_moved_run_is(tmp_path):
+    # before: the fingerprint held out_dir (a copied run could not resume) but not the data (a file changed in
+    # place resumed silently at its old position)
+    _run(_config(tmp_path, *SHORT, "train.max_steps=2"))
+    shutil.copytree(tmp_path / "run", tmp_path / "moved")
+    data = tmp_path / "elsewhere"
+    data.mkdir()
+    shutil.copy(tmp_path / "train.jsonl", data / "train.jsonl")
+    _, summary = _run(_config(tmp_path, *SHORT, "train.max_steps=3", "train.resume=auto",
+                              f"train.out_dir={tmp_path / 'moved'}", f"data.train_file={data / 'train.jsonl'}"))
+    assert summary["steps"] == 3 and _steps(tmp_path / "moved") == [1, 2, 3]
+    cfg = _config(tmp_path, *SHORT, "train.max_steps=3", "train.resume=auto")  # rewrites train.jsonl: same content
+    rows = (tmp_path / "train.jsonl").read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(rows[1:] + rows[:1]) + "\n")
+    with pytest.raises(ConfigError, match="the content of data.train_file changed"):
+        MetaTrainer(cfg).setup()
+
+
+def test_resume_logs_every_step_once_and_removes_leftovers(tmp_path):
+    # before: metrics.jsonl got duplicate step rows after a resume; an emptied step directory left by an
+    # interrupted prune was never removed
+    out = tmp_path / "run"
+    _run(_config(tmp_path, *SHORT, "train.max_steps=3"))
+    truncate_metrics(out, 99)  # a no-op
+    with (out / "metrics.jsonl").open("a") as f:  # rows of steps after the checkpoint, as a crash leaves them
+        f.write(json.dumps({"step": 4, "train/objective": 1.0}) + "\n" + '{"step": 5, "train/obj')
+    shutil.rmtree(out / "checkpoints" / "step-000003")
+    (out / "checkpoints" / "step-000001").mkdir()  # a prune cut short: no COMPLETE
+    (out / "checkpoints" / "step-000001" / "trainer_state.json").write_text("{}")
+    (out / "checkpoints" / ".trash-step-000000").mkdir()
+    _run(_config(tmp_path, *SHORT, "train.max_steps=5", "train.resume=auto"))
+    assert _steps(out) == [1, 2, 3, 4, 5]
+    names = sorted(d.name for d in (out / "checkpoints").iterdir())
+    assert names == ["latest", "step-000004", "step-000005"]
+
+
+def test_resume_auto_starts_a_marked_run_that_has_no_checkpoint(tmp_path):
+    # before: a requeued job that died before its first checkpoint failed for good with "already holds a run;
+    # resume it with --resume auto" although it was started with --resume auto
+    trainer = MetaTrainer(_config(tmp_path, *SHORT, "train.max_steps=2"))
+    trainer.setup()
+    trainer.cleanup("KILLED")  # died before training
+    assert (tmp_path / "run" / "meta_train_run.json").is_file()
+    with pytest.raises(ConfigError, match="already holds a `taalm meta-train` run; continue it with --resume auto"):
+        MetaTrainer(_config(tmp_path, *SHORT, "train.max_steps=2")).setup()
+    _, summary = _run(_config(tmp_path, *SHORT, "train.max_steps=2", "train.resume=auto"))
+    assert summary["steps"] == 2 and _steps(tmp_path / "run") == [1, 2]
+
+
+def test_sigterm_checkpoints_after_the_step_and_resume_is_exact(tmp_path):
+    # before: SIGTERM/SIGINT ended the run at once with no checkpoint (save_every defaulted to 0)
+    base = ["train.docs_per_step=2", "train.val_every=0", "train.max_steps=4"]
+    _, whole = _run(_config(tmp_path, *base, f"train.out_dir={tmp_path / 'whole'}"))
+    trainer = MetaTrainer(_config(tmp_path, *base))
+    step = trainer.train_step
+
+    def step_then_signal():
+        out = step()
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the run, handled after this φ update
+        return out
+
+    trainer.train_step = step_then_signal
+    trainer.setup()
+    try:
+        with pytest.raises(Preempted, match="stopped by SIGTERM after φ update 2.*--resume auto"):
+            trainer.train()
+    finally:
+        trainer.cleanup("KILLED")
+    assert [d.name for d in ckpt.complete_checkpoints(tmp_path / "run")] == ["step-000002"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
+    _run(_config(tmp_path, *base, "train.resume=auto"))
+    want, got = _phi(tmp_path / "whole" / "phi"), _phi(tmp_path / "run" / "phi")
+    assert all(torch.equal(want[n], got[n]) for n in want)
+    assert _steps(tmp_path / "run") == [1, 2, 3, 4]
+
+
+def test_time_based_checkpoints(tmp_path):
+    _run(_config(tmp_path, "train.docs_per_step=2", "train.val_every=0", "train.max_steps=3", "train.save_every=0",
+                 "train.save_every_s=1e-9", "train.keep_checkpoints=5"))
+    assert [d.name for d in ckpt.complete_checkpoints(tmp_path / "run")] == ["step-000001", "step-000002",
+                                                                             "step-000003"]
+
+
+def test_more_documents_per_step_than_the_data_holds_is_refused(tmp_path):
+    # before: docs_per_step=100000 on 40 documents ran for minutes, holding every graph, with no warning
+    with pytest.raises(ConfigError, match=r"train.docs_per_step=100000 is more than the 200 training pairs"):
+        MetaTrainer(_config(tmp_path, "train.docs_per_step=100000")).setup()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_file_where_the_run_directory_should_be_is_named(tmp_path):
+    (tmp_path / "run").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a run directory"):
+        MetaTrainer(_config(tmp_path, "train.max_steps=1", "train.docs_per_step=2")).setup()
+
+
+def test_a_stop_file_stops_like_sigterm_and_is_answered(tmp_path, monkeypatch):
+    # launchers that cannot signal the trainer alone (torchrun kills its workers 30 s after a SIGTERM) create a file
+    stop = tmp_path / "stop-request"
+    monkeypatch.setenv("TAALM_STOP_FILE", str(stop))
+    base = ["train.docs_per_step=2", "train.val_every=0", "train.max_steps=4"]
+    trainer = MetaTrainer(_config(tmp_path, *base))
+    step = trainer.train_step
+
+    def step_then_request():
+        out = step()
+        if trainer.step == 1:
+            stop.write_text("")
+        return out
+
+    trainer.train_step = step_then_request
+    trainer.setup()
+    try:
+        with pytest.raises(Preempted, match=f"stopped by stop file {stop} after φ update 1"):
+            trainer.train()
+    finally:
+        trainer.cleanup("KILLED")
+    assert stop.read_text().startswith("stopped: stopped by stop file")
+    _, summary = _run(_config(tmp_path, *base, "train.resume=auto"))  # the answered file is not a new request
+    assert summary["steps"] == 4
