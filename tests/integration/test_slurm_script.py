@@ -41,6 +41,10 @@ def _run_script(tmp_path, env_extra=None, signal_after=None):
     proc = subprocess.Popen(["bash", str(ROOT / "launch/slurm/meta_train.sbatch"), "cfg.yaml", "train.lr=1e-4"],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if signal_after is not None:
+        deadline = time.monotonic() + 30
+        while not (log / "srun_args").exists():  # the trainer runs (SLURM signals 10 minutes before the end)
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
         time.sleep(signal_after)
         proc.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@600` delivers
     out, err = proc.communicate(timeout=60)
@@ -49,7 +53,7 @@ def _run_script(tmp_path, env_extra=None, signal_after=None):
 
 
 def test_usr1_stops_the_trainer_through_the_stop_file_and_requeues(tmp_path):
-    code, out, calls, args = _run_script(tmp_path, signal_after=1.0)
+    code, out, calls, args = _run_script(tmp_path, signal_after=0.3)
     assert code == 0, out
     assert "requeue 42" in calls and "stopped: after φ update 3" in out
     assert "meta-train --config cfg.yaml --resume auto train.lr=1e-4" in args
