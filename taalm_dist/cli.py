@@ -223,7 +223,8 @@ def _cmd_weigh(args) -> int:
     return 0
 
 
-BENCHES = {"ce": "taalm_dist.bench.ce", "metastep": "taalm_dist.bench.metastep", "zero3": "taalm_dist.bench.zero3"}
+BENCHES = {"ce": "taalm_dist.bench.ce", "metastep": "taalm_dist.bench.metastep", "metatrain": "taalm_dist.bench.metatrain",
+           "zero3": "taalm_dist.bench.zero3"}
 
 
 def _cmd_bench(args) -> int:
@@ -359,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("bench", help="performance harnesses; each prints one JSON object (`taalm bench NAME --help`)",
                          description="ce: eager vs fused token-weighted CE (time, peak memory); metastep: the "
-                         "closed-form meta-step vs double backward; zero3: per-rank memory and throughput, 1 vs 2 ranks")
+                         "closed-form meta-step vs double backward; metatrain: documents/s of the real meta-trainer on a config (the "
+                         "demo's by default); zero3: per-rank memory and throughput, 1 vs 2 ranks")
     p.add_argument("bench", choices=sorted(BENCHES), help="which benchmark")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="its options (see taalm bench NAME --help)")
     p.set_defaults(func=_cmd_bench)

@@ -1,11 +1,11 @@
-"""``taalm bench metastep``: the closed-form meta-step (jvp, fd) against the official double backward.
+"""``taalm bench metastep``: the closed-form meta-step (jvp, fd, fd1) against the official double backward.
 
 Every case runs in a fresh process (:func:`taalm_dist.bench.common.run_case_subprocess`) on one document of
 ``tokens`` tokens and its task (``task_tokens``, the object = its last 2 tokens):
 
 * ``plain``: one plain token-weighted fine-tuning step of θ (forward, backward, AdamW step of θ's LoRA) —
   the unit every other figure is also given in;
-* ``jvp`` / ``fd`` / ``double_backward`` × inner ``sgd`` / ``adamw``: first the **θ side** alone (the
+* ``jvp`` / ``fd`` / ``fd1`` / ``double_backward`` × inner ``sgd`` / ``adamw``: first the **θ side** alone (the
   meta-gradient dL/dw for φ's weights, :func:`taalm_dist.meta.meta_gradient`; everything but φ's own
   passes), then the **whole meta-step** as the one-process trainer runs it (``train.phi_graph=keep``):
   φ forward with graph, θ side, backward of the surrogate Σ w·dL/dw into φ, φ's AdamW step
@@ -15,7 +15,7 @@ Every case runs in a fresh process (:func:`taalm_dist.bench.common.run_case_subp
 Time: best of ``repeats`` after one warm-up (seconds per document). Memory: over the models and data already
 in memory — CPU: peak RSS minus the RSS before the first pass (the θ side is measured first, so its peak
 is its own); CUDA: ``max_memory_allocated`` minus the allocated before. jvp and double_backward run θ with
-the dtype-preserving eager attention they need (``taalm_eager``); plain and fd use SDPA.
+the dtype-preserving eager attention they need (``taalm_eager``); plain, fd and fd1 use SDPA.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ SHAPES = {  # (hidden, intermediate, layers, heads, kv heads, vocab)
     "tinyllama-1.1b": (2048, 5632, 22, 32, 4, 32000),
     "llama2-7b": (4096, 11008, 32, 32, 32, 32000),
 }
-METHODS = ("jvp", "fd", "double_backward")
+METHODS = ("jvp", "fd", "fd1", "double_backward")
 
 
 def _source(shape: str, real: bool, attn: str, dtype: str):

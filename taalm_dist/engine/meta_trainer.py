@@ -42,6 +42,7 @@ from taalm_dist.losses import next_token_valid_mask
 from taalm_dist.losses.lm_head import per_token_loss_fn
 from taalm_dist.meta import InnerStep, meta_gradient, updated_objective
 from taalm_dist.meta.functional import ThetaView
+from taalm_dist.meta.per_document import per_document_lora
 from taalm_dist.models import build_phi, check_same_tokenizer, load_causal_lm, load_tokenizer, make_trainable, save_phi
 from taalm_dist.tracking import NullLogger, open_run_trackers
 
@@ -125,6 +126,9 @@ class MetaTrainer:
             raise ConfigError("train.phi_graph=keep is for one process: under DeepSpeed φ's forward runs again after "
                               "all ranks agreed on the step ([skip agreement note]); use auto or recompute")
         self.keep_phi_graph = cfg.train.phi_graph == "keep" or (cfg.train.phi_graph == "auto" and not self.distributed)
+        if self.distributed and cfg.train.docs_per_pass > 1:
+            raise ConfigError("train.docs_per_pass > 1 runs on one process for now (per-document adapter copies of a "
+                              "ZeRO-3 partitioned θ are not built); set train.docs_per_pass=1 under DeepSpeed")
         if self.distributed and cfg.train.ckl_val_every:
             raise ConfigError("train.ckl_val_every runs on one process for now (θ would have to train on ZeRO-3 "
                               "partitions); set train.ckl_val_every=0 under DeepSpeed, or meta-train on one process")
@@ -181,9 +185,9 @@ class MetaTrainer:
             from taalm_dist.engine.ds_config import ds_configs, local_docs_per_inner_step, save_ds_configs
             from taalm_dist.engine.zero3 import partition_while_loading
 
-            if cfg.meta.method != "fd":
+            if cfg.meta.method not in ("fd", "fd1"):
                 raise ConfigError(f"meta.method={cfg.meta.method} needs θ's full tensors; under DeepSpeed ZeRO-3 use "
-                                  "meta.method=fd (finite differences on each rank's partitions)")
+                                  "meta.method=fd or fd1 (finite differences on each rank's partitions)")
             self.local_docs = local_docs_per_inner_step(cfg, self.world)
             configs = ds_configs(cfg, self.world)
             if D.is_main():
@@ -225,9 +229,9 @@ class MetaTrainer:
                                   "data/truncated_docs": self.data.truncated_docs}, step=0)
 
     # ------------------------------------------------------------------------------------ batches
-    def _local_batch(self, global_idx: list[int], items) -> tuple[dict, dict, dict | None]:
-        """This rank's slice of a micro-step's documents: (doc, task, restrict task or None)."""
-        mine = global_idx[self.rank * self.local_docs : (self.rank + 1) * self.local_docs]
+    def _local_batch(self, global_idx: list[int], items, whole: bool = False) -> tuple[dict, dict, dict | None]:
+        """This rank's slice of a micro-step's documents (``whole``: all of them): (doc, task, restrict task or None)."""
+        mine = global_idx if whole else global_idx[self.rank * self.local_docs : (self.rank + 1) * self.local_docs]
         doc, task = collate([items[i] for i in mine], self.pad_id)
         restrict = None
         if self.cfg.meta.restrict_coef and len(items) > 1:
@@ -240,29 +244,34 @@ class MetaTrainer:
 
     def micro_step_meta_gradient(self, global_idx: list[int]):
         """First pass of a micro-step on the training documents ``global_idx`` (this rank takes its
-        slice): ``(doc batch, φ's weights w, MetaGradient)``; w has φ's graph only when φ's graph is kept
+        slice; with ``train.docs_per_pass`` > 1, each document has its own inner step, all in one batched pass):
+        ``(doc batch, φ's weights w, MetaGradient)``; w has φ's graph only when φ's graph is kept
         (``train.phi_graph``), θ is back at θ₀."""
-        doc, task, restrict = self._local_batch(global_idx, self.data.train)
+        per_document = self.cfg.train.docs_per_pass > 1
+        doc, task, restrict = self._local_batch(global_idx, self.data.train, whole=per_document)
         w = self.phi.weights(doc, grad=self.keep_phi_graph)
         m = self.cfg.meta
-        mg = meta_gradient(self.view, doc, w, task, inner=self.inner, objective=m.objective, method=m.method,
-                           fd_eps=m.fd_eps, restrict_batch=restrict, restrict_coef=m.restrict_coef,
-                           compute_float32=m.compute_float32)
-        return doc, w, mg
+        kw = dict(inner=self.inner, objective=m.objective, method=m.method, fd_eps=m.fd_eps, restrict_batch=restrict,
+                  restrict_coef=m.restrict_coef, compute_float32=m.compute_float32)
+        if not per_document:
+            return doc, w, meta_gradient(self.view, doc, w, task, **kw)
+        with per_document_lora(self.view, len(global_idx)) as view:
+            return doc, w, meta_gradient(view, doc, w, task, **kw)
 
     # ------------------------------------------------------------------------------------ one step
     def train_step(self) -> dict:
         """One φ update (see [skip agreement note]); returns its metrics (reduced over ranks)."""
         cfg = self.cfg.train
-        micro_steps = cfg.docs_per_step // cfg.docs_per_inner_step
+        micro_steps = cfg.docs_per_step // cfg.docs_per_inner_step  # one θ' each (per document with docs_per_pass)
+        passes = cfg.docs_per_step // max(cfg.docs_per_inner_step, cfg.docs_per_pass)
         t0 = time.perf_counter()
         pending, objective, finite = [], 0.0, True
         stats = WeightStats()
-        for _ in range(micro_steps):
-            idx = [self.order.next() for _ in range(cfg.docs_per_inner_step)]
+        for _ in range(passes):
+            idx = [self.order.next() for _ in range(cfg.docs_per_step // passes)]
             doc, w, mg = self.micro_step_meta_gradient(idx)
             finite &= bool(torch.isfinite(mg.objective)) and bool(torch.isfinite(mg.grad).all()) and bool(torch.isfinite(w).all())
-            objective += float(mg.objective) / micro_steps
+            objective += float(mg.objective) / passes
             stats.add(w.detach(), doc)
             pending.append((doc, mg.grad, w if self.keep_phi_graph else None))
         skip = D.any_rank(not finite)

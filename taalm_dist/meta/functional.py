@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Mapping, Sequence
 
 import torch
@@ -79,6 +80,26 @@ class ThetaView:
     def global_batch(self, local_batch: int) -> int:
         """Number of documents in the inner step's batch (all ranks, for a sharded view)."""
         return local_batch
+
+    # How the meta-gradient treats the batch: one θ' for all its documents here; one per document in
+    # taalm_dist.meta.per_document.PerDocumentView.
+
+    def loss_scale(self, batch_size: int) -> float:
+        """Factor on the batch's mean loss before differentiating: 1 (one θ' learns the whole batch)."""
+        return 1.0
+
+    def direction_norm(self, direction: Sequence[torch.Tensor]) -> float:
+        """‖direction‖ over all of θ's trainable tensors (all ranks)."""
+        return math.sqrt(self.global_sq_norm(direction))
+
+    def step_along(self, at: Sequence[torch.Tensor], direction: Sequence[torch.Tensor], step: float,
+                   norm: float) -> list[torch.Tensor]:
+        """``at + step · direction / norm`` (``norm`` from :meth:`direction_norm`, non-zero)."""
+        return [a + (step / norm) * d.to(a.dtype) for a, d in zip(at, direction)]
+
+    def per_row(self, norm: float, like: torch.Tensor) -> float:
+        """``norm`` shaped to scale the per-token ``[B, L]`` tensor ``like`` (a scalar here)."""
+        return norm
 
     @property
     def supports_functional(self) -> bool:

@@ -16,7 +16,7 @@ CASE_TYPES = {"method": str, "inner": (str, type(None)), "tokens": int, "task_to
               "ratio_whole_time_vs_double_backward": (float, type(None)), "ratio_time_vs_plain_step": float,
               "meta_grad_cos_vs_double_backward": (float, type(None)),
               "meta_grad_rel_err_vs_double_backward": (float, type(None))}  # fmt: skip
-METHODS = ("jvp", "fd", "double_backward")
+METHODS = ("jvp", "fd", "fd1", "double_backward")
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +49,18 @@ def test_json_schema(res, cases):
     assert cases["double_backward"]["meta_grad_cos_vs_double_backward"] is None  # not compared with itself
     # the loss each method runs θ with (jvp and double backward need the eager one)
     assert {m: cases[m]["loss_impl"] for m in ("plain", *METHODS)} == \
-        {"plain": "fused", "jvp": "eager", "fd": "fused", "double_backward": "eager"}
+        {"plain": "fused", "jvp": "eager", "fd": "fused", "fd1": "fused", "double_backward": "eager"}
 
 
 def test_closed_form_meta_gradients_agree_with_double_backward(cases):
     ref = cases["double_backward"]["meta_grad_norm"]
     assert ref > 0  # a real meta-gradient, not zeros
-    jvp, fd = cases["jvp"], cases["fd"]
-    # jvp is exact up to rounding; fd is a central difference at eps 1e-3 in fp32
+    jvp, fd, fd1 = cases["jvp"], cases["fd"], cases["fd1"]
+    # jvp is exact up to rounding; fd / fd1 are central / one-sided differences at eps 1e-3 in fp32
     assert jvp["meta_grad_rel_err_vs_double_backward"] < 1e-4 and jvp["meta_grad_cos_vs_double_backward"] > 0.9999
-    assert fd["meta_grad_rel_err_vs_double_backward"] < 0.05 and fd["meta_grad_cos_vs_double_backward"] > 0.999
-    for c in (jvp, fd):
+    for c in (fd, fd1):
+        assert c["meta_grad_rel_err_vs_double_backward"] < 0.05 and c["meta_grad_cos_vs_double_backward"] > 0.999
+    for c in (jvp, fd, fd1):
         assert c["meta_grad_norm"] == pytest.approx(ref, rel=0.05)
 
 

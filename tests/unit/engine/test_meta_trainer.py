@@ -125,3 +125,27 @@ def test_weight_stats_shares_count_only_positions_whose_loss_counts():
     out = stats.reduced("x")
     assert out["x/share_on_object"] == pytest.approx(6 / 7) and out["x/share_on_first"] == pytest.approx(1 / 7)
     assert out["x/weight_position0"] == 9.0 and out["x/weight_on_object"] == 3.0 and out["x/weight_off_object"] == 1.0
+
+
+def test_per_document_passes_give_the_phi_of_documents_one_at_a_time(tmp_path):
+    # train.docs_per_pass batches the documents' own inner steps; the φ updates must be those of the sequential run
+    base = ["theta.trainable=lora", "meta.method=jvp", "theta.model.attn_implementation=taalm_eager", "loss.impl=eager",
+            "train.max_steps=3", "train.docs_per_step=4", "train.val_every=0"]
+    runs = {}
+    for per_pass in (1, 4):
+        _, summary = _run(_config(tmp_path, *base, f"train.docs_per_pass={per_pass}",
+                                  f"train.out_dir={tmp_path / f'pass{per_pass}'}"))
+        runs[per_pass] = (dict(load_phi(summary["phi_dir"]).named_parameters()), summary["last"]["train/objective"])
+    sequential, batched = runs[1][0], runs[4][0]
+    moved = [n for n, p in sequential.items() if p.requires_grad]
+    assert moved
+    for name in moved:
+        torch.testing.assert_close(batched[name], sequential[name], rtol=1e-4, atol=1e-6)
+    assert runs[4][1] == pytest.approx(runs[1][1], rel=1e-5)
+
+
+def test_per_document_passes_need_lora_and_one_shared_setting(tmp_path):
+    with pytest.raises(ConfigError, match="docs_per_pass=2 gives every document its own copy.*theta.trainable=lora"):
+        _config(tmp_path, "train.docs_per_pass=2", "train.docs_per_step=4")
+    with pytest.raises(ConfigError, match="docs_per_step=6 must be a multiple of train.docs_per_pass=4"):
+        _config(tmp_path, "theta.trainable=lora", "train.docs_per_pass=4", "train.docs_per_step=6")

@@ -1,0 +1,90 @@
+"""``taalm bench metatrain``: meta-training throughput of the real trainer on a config — documents per second and
+seconds per φ update — so a change to the meta-step is judged in one command.
+
+The run is the product's :class:`taalm_dist.engine.meta_trainer.MetaTrainer` on one process, with the config given
+(default: the demo's, ``taalm_dist/configs/demo_smollm2.yaml``: SmolLM2-135M θ with LoRA, a 4-layer φ, AdamW
+inner step) on the synthetic meta-training pairs of ``taalm data synth`` (written to a temporary directory unless
+``data.train_file`` is overridden). Validation and checkpoints are off; ``warmup`` φ updates are run and not
+counted, then ``steps`` φ updates are timed from the trainer's own per-update clock (``time/step_s`` of
+metrics.jsonl). Overrides (``key.sub=value``) go to the config, e.g. ``meta.method=fd1`` to compare methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from taalm_dist.bench.common import machine_info
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_smollm2.yaml"
+
+
+def bench_metatrain(config: str | Path = DEMO_CONFIG, overrides: list[str] | tuple[str, ...] = (), steps: int = 5,
+                    warmup: int = 1, threads: int | None = None, n_meta: int = 200) -> dict:
+    """Time ``steps`` φ updates of the meta-trainer after ``warmup`` ones; returns the ``{"bench", "machine",
+    "cases"}`` JSON object with one case: ``method``, ``inner``, ``docs_per_step``, ``docs_per_inner_step``,
+    ``steps``, ``s_per_update`` (median over the timed updates, s), ``s_per_update_mean``, ``docs_per_s``
+    (``docs_per_step / s_per_update``), ``setup_s`` (models and data), ``config`` and ``overrides``."""
+    import time
+
+    from taalm_dist.config import load_config
+    from taalm_dist.data.synth import write_synth
+    from taalm_dist.engine.meta_trainer import MetaTrainer
+
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
+    if threads:
+        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="taalm_bench_metatrain_") as tmp:
+        data = Path(tmp) / "data"
+        base = [f"train.out_dir={Path(tmp) / 'run'}", "train.val_every=0", "train.ckl_val_every=0",
+                "train.select=last", "train.save_every=0", "train.save_every_s=null", "train.progress=false",
+                "train.time_limit_s=null", f"train.max_steps={warmup + steps}", "tracking.mlflow=false"]
+        if not any(o.startswith("data.train_file=") for o in overrides):
+            write_synth(data, overwrite=True, n_to_learn=8, n_meta=n_meta, seed=0, distractors=4)
+            base += [f"data.train_file={data / 'meta_train.jsonl'}", "data.val_file=null"]
+        cfg = load_config(config, base + list(overrides))
+        trainer = MetaTrainer(cfg)
+        t0 = time.perf_counter()
+        try:
+            trainer.setup()
+            setup_s = time.perf_counter() - t0
+            times = [trainer.train_step()["time/step_s"] for _ in range(warmup + steps)][warmup:]
+        finally:
+            trainer.cleanup()
+    t = cfg.train
+    median = statistics.median(times)
+    case = {"config": str(config), "overrides": list(overrides), "method": cfg.meta.method, "inner": cfg.meta.inner,
+            "theta": cfg.theta.model.source, "phi_layers": cfg.phi.num_layers, "max_doc_tokens": cfg.data.max_doc_tokens,
+            "docs_per_step": t.docs_per_step, "docs_per_inner_step": t.docs_per_inner_step, "steps": steps,
+            "warmup": warmup, "threads": torch.get_num_threads(), "setup_s": setup_s, "s_per_update": median,
+            "s_per_update_mean": statistics.fmean(times), "s_per_update_all": times,
+            "docs_per_s": t.docs_per_step / median}
+    return {"bench": "metatrain", "machine": machine_info(), "cases": [case]}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="taalm bench metatrain", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=str(DEMO_CONFIG), help="meta-training config (default: the demo's)")
+    p.add_argument("--steps", type=int, default=5, help="timed φ updates")
+    p.add_argument("--warmup", type=int, default=1, help="φ updates run first and not timed")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--n-meta", type=int, default=200, help="synthetic meta-training pairs written (without "
+                   "data.train_file)")
+    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. meta.method=fd1")
+    args = p.parse_args(argv)
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages; stdout is the JSON alone
+        res = bench_metatrain(args.config, args.overrides, args.steps, args.warmup, args.threads, args.n_meta)
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
