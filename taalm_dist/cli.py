@@ -223,8 +223,36 @@ def _cmd_weigh(args) -> int:
     return 0
 
 
+def _cmd_plan(args) -> int:
+    from taalm_dist.config import load_config
+    from taalm_dist.plan import plan_report
+
+    if args.world_size < 1 or args.memory_gb <= 0 or not 0 <= args.reserve < 1:
+        raise TaalmError(f"--world-size {args.world_size} must be >= 1, --memory-gb {args.memory_gb} > 0 and --reserve "
+                         f"{args.reserve} in [0, 1)")
+    cfg = load_config(args.config, list(args.overrides))
+    report = plan_report(cfg, args.world_size, args.memory_gb, args.reserve, args.theta_shape, args.phi_shape)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    names = {"theta_base_mb": "θ frozen base (+ ZeRO-3 gathered layers)", "theta_trainable_mb": "θ trainable tensors",
+             "meta_step_copies_mb": "meta-step copies of them", "theta_activations_mb": "θ activations (inner backward)",
+             "loss_mb": "loss (logits chunk)", "phi_params_mb": "φ parameters",
+             "phi_optimizer_mb": "φ gradients + AdamW (+ ZeRO-3 fp32 copy)",
+             "phi_activations_mb": "φ activations (graph kept)", "total_mb": "total per rank"}
+    print(f"per-rank memory of one meta-step: {args.config}, {report['world_size']} rank(s), "
+          f"{report['tokens']}-token documents")
+    for key, label in names.items():
+        print(f"  {label:<42} {report['plan_mb'][key]:>12,.1f} MB")
+    verdict = "fits" if report["fits"] else "does NOT fit"
+    print(f"{verdict} in {args.memory_gb:g} GB per rank less {args.reserve:.0%} reserve ({report['budget_mb']:,.0f} MB)")
+    print(f"longest document that fits (one per pass): {report['max_doc_tokens']} tokens; most documents per pass at "
+          f"{report['tokens']} tokens: {report['max_docs_per_pass']}")
+    return 0
+
+
 BENCHES = {"ce": "taalm_dist.bench.ce", "metastep": "taalm_dist.bench.metastep", "metatrain": "taalm_dist.bench.metatrain",
-           "zero3": "taalm_dist.bench.zero3"}
+           "plancheck": "taalm_dist.bench.plancheck", "zero3": "taalm_dist.bench.zero3"}
 
 
 def _cmd_bench(args) -> int:
@@ -361,10 +389,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("bench", help="performance harnesses; each prints one JSON object (`taalm bench NAME --help`)",
                          description="ce: eager vs fused token-weighted CE (time, peak memory); metastep: the "
                          "closed-form meta-step vs double backward; metatrain: documents/s of the real meta-trainer on a config (the "
-                         "demo's by default); zero3: per-rank memory and throughput, 1 vs 2 ranks")
+                         "demo's by default); plancheck: taalm plan against measured live memory; zero3: per-rank memory and "
+                         "throughput, 1 vs 2 ranks")
     p.add_argument("bench", choices=sorted(BENCHES), help="which benchmark")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="its options (see taalm bench NAME --help)")
     p.set_defaults(func=_cmd_bench)
+
+    p = verbs.add_parser("plan", help="per-rank memory of a meta-step for a config, world size and GPU memory; the "
+                         "longest document and most documents per pass that fit",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", required=True, help="meta-training config")
+    p.add_argument("--world-size", type=int, default=1, help="ranks (> 1: ZeRO-3)")
+    p.add_argument("--memory-gb", type=float, default=80.0, help="accelerator memory per rank, GB")
+    p.add_argument("--reserve", type=float, default=0.1, help="fraction kept free (allocator, CUDA context)")
+    p.add_argument("--theta-shape", default=None, help="θ's shape by name when its config cannot be read here "
+                   "(smollm2-135m, tinyllama-1.1b, llama2-7b, llama2-13b)")
+    p.add_argument("--phi-shape", default=None, help="φ's backbone shape by name (as --theta-shape)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.set_defaults(func=_cmd_plan)
 
     p = verbs.add_parser("demo", help="the main job end to end on SmolLM2-135M and the synthetic benchmark, offline "
                          "(~15 min on 2 CPU cores)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)

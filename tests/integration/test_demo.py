@@ -19,7 +19,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys, monkeypat
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "demo"
     small = ["--n-to-learn", "6", "--n-meta", "12", "--meta-time-s", "600",
-             "train.max_steps=2", "train.docs_per_step=2", "train.val_every=2", "train.val_docs=2",
+             "train.max_steps=2", "train.docs_per_step=2", "train.docs_per_pass=2", "train.val_every=2", "train.val_docs=2",
              "ckl.epochs=1", "ckl.max_to_learn=6", "ckl.max_not_to_forget=6", "ckl.heatmap_docs=2",
              "train.progress=false", "ckl.progress=false"]
     assert main(["demo", "--out", str(out), *small]) == 0

