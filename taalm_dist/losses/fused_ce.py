@@ -166,10 +166,16 @@ def _resolve(impl, chunk, hidden, weight, labels, attention_mask) -> tuple[str, 
             )
     if chunk is None:
         V, H = weight.shape
-        n_tokens = max(1, labels.numel())
-        per_chunk = math.ceil(n_tokens / math.ceil(V / H))  # logits of a chunk ≈ its hidden states
-        chunk = min(n_tokens, max(_MIN_AUTO_CHUNK, 1 << (per_chunk - 1).bit_length()))
+        chunk = auto_chunk(labels.numel(), V, H)
     return impl, chunk
+
+
+def auto_chunk(n_tokens: int, vocab: int, hidden: int) -> int:
+    """Tokens per chunk when ``chunk`` is None: a chunk whose logits ``[chunk, vocab]`` are about the size of the
+    hidden states of all ``n_tokens`` (a power of two, at least 512, at most ``n_tokens``)."""
+    n_tokens = max(1, n_tokens)
+    per_chunk = math.ceil(n_tokens / math.ceil(vocab / hidden))  # logits of a chunk ≈ its hidden states
+    return min(n_tokens, max(_MIN_AUTO_CHUNK, 1 << (per_chunk - 1).bit_length()))
 
 
 @dataclass
