@@ -251,7 +251,7 @@ def _cmd_plan(args) -> int:
     return 0
 
 
-BENCHES = {"ce": "taalm_dist.bench.ce", "metastep": "taalm_dist.bench.metastep", "metatrain": "taalm_dist.bench.metatrain",
+BENCHES = {"ce": "taalm_dist.bench.ce", "gradnoise": "taalm_dist.bench.gradnoise", "metastep": "taalm_dist.bench.metastep", "metatrain": "taalm_dist.bench.metatrain",
            "plancheck": "taalm_dist.bench.plancheck", "zero3": "taalm_dist.bench.zero3"}
 
 

@@ -214,11 +214,14 @@ class MetaConfig:
     """What the updated θ' is scored on; see taalm_dist.meta.objectives."""
     method: Literal["jvp", "fd", "fd1", "double_backward"] = "fd"
     """Hypergradient: exact forward-mode (jvp), central difference (fd, any kernel, two extra forwards), one-sided
-    difference (fd1, any kernel: one extra forward, reusing the inner step's losses; float32 cosine ≥ 0.9999 to the
-    exact answer on the tests' model, [fd1 step note] in taalm_dist.meta.hypergradient), or the reference."""
+    difference (fd1, any kernel: one extra forward, reusing the inner step's losses; about twice fd's error,
+    [fd1 step note] in taalm_dist.meta.hypergradient), or the reference."""
     fd_eps: float | None = None
-    """Step of the difference along the unit direction; null: by dtype — fd 1e-5 (fp64) / 1e-3 (fp32) / 3e-2
-    (bf16), fd1 1e-7 (fp64) / 1e-3 (fp32) / 3e-2 (bf16)."""
+    """Step of the difference along the unit direction; null: by θ's trainable dtype and the inner step — fd 1e-5
+    (fp64) / 1e-3 (fp32, SGD) / 3e-2 (fp32 AdamW, and bf16); fd1 1e-7 (fp64) / 1e-3 (fp32, SGD) / 3e-2 (fp32 AdamW,
+    and bf16). The AdamW direction needs the larger step: at 1e-3 rounding made φ's gradient 33-38 % wrong on
+    SmolLM2-135M ([fd step note] in taalm_dist.meta.hypergradient). Check a model of your own against the exact jvp
+    with ``taalm bench gradnoise``."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Inner AdamW betas."""
     adam_eps: float = 1e-8

@@ -17,6 +17,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -26,47 +27,55 @@ from taalm_dist.bench.common import machine_info
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_smollm2.yaml"
 
 
+@contextlib.contextmanager
+def bench_trainer(config: str | Path, overrides: list[str] | tuple[str, ...], max_steps: int,
+                  threads: int | None = None, n_meta: int = 200):
+    """A set-up one-process :class:`~taalm_dist.engine.meta_trainer.MetaTrainer` of ``config`` for a benchmark: run
+    directory in a temporary directory, validation, checkpoints, time limit and MLflow off, ``max_steps`` φ updates
+    allowed; on the synthetic meta-training pairs of ``taalm data synth`` (``n_meta`` of them) unless
+    ``data.train_file`` is among ``overrides``. Yields ``(trainer, setup_s)``; cleans up after."""
+    from taalm_dist.config import load_config
+    from taalm_dist.data.synth import write_synth
+    from taalm_dist.engine.meta_trainer import MetaTrainer
+
+    if threads:
+        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="taalm_bench_") as tmp:
+        data = Path(tmp) / "data"
+        base = [f"train.out_dir={Path(tmp) / 'run'}", "train.val_every=0", "train.ckl_val_every=0",
+                "train.select=last", "train.save_every=0", "train.save_every_s=null", "train.progress=false",
+                "train.time_limit_s=null", f"train.max_steps={max_steps}", "tracking.mlflow=false"]
+        if not any(o.startswith("data.train_file=") for o in overrides):
+            write_synth(data, overwrite=True, n_to_learn=8, n_meta=n_meta, seed=0, distractors=4)
+            base += [f"data.train_file={data / 'meta_train.jsonl'}", "data.val_file=null"]
+        trainer = MetaTrainer(load_config(config, base + list(overrides)))
+        t0 = time.perf_counter()
+        try:
+            trainer.setup()
+            yield trainer, time.perf_counter() - t0
+        finally:
+            trainer.cleanup()
+
+
 def bench_metatrain(config: str | Path = DEMO_CONFIG, overrides: list[str] | tuple[str, ...] = (), steps: int = 5,
                     warmup: int = 1, threads: int | None = None, n_meta: int = 200) -> dict:
     """Time ``steps`` φ updates of the meta-trainer after ``warmup`` ones; returns the ``{"bench", "machine",
     "cases"}`` JSON object with one case: ``method``, ``inner``, ``docs_per_step``, ``docs_per_inner_step``,
     ``steps``, ``s_per_update`` (median over the timed updates, s), ``s_per_update_mean``, ``docs_per_s``
     (``docs_per_step / s_per_update``), ``setup_s`` (models and data), ``config`` and ``overrides``."""
-    import time
-
-    from taalm_dist.config import load_config
-    from taalm_dist.data.synth import write_synth
-    from taalm_dist.engine.meta_trainer import MetaTrainer
-
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
-    if threads:
-        torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(prefix="taalm_bench_metatrain_") as tmp:
-        data = Path(tmp) / "data"
-        base = [f"train.out_dir={Path(tmp) / 'run'}", "train.val_every=0", "train.ckl_val_every=0",
-                "train.select=last", "train.save_every=0", "train.save_every_s=null", "train.progress=false",
-                "train.time_limit_s=null", f"train.max_steps={warmup + steps}", "tracking.mlflow=false"]
-        if not any(o.startswith("data.train_file=") for o in overrides):
-            write_synth(data, overwrite=True, n_to_learn=8, n_meta=n_meta, seed=0, distractors=4)
-            base += [f"data.train_file={data / 'meta_train.jsonl'}", "data.val_file=null"]
-        cfg = load_config(config, base + list(overrides))
-        trainer = MetaTrainer(cfg)
-        t0 = time.perf_counter()
-        try:
-            trainer.setup()
-            setup_s = time.perf_counter() - t0
-            times = [trainer.train_step()["time/step_s"] for _ in range(warmup + steps)][warmup:]
-        finally:
-            trainer.cleanup()
+    with bench_trainer(config, overrides, warmup + steps, threads, n_meta) as (trainer, setup_s):
+        cfg = trainer.cfg
+        times = [trainer.train_step()["time/step_s"] for _ in range(warmup + steps)][warmup:]
     t = cfg.train
     median = statistics.median(times)
     case = {"config": str(config), "overrides": list(overrides), "method": cfg.meta.method, "inner": cfg.meta.inner,
             "theta": cfg.theta.model.source, "phi_layers": cfg.phi.num_layers, "max_doc_tokens": cfg.data.max_doc_tokens,
-            "docs_per_step": t.docs_per_step, "docs_per_inner_step": t.docs_per_inner_step, "steps": steps,
-            "warmup": warmup, "threads": torch.get_num_threads(), "setup_s": setup_s, "s_per_update": median,
-            "s_per_update_mean": statistics.fmean(times), "s_per_update_all": times,
-            "docs_per_s": t.docs_per_step / median}
+            "docs_per_step": t.docs_per_step, "docs_per_inner_step": t.docs_per_inner_step,
+            "docs_per_pass": t.docs_per_pass, "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
+            "setup_s": setup_s, "s_per_update": median, "s_per_update_mean": statistics.fmean(times),
+            "s_per_update_all": times, "docs_per_s": t.docs_per_step / median}
     return {"bench": "metatrain", "machine": machine_info(), "cases": [case]}
 
 

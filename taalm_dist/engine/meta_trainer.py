@@ -261,11 +261,17 @@ class MetaTrainer:
             return doc, w, meta_gradient(view, doc, w, task, **kw)
 
     # ------------------------------------------------------------------------------------ one step
+    def update_layout(self) -> tuple[int, int]:
+        """``(passes, micro_steps)`` of one φ update: the batched passes of θ its documents take (each pass draws
+        ``docs_per_step // passes`` documents) and the inner steps (θ' of their own) they make."""
+        cfg = self.cfg.train
+        micro_steps = cfg.docs_per_step // cfg.docs_per_inner_step  # one θ' each (per document with docs_per_pass)
+        return cfg.docs_per_step // max(cfg.docs_per_inner_step, cfg.docs_per_pass), micro_steps
+
     def train_step(self) -> dict:
         """One φ update (see [skip agreement note]); returns its metrics (reduced over ranks)."""
         cfg = self.cfg.train
-        micro_steps = cfg.docs_per_step // cfg.docs_per_inner_step  # one θ' each (per document with docs_per_pass)
-        passes = cfg.docs_per_step // max(cfg.docs_per_inner_step, cfg.docs_per_pass)
+        passes, micro_steps = self.update_layout()
         t0 = time.perf_counter()
         pending, objective, finite = [], 0.0, True
         stats = WeightStats()

@@ -21,7 +21,7 @@ import torch
 
 from taalm_dist.losses import PerTokenLossFn, WEIGHT_SUM_EPS, next_token_valid_mask, token_weighted_mean
 from taalm_dist.meta.functional import ThetaView, eval_mode
-from taalm_dist.meta.inner import InnerStep, adam_direction_derivative, adam_moments, apply_adamw, apply_sgd
+from taalm_dist.meta.inner import InnerStep, adamw_update_, apply_adamw, apply_sgd
 from taalm_dist.models.precision import float32_compute
 from taalm_dist.meta.objectives import NEEDS_BEFORE, objective_value, restrict_value
 
@@ -44,31 +44,42 @@ class MetaGradient:
     task_objective: torch.Tensor
 
 
-def default_fd_eps(dtype: torch.dtype) -> float:
-    """Central-difference step along the unit direction: 1e-5 (fp64), 1e-3 (fp32), 3e-2 (bf16/fp16).
+def default_fd_eps(dtype: torch.dtype, inner: str = "sgd") -> float:
+    """Central-difference step along the unit direction: 1e-5 (fp64), 1e-3 (fp32, SGD inner step), 3e-2 (fp32 AdamW
+    inner step, and bf16/fp16).
+
+    [fd step note] The difference quotient's error is truncation (grows like ε², the third derivative along the
+    direction) plus rounding (like u·|ℓ|/ε, u the compute's unit roundoff). Which one dominates depends on the inner
+    step. SGD's direction lr·∇L(θ') is one the losses move along fast: 1e-3 leaves 0.3 % error on the demo's
+    SmolLM2-135M (φ's gradient against the exact jvp, ``taalm bench gradnoise``), 3e-2 already 2.4 % (truncation).
+    AdamW's direction lr·A′(g)⊙∇L(θ') is dominated by coordinates with tiny gradients, where Adam's normalisation is
+    steep (A′ up to ~1/adam_eps) and the losses barely move: at 1e-3 rounding dominates — φ's gradient was 33-38 %
+    off the exact one on the demo, 1.4e-2 (median) on the tests' tiny Llama — and the error falls with the step:
+    1e-2 4 %, 3e-2 1.2 %, 1e-1 0.5 % on SmolLM2 (tiny Llama 9e-4 / 3e-4 / 3.5e-4). 3e-2 is taken for AdamW: within
+    a factor 2-3 of the best on both models, well before truncation shows (SGD shows it from 3e-2).
 
     [bf16 fd note] With bf16 trainable tensors a step of 1e-3 is mostly rounded away (measured on a tiny
     Llama, SGD inner step: cosine to the fp32 answer 0.09 at 1e-3, 0.998 at 3e-2); the AdamW inner step
     itself loses its small updates to rounding (cosine 0.90 at best). Keep θ's trainable tensors fp32."""
     if dtype == torch.float64:
         return 1e-5
-    return 1e-3 if dtype == torch.float32 else 3e-2
+    return 1e-3 if dtype == torch.float32 and inner == "sgd" else 3e-2
 
 
-def default_fd1_eps(dtype: torch.dtype) -> float:
-    """One-sided difference step along the unit direction: 1e-7 (fp64), 1e-3 (fp32), 3e-2 (bf16/fp16).
+def default_fd1_eps(dtype: torch.dtype, inner: str = "sgd") -> float:
+    """One-sided difference step along the unit direction: 1e-7 (fp64), 1e-3 (fp32, SGD inner step), 3e-2 (fp32
+    AdamW inner step, and bf16/fp16).
 
     [fd1 step note] The one-sided quotient's truncation error grows like ε (the curvature along the direction),
-    its rounding error like u·|ℓ|/ε (u: the unit roundoff of the compute). Measured on the tiny Llama against the
-    float64 jvp (SGD / AdamW inner step; max-norm relative error): float64 7e-8 / 1.4e-7 at 1e-7 (8e-6 / 3e-6 at
-    1e-5, 2e-6 / 2e-5 at 1e-9); float32 at 1e-3 over 10 draws of adapters and batches: median 3.5e-3 / 1.8e-2, worst
-    1.1e-2 / 5.5e-2, cosine ≥ 0.99998 / 0.9988 (at 3e-4 and below it degrades: 0.16 / 0.22 at 3e-5). The central
-    difference (fd) at its defaults: float64 2e-10 / 1e-9; float32 median 1.3e-3 / 4.6e-3, worst 3.8e-3 / 2.8e-2,
-    cosine ≥ 0.999996 / 0.9998. fd1 saves one forward of θ per document (~10 % of a meta-training step on the
-    demo's config) for 3-4× the error of fd: fd stays the default."""
+    its rounding error like u·|ℓ|/ε; for the inner steps' directions see [fd step note]. Measured against the exact
+    jvp: float64 on the tiny Llama, SGD / AdamW, max-norm relative error 7e-8 / 1.4e-7 at 1e-7. float32, tiny Llama
+    over 6 draws (median): SGD 2.5e-3 at 1e-3 (3e-3 at 3e-3, 9e-3 at 1e-2); AdamW 1.9e-2 at 1e-3, 2.4e-3 at 1e-2,
+    5.2e-3 at 3e-2. float32, the demo's SmolLM2-135M, φ's gradient (``taalm bench gradnoise``): SGD 0.6-0.8 % at
+    1e-3 (up to 3 % at 1e-2); AdamW 60-69 % at 1e-3, 7 % at 1e-2, 2.7 % at 3e-2, 1 % at 1e-1. fd at its defaults is
+    about half fd1's error: fd stays the default method."""
     if dtype == torch.float64:
         return 1e-7
-    return 1e-3 if dtype == torch.float32 else 3e-2
+    return 1e-3 if dtype == torch.float32 and inner == "sgd" else 3e-2
 
 
 def centre_and_scale(u: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor, batch: int | None = None) -> torch.Tensor:
@@ -165,10 +176,7 @@ def inner_update_(view: ThetaView, doc_batch: Batch, weights: torch.Tensor, vali
         apply_sgd(view.params, g, inner.lr)
         view.sync()
         return pre, None
-    g32 = [x.to(torch.promote_types(x.dtype, torch.float32)) for x in g]
-    moments = [adam_moments(x, m, v, inner.betas) for x, m, v in zip(g32, state.m, state.v)]
-    dadg = [adam_direction_derivative(x, m, v, state.t + 1, inner.betas, inner.eps) for x, (m, v) in zip(g32, moments)]
-    apply_adamw(view.params, g, state, inner)
+    _, dadg = adamw_update_(view.params, g, state, inner, derivative=True)
     view.sync()
     return pre, dadg
 
@@ -281,16 +289,16 @@ def meta_gradient(
             v = view.grad(_scaled(total, view.loss_scale(task_batch["input_ids"].shape[0])))
             if scale is None:
                 direction = [inner.lr * x.to(torch.promote_types(x.dtype, torch.float32)) for x in v]
-            else:
-                direction = [inner.lr * a * x.to(a.dtype) for a, x in zip(scale, v)]
+            else:  # dA/dg is not needed after: the direction takes its memory
+                direction = [a.mul_(x).mul_(inner.lr) for a, x in zip(scale, v)]
             view.assign(pre)
             if method == "jvp":
                 u = _jvp_with_advice(view, pre, direction, doc_batch)
             elif method == "fd1":
-                u = directional_fd1(view, pre, direction, doc_batch, fd_eps or default_fd1_eps(pre[0].dtype),
+                u = directional_fd1(view, pre, direction, doc_batch, fd_eps or default_fd1_eps(pre[0].dtype, inner.kind),
                                     pre_loss[0] if pre_loss else None)
             else:
-                u = directional_fd(view, pre, direction, doc_batch, fd_eps or default_fd_eps(pre[0].dtype))
+                u = directional_fd(view, pre, direction, doc_batch, fd_eps or default_fd_eps(pre[0].dtype, inner.kind))
         finally:
             view.assign(theta0)
     grad = centre_and_scale(u, weights, valid, view.global_batch(weights.shape[0])).to(weights.dtype)
@@ -328,7 +336,8 @@ def hypergradient(
         method: ``jvp`` (exact, forward mode) | ``fd`` (central difference) | ``fd1`` (one-sided difference reusing
             the inner step's losses: one forward instead of two) | ``double_backward`` (reference).
         per_token_loss: ``fn(model, batch) -> [B, L]`` NLL; default: eager full-logit fp32 NLL.
-        fd_eps: step of the difference (default by dtype: :func:`default_fd_eps`, :func:`default_fd1_eps` for fd1).
+        fd_eps: step of the difference (default by dtype and inner step: :func:`default_fd_eps`, :func:`default_fd1_eps`
+            for fd1).
         betas, adam_eps, weight_decay: inner AdamW settings.
         restrict_batch, restrict_coef: optional stability term on an unrelated task T_U.
     """

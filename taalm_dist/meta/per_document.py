@@ -60,13 +60,17 @@ class PerDocumentView(ThetaView):
         return float(batch_size)
 
     def direction_norm(self, direction: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``[B]`` float64: each document's own ‖direction_j‖ over all its copies."""
-        return torch.sqrt(sum(d.double().pow(2).flatten(1).sum(dim=1) for d in direction))
+        """``[B]`` float64: each document's own ‖direction_j‖ over all its copies.
+
+        Each copy's norm is taken in its own dtype (no float64 copy of the direction): a rounding error in the
+        norm cancels, since the difference quotient steps by ``1/norm`` and rescales by ``norm``."""
+        return torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(d.flatten(1), dim=1).double() for d in direction]), dim=0)
 
     def step_along(self, at, direction, step: float, norm: torch.Tensor) -> list[torch.Tensor]:
         """``at_j + step · direction_j / ‖direction_j‖`` for every document j (a zero direction stays put)."""
         scale = step / norm.clamp_min(torch.finfo(torch.float64).tiny)
-        return [a + (scale.view(-1, *[1] * (d.dim() - 1)) * d.double()).to(a.dtype) for a, d in zip(at, direction)]
+        return [torch.addcmul(a, scale.to(a.dtype).view(-1, *[1] * (d.dim() - 1)), d) for a, d in zip(at, direction)]
 
     def per_row(self, norm: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return norm.view(-1, 1).to(like.dtype)
