@@ -1,6 +1,7 @@
-"""``taalm bench gradnoise``: how far one meta-gradient method's φ update is from another's, against how far two
-φ updates on different documents are from each other — whether a cheaper, less exact method (``fd1``) changes
-anything φ's optimizer can notice.
+"""``taalm bench gradnoise``: each meta-gradient method's φ gradient against the exact one and the update spread.
+
+How far one method's (or step's) φ update is from another's, against how far two φ updates on different documents
+are from each other: whether a cheaper or less exact method changes anything φ's optimizer can notice.
 
 The run is the product's one-process :class:`taalm_dist.engine.meta_trainer.MetaTrainer` on a config (default: the
 demo's) and the synthetic meta-training pairs (:func:`taalm_dist.bench.metatrain.bench_trainer`). For each of

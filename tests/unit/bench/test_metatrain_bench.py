@@ -22,6 +22,7 @@ def test_schema_and_relations(res):
     assert doc == res and doc["bench"] == "metatrain" and len(doc["cases"]) == 1
     c = doc["cases"][0]
     assert (c["method"], c["inner"], c["docs_per_step"], c["steps"], c["warmup"], c["threads"]) == ("fd1", "sgd", 4, 3, 1, 1)
+    assert c["docs_per_pass"] == 1  # the config's default: documents one at a time
     assert len(c["s_per_update_all"]) == 3 and all(t > 0 for t in c["s_per_update_all"])
     assert c["s_per_update"] == pytest.approx(statistics.median(c["s_per_update_all"]))
     assert c["docs_per_s"] == pytest.approx(4 / c["s_per_update"])
