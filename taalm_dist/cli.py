@@ -251,8 +251,8 @@ def _cmd_plan(args) -> int:
     return 0
 
 
-BENCHES = {"ce": "taalm_dist.bench.ce", "gradnoise": "taalm_dist.bench.gradnoise", "metastep": "taalm_dist.bench.metastep", "metatrain": "taalm_dist.bench.metatrain",
-           "plancheck": "taalm_dist.bench.plancheck", "zero3": "taalm_dist.bench.zero3"}
+BENCHES = {"ce": "taalm_dist.bench.ce", "gradnoise": "taalm_dist.bench.gradnoise", "metastep": "taalm_dist.bench.metastep",
+           "metatrain": "taalm_dist.bench.metatrain", "plancheck": "taalm_dist.bench.plancheck", "zero3": "taalm_dist.bench.zero3"}
 
 
 def _cmd_bench(args) -> int:

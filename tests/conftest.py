@@ -17,6 +17,9 @@ from tiny_models import make_batches, tiny_theta  # noqa: E402
 
 @pytest.fixture
 def theta64():
+    # seeded: LoRA's A factors draw from the global generator, which the tests run before had left in a state
+    # that varied between runs; on one draw fd1's float64 error in the change3/AdamW case was 1.2e-6 (bound 1e-6)
+    torch.manual_seed(0)
     return tiny_theta("float64")
 
 

@@ -10,32 +10,30 @@ training and φ's gradient of the update (``∂/∂φ Σ w·dL/dw``, summed over
 scale) is taken, without stepping φ: every method sees the same φ, θ₀ and documents. The first method is the
 reference. Per method:
 
-* ``rel_err``: ``‖g_m − g_ref‖ / ‖g_ref‖`` per update (and the token-level ``dL/dw``'s ``meta_grad_rel_err``);
+* ``rel_err``: ``‖g_m − g_ref‖ / ‖g_ref‖`` per update (and the token-level ``dL/dw``'s
+  ``meta_grad_rel_err``);
 * ``error_to_noise``: ``rms_k ‖g_m,k − g_ref,k‖ / rms_k ‖g_ref,k − ḡ_ref‖`` (with K/(K−1)): the method's deviation
   against the update-to-update spread of the reference's gradients (the noise of a stochastic gradient). Far below
   1: the optimizer cannot tell the methods apart update by update;
 * ``bias_rel``: ``‖mean_k (g_m,k − g_ref,k)‖ / ‖ḡ_ref‖``: the part that does not average out over updates.
 
-For the reference: ``noise_rel`` = ``rms_k ‖g_ref,k − ḡ_ref‖ / ‖ḡ_ref‖`` and the mean cosine between two updates'
-gradients.
+For the reference: ``noise_rel`` = ``rms_k ‖g_ref,k − ḡ_ref‖ / ‖ḡ_ref‖`` and the mean cosine between two
+updates' gradients.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import itertools
-import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from taalm_dist.bench.common import machine_info
-from taalm_dist.bench.metatrain import DEMO_CONFIG, bench_trainer
+from taalm_dist.bench.metatrain import DEMO_CONFIG, add_trainer_arguments, bench_trainer, print_result
 
 METHODS = ("jvp", "fd", "fd1")
 """The compared meta-gradient methods. A difference may name its step: ``fd1:3e-4`` (``meta.fd_eps``; without it the
@@ -57,7 +55,8 @@ def parse_method(spec: str) -> tuple[str, float | None]:
 
 def update_gradient(trainer, passes: list[list[int]], method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """φ's gradient of one update on the documents ``passes`` (indices per batched pass), with ``meta.method`` (and
-    ``meta.fd_eps``) from ``method`` (:func:`parse_method`), φ not stepped. Returns ``(flat φ gradient [P] float64, dL/dw of all passes flattened float64)``."""
+    ``meta.fd_eps``) from ``method`` (:func:`parse_method`), φ not stepped. Returns ``(flat φ gradient [P] float64,
+    dL/dw of all passes flattened float64)``."""
     if not hasattr(trainer.phi, "params"):
         raise ValueError("taalm bench gradnoise runs on one process (φ without DeepSpeed): set engine.deepspeed=false")
     saved_cfg, saved_rng = trainer.cfg, trainer.rng.getstate()  # the same restrict-term documents for every method
@@ -65,7 +64,7 @@ def update_gradient(trainer, passes: list[list[int]], method: str) -> tuple[torc
     meta = dataclasses.replace(saved_cfg.meta, method=name, fd_eps=eps if eps is not None else saved_cfg.meta.fd_eps)
     trainer.cfg = dataclasses.replace(saved_cfg, meta=meta)
     try:
-        scale = trainer.phi.surrogate_scale(trainer.update_layout()[1])
+        scale = trainer.phi.surrogate_scale(trainer.update_layout()[2])
         total = [torch.zeros_like(p, dtype=torch.float64) for p in trainer.phi.params]
         token_grads = []
         for idx in passes:
@@ -138,10 +137,9 @@ def bench_gradnoise(config: str | Path = DEMO_CONFIG, overrides: list[str] | tup
     with bench_trainer(config, overrides, warm_updates + 1, threads, n_meta) as (trainer, _):
         for _ in range(warm_updates):
             trainer.train_step()
-        passes, _micro = trainer.update_layout()
-        per_pass = trainer.cfg.train.docs_per_step // passes
+        passes, docs_each_pass, _ = trainer.update_layout()
         for _ in range(updates):
-            docs = [[trainer.order.next() for _ in range(per_pass)] for _ in range(passes)]
+            docs = [[trainer.order.next() for _ in range(docs_each_pass)] for _ in range(passes)]
             for m in methods:
                 t0 = time.perf_counter()
                 g, tg = update_gradient(trainer, docs, m)
@@ -157,20 +155,14 @@ def bench_gradnoise(config: str | Path = DEMO_CONFIG, overrides: list[str] | tup
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="taalm bench gradnoise", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default=str(DEMO_CONFIG), help="meta-training config (default: the demo's)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {METHODS}, each "
                    "optionally with its step (fd1:3e-4); the first is the reference")
     p.add_argument("--updates", type=int, default=8, help="φ updates compared (their documents differ)")
     p.add_argument("--warm-updates", type=int, default=0, help="real φ updates run first (φ trained a little)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--n-meta", type=int, default=200, help="synthetic meta-training pairs written (without "
-                   "data.train_file)")
-    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. meta.inner=sgd")
+    add_trainer_arguments(p, "meta.inner=sgd")
     args = p.parse_args(argv)
-    with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages; stdout is the JSON alone
-        res = bench_gradnoise(args.config, args.overrides, tuple(args.methods.split(",")), args.updates,
-                              args.warm_updates, args.threads, args.n_meta)
-    print(json.dumps(res, indent=2))
+    print_result(lambda: bench_gradnoise(args.config, args.overrides, tuple(args.methods.split(",")), args.updates,
+                                         args.warm_updates, args.threads, args.n_meta))
 
 
 if __name__ == "__main__":

@@ -79,20 +79,32 @@ def bench_metatrain(config: str | Path = DEMO_CONFIG, overrides: list[str] | tup
     return {"bench": "metatrain", "machine": machine_info(), "cases": [case]}
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="taalm bench metatrain", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_trainer_arguments(p: argparse.ArgumentParser, override_example: str) -> None:
+    """The options of a benchmark run on :func:`bench_trainer`: ``--config``, ``--threads``, ``--n-meta`` and the
+    config overrides (``override_example`` shows one in the help)."""
     p.add_argument("--config", default=str(DEMO_CONFIG), help="meta-training config (default: the demo's)")
-    p.add_argument("--steps", type=int, default=5, help="timed φ updates")
-    p.add_argument("--warmup", type=int, default=1, help="φ updates run first and not timed")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--n-meta", type=int, default=200, help="synthetic meta-training pairs written (without "
                    "data.train_file)")
-    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value, e.g. meta.method=fd1")
-    args = p.parse_args(argv)
-    with contextlib.redirect_stdout(sys.stderr):  # the trainer's messages; stdout is the JSON alone
-        res = bench_metatrain(args.config, args.overrides, args.steps, args.warmup, args.threads, args.n_meta)
+    p.add_argument("overrides", nargs="*", help=f"config overrides key.sub=value, e.g. {override_example}")
+
+
+def print_result(run) -> None:
+    """Print the JSON object ``run()`` returns; the trainer's own messages go to stderr, so stdout is the JSON."""
+    with contextlib.redirect_stdout(sys.stderr):
+        res = run()
     print(json.dumps(res, indent=2))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="taalm bench metatrain", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--steps", type=int, default=5, help="timed φ updates")
+    p.add_argument("--warmup", type=int, default=1, help="φ updates run first and not timed")
+    add_trainer_arguments(p, "meta.method=fd1")
+    args = p.parse_args(argv)
+    print_result(lambda: bench_metatrain(args.config, args.overrides, args.steps, args.warmup, args.threads,
+                                         args.n_meta))
 
 
 if __name__ == "__main__":

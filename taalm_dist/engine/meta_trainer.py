@@ -261,22 +261,23 @@ class MetaTrainer:
             return doc, w, meta_gradient(view, doc, w, task, **kw)
 
     # ------------------------------------------------------------------------------------ one step
-    def update_layout(self) -> tuple[int, int]:
-        """``(passes, micro_steps)`` of one φ update: the batched passes of θ its documents take (each pass draws
-        ``docs_per_step // passes`` documents) and the inner steps (θ' of their own) they make."""
+    def update_layout(self) -> tuple[int, int, int]:
+        """``(passes, docs_each_pass, micro_steps)`` of one φ update: the batched passes of θ its documents take, the
+        documents each pass draws, and the inner steps (θ' of their own) they make."""
         cfg = self.cfg.train
         micro_steps = cfg.docs_per_step // cfg.docs_per_inner_step  # one θ' each (per document with docs_per_pass)
-        return cfg.docs_per_step // max(cfg.docs_per_inner_step, cfg.docs_per_pass), micro_steps
+        passes = cfg.docs_per_step // max(cfg.docs_per_inner_step, cfg.docs_per_pass)
+        return passes, cfg.docs_per_step // passes, micro_steps
 
     def train_step(self) -> dict:
         """One φ update (see [skip agreement note]); returns its metrics (reduced over ranks)."""
         cfg = self.cfg.train
-        passes, micro_steps = self.update_layout()
+        passes, docs_each_pass, micro_steps = self.update_layout()
         t0 = time.perf_counter()
         pending, objective, finite = [], 0.0, True
         stats = WeightStats()
         for _ in range(passes):
-            idx = [self.order.next() for _ in range(cfg.docs_per_step // passes)]
+            idx = [self.order.next() for _ in range(docs_each_pass)]
             doc, w, mg = self.micro_step_meta_gradient(idx)
             finite &= bool(torch.isfinite(mg.objective)) and bool(torch.isfinite(mg.grad).all()) and bool(torch.isfinite(w).all())
             objective += float(mg.objective) / passes

@@ -77,9 +77,7 @@ def default_fd1_eps(dtype: torch.dtype, inner: str = "sgd") -> float:
     5.2e-3 at 3e-2. float32, the demo's SmolLM2-135M, φ's gradient (``taalm bench gradnoise``): SGD 0.6-0.8 % at
     1e-3 (up to 3 % at 1e-2); AdamW 60-69 % at 1e-3, 7 % at 1e-2, 2.7 % at 3e-2, 1 % at 1e-1. fd at its defaults is
     about half fd1's error: fd stays the default method."""
-    if dtype == torch.float64:
-        return 1e-7
-    return 1e-3 if dtype == torch.float32 and inner == "sgd" else 3e-2
+    return 1e-7 if dtype == torch.float64 else default_fd_eps(dtype, inner)
 
 
 def centre_and_scale(u: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor, batch: int | None = None) -> torch.Tensor:
@@ -295,8 +293,8 @@ def meta_gradient(
             if method == "jvp":
                 u = _jvp_with_advice(view, pre, direction, doc_batch)
             elif method == "fd1":
-                u = directional_fd1(view, pre, direction, doc_batch, fd_eps or default_fd1_eps(pre[0].dtype, inner.kind),
-                                    pre_loss[0] if pre_loss else None)
+                u = directional_fd1(view, pre, direction, doc_batch,
+                                    fd_eps or default_fd1_eps(pre[0].dtype, inner.kind), pre_loss[0] if pre_loss else None)
             else:
                 u = directional_fd(view, pre, direction, doc_batch, fd_eps or default_fd_eps(pre[0].dtype, inner.kind))
         finally:

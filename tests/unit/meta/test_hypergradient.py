@@ -46,7 +46,7 @@ def test_other_objectives_and_restrict_term(theta64, objective):
 @pytest.mark.parametrize("inner", ["sgd", "adamw"])
 def test_float32_cosine(inner):
     # seeded: unseeded, the adapters depended on the tests run before, and over 20 draws the AdamW step's fd1 /
-    # fd fall below 0.999 on one (0.996 / 0.9986) — the float32 bounds for all draws are test_fd1_in_float32_*'s
+    # fd fall below 0.999 on one (0.996 / 0.9986) — the float32 bounds for all draws are test_differences_in_float32_against_float64's
     torch.manual_seed(0)
     theta = tiny_theta("float32")
     doc, w, task = make_batches(dtype=torch.float32)
