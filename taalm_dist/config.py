@@ -212,10 +212,12 @@ class MetaConfig:
     """Learning rate of the inner step."""
     objective: Literal["task_nll", "task", "change2", "change3"] = "task_nll"
     """What the updated θ' is scored on; see taalm_dist.meta.objectives."""
-    method: Literal["jvp", "fd", "fd1", "double_backward"] = "fd"
-    """Hypergradient: exact forward-mode (jvp), central difference (fd, any kernel, two extra forwards), one-sided
-    difference (fd1, any kernel: one extra forward, reusing the inner step's losses; about twice fd's error,
-    [fd1 step note] in taalm_dist.meta.hypergradient), or the reference."""
+    method: Literal["jvp", "fd", "fd1", "double_backward"] = "fd1"
+    """Hypergradient: one-sided difference (fd1, the default: any kernel, one process or ZeRO-3 partitions; one extra
+    forward of θ, reusing the inner step's losses), central difference (fd: one more forward, about half
+    fd1's error), exact forward-mode (jvp: one process, attention with forward-mode AD), or the reference. fd1's
+    error in φ's gradient is 2-4 % of the exact one, 3-4 % of the spread between φ updates on different documents
+    (docs/design.md §9; [fd1 step note] in taalm_dist.meta.hypergradient)."""
     fd_eps: float | None = None
     """Step of the difference along the unit direction; null: by θ's trainable dtype and the inner step — fd 1e-5
     (fp64) / 1e-3 (fp32, SGD) / 3e-2 (fp32 AdamW, and bf16); fd1 1e-7 (fp64) / 1e-3 (fp32, SGD) / 3e-2 (fp32 AdamW,

@@ -58,16 +58,32 @@ def bench_trainer(config: str | Path, overrides: list[str] | tuple[str, ...], ma
 
 
 def bench_metatrain(config: str | Path = DEMO_CONFIG, overrides: list[str] | tuple[str, ...] = (), steps: int = 5,
-                    warmup: int = 1, threads: int | None = None, n_meta: int = 200) -> dict:
+                    warmup: int = 1, threads: int | None = None, n_meta: int = 200, val_every: int = 0) -> dict:
     """Time ``steps`` φ updates of the meta-trainer after ``warmup`` ones; returns the ``{"bench", "machine",
     "cases"}`` JSON object with one case: ``method``, ``inner``, ``docs_per_step``, ``docs_per_inner_step``,
     ``steps``, ``s_per_update`` (median over the timed updates, s), ``s_per_update_mean``, ``docs_per_s``
-    (``docs_per_step / s_per_update``), ``setup_s`` (models and data), ``config`` and ``overrides``."""
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
+    (``docs_per_step / s_per_update``), ``setup_s`` (models and data), ``config`` and ``overrides``.
+
+    ``val_every`` > 0 also records φ's learning curve: ``curve`` = ``[[update, held-out L(θ')], ...]`` before the
+    first update and after every ``val_every`` updates (warm-up ones counted), on the ``train.val_docs`` pairs held
+    out of the training file (:meth:`MetaTrainer.validate`: the objective after an inner step with φ's weights,
+    evaluated exactly, whatever ``meta.method``); validation is not timed. ``train.seed=N`` picks another
+    held-out set and document order."""
+    if steps < 1 or warmup < 0 or val_every < 0:
+        raise ValueError(f"steps={steps} must be >= 1, warmup={warmup} >= 0 and val_every={val_every} >= 0")
+    curve = []
     with bench_trainer(config, overrides, warmup + steps, threads, n_meta) as (trainer, setup_s):
         cfg = trainer.cfg
-        times = [trainer.train_step()["time/step_s"] for _ in range(warmup + steps)][warmup:]
+        if val_every and not trainer.data.val:
+            raise ValueError("val_every needs validation pairs: train.val_docs > 0 (or data.val_file)")
+        times = []
+        for update in range(warmup + steps + 1):
+            if val_every and update % val_every == 0:
+                curve.append([update, trainer.validate()["val/objective"]])
+            if update < warmup + steps:
+                times.append(trainer.train_step()["time/step_s"])
+        times = times[warmup:]
+        n_val = min(len(trainer.data.val), cfg.train.val_docs)
     t = cfg.train
     median = statistics.median(times)
     case = {"config": str(config), "overrides": list(overrides), "method": cfg.meta.method, "inner": cfg.meta.inner,
@@ -75,7 +91,8 @@ def bench_metatrain(config: str | Path = DEMO_CONFIG, overrides: list[str] | tup
             "docs_per_step": t.docs_per_step, "docs_per_inner_step": t.docs_per_inner_step,
             "docs_per_pass": t.docs_per_pass, "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
             "setup_s": setup_s, "s_per_update": median, "s_per_update_mean": statistics.fmean(times),
-            "s_per_update_all": times, "docs_per_s": t.docs_per_step / median}
+            "s_per_update_all": times, "docs_per_s": t.docs_per_step / median,
+            **({"curve": curve, "val_docs": n_val} if val_every else {})}
     return {"bench": "metatrain", "machine": machine_info(), "cases": [case]}
 
 
@@ -101,10 +118,12 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--steps", type=int, default=5, help="timed φ updates")
     p.add_argument("--warmup", type=int, default=1, help="φ updates run first and not timed")
-    add_trainer_arguments(p, "meta.method=fd1")
+    p.add_argument("--val-every", type=int, default=0, help="also record φ's learning curve: held-out L(θ') before "
+                   "the first update and after every N updates (0: off)")
+    add_trainer_arguments(p, "meta.method=fd")
     args = p.parse_args(argv)
     print_result(lambda: bench_metatrain(args.config, args.overrides, args.steps, args.warmup, args.threads,
-                                         args.n_meta))
+                                         args.n_meta, args.val_every))
 
 
 if __name__ == "__main__":

@@ -92,10 +92,15 @@ class ThetaView:
         """‖direction‖ over all of θ's trainable tensors (all ranks)."""
         return math.sqrt(self.global_sq_norm(direction))
 
-    def step_along(self, at: Sequence[torch.Tensor], direction: Sequence[torch.Tensor], step: float,
-                   norm: float) -> list[torch.Tensor]:
-        """``at + step · direction / norm`` (``norm`` from :meth:`direction_norm`, non-zero)."""
-        return [a + (step / norm) * d.to(a.dtype) for a, d in zip(at, direction)]
+    @torch.no_grad()
+    def assign_step(self, at: Sequence[torch.Tensor], direction: Sequence[torch.Tensor], step: float,
+                    norm: float) -> None:
+        """In place: θ's trainable tensors ← ``at + step · direction / norm`` (``norm`` from :meth:`direction_norm`,
+        non-zero), written straight into the parameters (one pass per tensor, no temporary copy of θ), then
+        :meth:`sync`."""
+        for p, a, d in zip(self.params, at, direction):
+            torch.add(a, d.to(a.dtype), alpha=step / norm, out=p.detach())
+        self.sync()
 
     def per_row(self, norm: float, like: torch.Tensor) -> float:
         """``norm`` shaped to scale the per-token ``[B, L]`` tensor ``like`` (a scalar here)."""

@@ -1,6 +1,7 @@
 """`taalm bench metatrain` on the tiny config: it runs the real trainer's φ updates and reports them consistently."""
 
 import json
+import math
 import statistics
 
 import pytest
@@ -29,6 +30,18 @@ def test_schema_and_relations(res):
     assert c["setup_s"] > 0
 
 
+def test_learning_curve_is_validated_before_and_every_n_updates():
+    res = bench_metatrain("configs/meta_train_tiny.yaml", TINY + ["train.val_docs=4"], steps=3, warmup=1, threads=1,
+                          n_meta=40, val_every=2)
+    c = res["cases"][0]
+    assert [u for u, _ in c["curve"]] == [0, 2, 4] and c["val_docs"] == 4
+    assert len(c["s_per_update_all"]) == 3  # validation is not a timed update
+    values = [v for _, v in c["curve"]]
+    assert all(math.isfinite(v) and v > 0 for v in values) and len(set(values)) == 3  # φ moved between them
+
+
 def test_bad_counts_are_refused():
     with pytest.raises(ValueError, match="steps=0 must be >= 1"):
         bench_metatrain("configs/meta_train_tiny.yaml", TINY, steps=0)
+    with pytest.raises(ValueError, match="val_every=-1 >= 0"):
+        bench_metatrain("configs/meta_train_tiny.yaml", TINY, val_every=-1)
