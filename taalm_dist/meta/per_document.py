@@ -24,7 +24,6 @@ and sum, which pass over the ``[B, L, out]`` output three times more in the forw
 from __future__ import annotations
 
 import contextlib
-import types
 from typing import Sequence
 
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 from taalm_dist.losses import PerTokenLossFn
 from taalm_dist.meta.functional import ThetaView
 from taalm_dist.models.lora import trainable_parameters
+from taalm_dist.models.precision import replaced_forwards
 
 
 class PerDocumentLinear(nn.Module):
@@ -129,6 +129,7 @@ def per_document_lora(view: ThetaView, docs: int):
     if docs < 1:
         raise ValueError(f"docs={docs} must be >= 1")
     model = view.model
+    lora_linear = _peft_lora_linear()
     swapped, layers = [], []
     for module in model.modules():
         for attr in ("lora_A", "lora_B"):
@@ -138,33 +139,30 @@ def per_document_lora(view: ThetaView, docs: int):
             for key, linear in list(factors.items()):
                 if isinstance(linear, nn.Linear) and linear.weight.requires_grad and linear.bias is None:
                     swapped.append((factors, key, linear))
-        if _is_peft_lora_linear(module) and "forward" not in vars(module):
+        if lora_linear is not None and type(module) is lora_linear:
             layers.append(module)
     try:
         for factors, key, linear in swapped:
             factors[key] = PerDocumentLinear(linear.weight, docs)
-        for layer in layers:
-            layer.forward = types.MethodType(batched_lora_forward, layer)
         outside = [n for n, p in trainable_parameters(model) if not isinstance(_owner(model, n), PerDocumentLinear)]
         if not swapped or outside:
             raise ValueError("per-document inner steps batch θ's LoRA adapters, but θ trains "
                              f"{outside[:3] if outside else 'no LoRA factor'}: use theta.trainable=lora, or run the "
                              "documents one after another (train.docs_per_pass=1)")
-        yield PerDocumentView(model, view.fn, docs)
+        with replaced_forwards((layer, batched_lora_forward) for layer in layers):
+            yield PerDocumentView(model, view.fn, docs)
     finally:
-        for layer in layers:
-            vars(layer).pop("forward", None)
         for factors, key, linear in swapped:
             factors[key] = linear
 
 
-def _is_peft_lora_linear(module: nn.Module) -> bool:
-    """A peft LoRA ``Linear`` layer (the one :func:`batched_lora_forward` reimplements)."""
+def _peft_lora_linear() -> type | None:
+    """peft's LoRA ``Linear`` layer class (the one :func:`batched_lora_forward` reimplements), None without peft."""
     try:
         from peft.tuners.lora.layer import Linear
     except ImportError:  # peft is what adds LoRA; without it there is nothing to fuse
-        return False
-    return type(module) is Linear
+        return None
+    return Linear
 
 
 def _owner(model: nn.Module, param_name: str) -> nn.Module:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import types
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -99,16 +100,30 @@ def float32_compute(model: nn.Module):
     (measured on the tiny Llama, bf16 base + fp32 LoRA, ε = 1e-3: cosine 0.56 to the fp32 answer for an SGD inner
     step, −0.01 for AdamW). The two difference forwards therefore run under this context. Layers whose weight is
     not bf16/fp16 (float32 adapters, 4-bit bitsandbytes layers) are left alone; a float32 model is unchanged."""
+    with replaced_forwards((m, _float32_forward(m)) for m in model.modules()) as count:
+        yield count
+
+
+def _float32_forward(m: nn.Module):
+    """The float32 forward for a bf16/fp16 linear or embedding layer, else None."""
+    if type(m) is nn.Linear and m.weight.dtype in _LOW:
+        return _float32_linear
+    if type(m) is nn.Embedding and m.weight.dtype in _LOW:
+        return _float32_embedding
+    return None
+
+
+@contextlib.contextmanager
+def replaced_forwards(replacements: Iterable[tuple[nn.Module, Callable | None]]):
+    """For the duration, each ``(module, fn)`` pair's module runs ``fn(module, *args)`` as its forward (an instance
+    attribute; ``fn`` None: left as it is). A module that already has a forward of its own (a nested call, or
+    somebody else's patch) is left alone; afterwards only the forwards set here, if still in place, are removed.
+    Yields how many modules were given ``fn``."""
     patched = []
-    for m in model.modules():
-        if "forward" in m.__dict__:  # patched already (a nested call), or patched by someone else: leave it
+    for m, fn in replacements:
+        if fn is None or "forward" in m.__dict__:
             continue
-        if type(m) is nn.Linear and m.weight.dtype in _LOW:
-            m.forward = types.MethodType(_float32_linear, m)
-        elif type(m) is nn.Embedding and m.weight.dtype in _LOW:
-            m.forward = types.MethodType(_float32_embedding, m)
-        else:
-            continue
+        m.forward = types.MethodType(fn, m)
         patched.append((m, m.forward))
     try:
         yield len(patched)
