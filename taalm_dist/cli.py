@@ -10,7 +10,9 @@ import json
 import sys
 from pathlib import Path
 
+from taalm_dist.demo import META_SAFETY_TIME_S
 from taalm_dist.errors import TaalmError
+
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults after every option; the epilog (the config fields) printed as written."""
@@ -82,6 +84,16 @@ def _cmd_data_synth(args) -> int:
     counts = write_synth(args.out, overwrite=args.overwrite, n_to_learn=args.n_to_learn, n_meta=args.n_meta,
                          seed=args.seed, distractors=args.distractors)
     print(", ".join(f"{stem}.jsonl: {n} rows" for stem, n in counts.items()) + f"; written to {args.out}")
+    return 0
+
+
+def _cmd_data_mix(args) -> int:
+    from taalm_dist.data.mix import mix_pairs, parse_source
+
+    counts = mix_pairs([parse_source(s) for s in args.sources], args.out, seed=args.seed,
+                       max_per_source=args.max_per_source, overwrite=args.overwrite)
+    print(", ".join(f"{name}: {n} rows" for name, n in counts.items()) + f"; {sum(counts.values())} shuffled rows "
+          f"written to {args.out} (sources in {Path(args.out).parent / 'mix.json'})")
     return 0
 
 
@@ -157,10 +169,12 @@ def _cmd_ckl_run(args) -> int:
 
 
 def _cmd_ckl_compare(args) -> int:
-    from taalm_dist.ckl.report import load_run, plot_curves, summary_table
+    from taalm_dist.ckl.report import load_run, plot_curves, provenance_table, summary_table
 
     runs = [load_run(p) for p in args.runs]
     print(summary_table(runs))
+    print()
+    print(provenance_table(runs))
     if args.plot:
         plot_curves(runs, Path(args.plot))
         print(f"curves of {len(runs)} runs written to {args.plot}")
@@ -206,7 +220,7 @@ def _cmd_weigh(args) -> int:
     for path in (out, Path(args.html) if args.html else None):
         if path is not None and path.exists() and not args.overwrite:
             raise TaalmError(f"{path} exists; pass --overwrite or choose another path")
-    weigher = TokenWeigher.load(args.phi, device=args.device)
+    weigher = TokenWeigher.load(args.phi, device=args.device, floor=args.floor)
     weighed = weigh_documents(weigher, args.docs, args.text_field, args.window_tokens, args.window_overlap,
                               args.batch_size)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -294,6 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="RNG seed (same seed, same files)")
     t.add_argument("--overwrite", action="store_true", help="replace existing files")
     t.set_defaults(func=_cmd_data_synth)
+    t = data_verbs.add_parser("mix", help="one meta-training file from the pairs of several sources, each row "
+                              "tagged with its source and shuffled (a φ meta-trained on both kinds of document)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("sources", nargs="+", metavar="NAME=PATH", help="meta-training pair files (jsonl), e.g. "
+                   "lama=runs/ckl_smollm2/tailored/meta_train.jsonl synth=runs/demo/data/tailored/meta_train.jsonl")
+    t.add_argument("--out", required=True, help="the mixed jsonl file (mix.json with the sources is written beside it)")
+    t.add_argument("--seed", type=int, default=0, help="shuffle seed (same sources, same seed: same file)")
+    t.add_argument("--max-per-source", type=int, default=None, help="at most this many rows of each source "
+                   "(the first in file order); default: all")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    t.set_defaults(func=_cmd_data_mix)
 
     p = verbs.add_parser("config", help="config utilities")
     cfg_verbs = p.add_subparsers(dest="config_verb", required=True)
@@ -383,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-overlap", type=int, default=64, help="tokens a window repeats from the previous one")
     p.add_argument("--batch-size", type=int, default=8, help="windows per φ forward")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--floor", type=float, default=0.0, help="every real token's weight at least this (the weights "
+                   "θ learns with under ckl.phi_weight_floor / learn.phi_weight_floor); 0: φ's own")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_cmd_weigh)
 
@@ -410,12 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plan)
 
     p = verbs.add_parser("demo", help="the main job end to end on SmolLM2-135M and the synthetic benchmark, offline "
-                         "(~15 min on 2 CPU cores)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         "(~10 min on 2 CPU cores)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="new output directory (report.md, curves.png, heatmap.html, ...)")
     p.add_argument("--data-dir", default=None, help="run on these LAMA-CKL files instead of the synthetic benchmark")
     p.add_argument("--n-to-learn", type=int, default=120, help="synthetic To-Learn facts written")
     p.add_argument("--n-meta", type=int, default=400, help="synthetic meta-training pairs written")
-    p.add_argument("--meta-time-s", type=float, default=240.0, help="time box of φ's meta-training, seconds")
+    p.add_argument("--meta-time-s", type=float, default=META_SAFETY_TIME_S, help="safety time box of φ's meta-training, seconds "
+                   "(meta-training ends at the config's train.max_steps φ updates; the box only stops a far slower run)")
     p.add_argument("--methods", default="finetune,taalm,oracle", help="comma-separated `ckl run` methods")
     p.add_argument("--config", default=None, help="config of the meta-train and ckl stages "
                    "(default: taalm_dist/configs/demo_smollm2.yaml)")

@@ -438,6 +438,10 @@ class CklConfig:
     """Drop To-Learn rows whose evidence is longer (counted); null keeps all."""
     phi_path: str | None = None
     """Exported φ (a run's phi/ directory) for the taalm methods."""
+    phi_weight_floor: float = 0.0
+    """The taalm methods: every real token's weight is at least this (0: φ's own weights). A do-no-harm floor for
+    documents unlike φ's meta-training data: where φ recognises nothing (weights ≪ floor) θ learns the document
+    about uniformly, as finetune; where φ is confident (weights ≫ floor) its focus barely changes."""
     rho1_keep: float = 0.6
     """RHO-1: fraction of each document's tokens kept (highest excess loss ℓ_θ − ℓ_ref)."""
     mix_review_ratio: float = 0.25
@@ -468,7 +472,7 @@ class CklConfig:
         "max_to_learn": AT_LEAST_1, "max_not_to_forget": AT_LEAST_1, "max_evidence_chars": AT_LEAST_1,
         "rho1_keep": Range(0, 1, lo_open=True), "mix_review_ratio": POSITIVE, "recadam_gamma": NON_NEGATIVE,
         "recadam_k": POSITIVE, "recadam_t0": NON_NEGATIVE, "kadapter_size": AT_LEAST_1, "heatmap_docs": NON_NEGATIVE,
-        "seed": NON_NEGATIVE, "keep_checkpoints": AT_LEAST_1}
+        "seed": NON_NEGATIVE, "keep_checkpoints": AT_LEAST_1, "phi_weight_floor": Range(0, 1)}
 
     def __post_init__(self):
         if self.method not in CKL_METHODS:
@@ -492,6 +496,9 @@ class LearnConfig:
     """Tokens a window repeats from the previous one as context (their loss counts in the previous window only)."""
     phi_path: str | None = None
     """A meta-trained φ (a run's phi/ directory); null: plain fine-tuning with the same settings (uniform weights)."""
+    phi_weight_floor: float = 0.0
+    """Every real token's weight is at least this (0: φ's own weights): a do-no-harm floor for documents unlike
+    φ's meta-training data (as ``ckl.phi_weight_floor``)."""
     epochs: int = 1
     """Passes over the documents."""
     lr: float = 1e-4
@@ -525,7 +532,7 @@ class LearnConfig:
     RANGES: ClassVar[dict] = {
         "window_tokens": Range(2), "window_overlap": NON_NEGATIVE, "epochs": AT_LEAST_1, "lr": POSITIVE,
         "batch_size": AT_LEAST_1, "eval_batch_size": AT_LEAST_1, "keep_checkpoints": AT_LEAST_1,
-        "heatmap_docs": NON_NEGATIVE, "seed": NON_NEGATIVE}
+        "heatmap_docs": NON_NEGATIVE, "seed": NON_NEGATIVE, "phi_weight_floor": Range(0, 1)}
 
     def __post_init__(self):
         if self.window_overlap >= self.window_tokens:

@@ -56,7 +56,7 @@ class Learner(CklRunner):
         l = cfg.learn
         ckl = CklConfig(method="taalm" if l.phi_path else "finetune", epochs=l.epochs, lr=l.lr,
                         batch_size=l.batch_size, eval_batch_size=l.eval_batch_size, phi_path=l.phi_path,
-                        heatmap_docs=l.heatmap_docs, out_dir=l.out_dir, seed=l.seed, progress=l.progress,
+                        phi_weight_floor=l.phi_weight_floor, heatmap_docs=l.heatmap_docs, out_dir=l.out_dir, seed=l.seed, progress=l.progress,
                         resume=l.resume, keep_checkpoints=l.keep_checkpoints)
         super().__init__(dataclasses.replace(cfg, ckl=ckl))
         self.l = l

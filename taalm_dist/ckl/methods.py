@@ -81,14 +81,18 @@ class Rho1Weights:
 
 
 class PhiWeights:
-    """φ's weights for a document batch (no graph)."""
+    """φ's weights for a document batch (no graph), each real token's at least ``floor``
+    (:func:`~taalm_dist.models.train_attention.floor_weights`; 0: φ's own)."""
 
-    def __init__(self, phi: nn.Module):
-        self.phi = phi.eval()
+    def __init__(self, phi: nn.Module, floor: float = 0.0):
+        self.phi, self.floor = phi.eval(), floor
 
     @torch.no_grad()
     def __call__(self, doc: dict) -> torch.Tensor:
-        return self.phi(doc["input_ids"], doc["attention_mask"]).float()
+        from taalm_dist.models.train_attention import floor_weights
+
+        w = self.phi(doc["input_ids"], doc["attention_mask"]).float()
+        return floor_weights(w, doc["attention_mask"], self.floor)
 
 
 def recadam_lambda(step: int, k: float, t0: int) -> float:

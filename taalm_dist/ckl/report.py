@@ -105,14 +105,32 @@ def _heatmap_png(docs, title: str, path: Path, per_line: int = 16) -> None:
 
 
 def summary_table(runs: list[dict]) -> str:
-    """Markdown table of several runs with the paper's row for each method beside it."""
+    """Markdown table of several runs with the paper's row for each method beside it; a run whose directory is not
+    named after its method is labelled ``method (directory)`` (several φs of one method tell apart)."""
     rows = ["| method | Top Acc | Epoch | NF Acc | Total | paper Top Acc | paper Epoch | paper NF Acc | paper Total |",
             "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         s = run["summary"]
         paper = PAPER_TABLE1.get(run["method"], ("–",) * 4)
-        rows.append(f"| {run['method']} | {s['top_acc']:.3f} | {s['epoch']} | {s['nf_acc']:.3f} | "
+        name = run.get("run_name")
+        label = run["method"] if name in (None, run["method"]) else f"{run['method']} ({name})"
+        rows.append(f"| {label} | {s['top_acc']:.3f} | {s['epoch']} | {s['nf_acc']:.3f} | "
                     f"{s['total_knowledge']:.3f} | " + " | ".join(str(v) for v in paper) + " |")
+    return "\n".join(rows)
+
+
+def provenance_table(runs: list[dict]) -> str:
+    """Markdown table of where each run's row comes from: its date, machine, wall time (s; of the process that
+    finished it: ``+`` marks a run resumed from an epoch checkpoint) and φ (with its weight floor, if any)."""
+    rows = ["| run | date | machine | wall s | φ |", "|---|---|---|---|---|"]
+    for run in runs:
+        c = run.get("setup", {})
+        wall = "–" if c.get("wall_s") is None else f"{c['wall_s']:.0f}" + ("+" if c.get("resumed_at_epoch") else "")
+        phi = c.get("phi") or "–"
+        if c.get("phi_weight_floor"):
+            phi += f" (floor {c['phi_weight_floor']:g})"
+        rows.append(f"| {run.get('run_name') or run['method']} | {c.get('date', '–')} | {c.get('machine', '–')} | "
+                    f"{wall} | {phi} |")
     return "\n".join(rows)
 
 
@@ -136,4 +154,6 @@ def load_run(path: str | Path) -> dict:
         from taalm_dist.errors import DataError
 
         raise DataError(f"{path}: no metrics.json (is it a `taalm ckl run` directory?)")
-    return json.loads(f.read_text())
+    run = json.loads(f.read_text())
+    run["run_name"] = f.parent.name  # the run's directory: labels its row in summary_table
+    return run

@@ -27,11 +27,11 @@ from taalm_dist.ckl.metrics import object_token_accuracy, summarise
 from taalm_dist.ckl.report import heatmap, plot_curves, write_metrics, write_report
 from taalm_dist.config import TaalmConfig, save_config, to_dict
 from taalm_dist.data import collate, load_pairs, pad_batch, tokenize_pair
+from taalm_dist.data.jsonl_file import file_sha256
 from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.preemption import Preempted, StopSignals, report_stopped, run_to_end
-from taalm_dist.engine.run_dir import (file_sha256, load_on_every_rank, open_run_dir, resume_settings,
-                                      truncate_metrics)
+from taalm_dist.engine.run_dir import load_on_every_rank, open_run_dir, resume_settings, truncate_metrics
 from taalm_dist.engine.runtime import Runtime
 from taalm_dist.errors import ConfigError, DataError
 from taalm_dist.losses.lm_head import per_token_loss_fn, token_weighted_loss
@@ -74,7 +74,8 @@ class CklRunner:
         # what a checkpoint must share with the run that resumes it (the data hashed once, not at every checkpoint)
         self.settings, self.data_sha256 = self._settings(), self._data_sha256()
         self.run_dir = open_run_dir(self.c.out_dir, self.COMMAND, overwrite=self._overwrite(), resume=self.c.resume,
-                                    settings=self.settings, data_sha256=self.data_sha256)
+                                    settings=self.settings, data_sha256=self.data_sha256,
+                                    defaults=self._settings(TaalmConfig()))
         self.out = self.run_dir.path
         try:
             self._build_training()
@@ -93,8 +94,9 @@ class CklRunner:
     def _overwrite(self) -> bool:
         return self.cfg.train.overwrite
 
-    def _settings(self) -> dict:
-        return resume_settings(self.cfg, self.SETTINGS, self.RESUME_MAY_CHANGE)
+    def _settings(self, cfg: TaalmConfig | None = None) -> dict:
+        """The settings a resumed run must share (of this run's config, or of ``cfg``)."""
+        return resume_settings(cfg or self.cfg, self.SETTINGS, self.RESUME_MAY_CHANGE)
 
     def _data_sha256(self) -> dict:
         """Content hashes of the files the run learns from (a file changed in place is not resumed into)."""
@@ -288,7 +290,7 @@ class CklRunner:
 
             check_same_tokenizer(self.tokenizer, load_tokenizer(build(ModelSourceConfig, phi_source, "phi.model.")),
                                  f"θ ({self.cfg.theta.model.source})", f"φ ({self.c.phi_path})")
-            return M.PhiWeights(self.rt.place(phi))
+            return M.PhiWeights(self.rt.place(phi), floor=self.c.phi_weight_floor)
         return M.uniform_weights
 
     # ---------------------------------------------------------------------------------- evaluation
@@ -379,6 +381,7 @@ class CklRunner:
             Preempted: after a SIGTERM/SIGINT (the last epoch checkpoint stays).
         """
         then = "finishing the θ update in progress (the last epoch checkpoint is kept)"
+        self._started, self._first_epoch = time.monotonic(), self.epoch  # the setup facts' wall_s, resumed_at_epoch
         with StopSignals(announce=D.is_main(), then=then) as self.signals:
             return self._run()
 
@@ -419,7 +422,10 @@ class CklRunner:
         return {"theta": self.cfg.theta.model.source, "trainable": "kadapter" if M.mechanism(self.c.method) == "kadapter"
                 else self.cfg.theta.trainable, "epochs": self.c.epochs, "lr": self.c.lr, "batch_size": self.c.batch_size,
                 "to_learn": len(self.to_learn), "not_to_forget": len(self.not_to_forget), "processes": self.world,
-                "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
+                "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+                "wall_s": round(time.monotonic() - self._started, 1), "resumed_at_epoch": self._first_epoch or None,
+                "phi": self.c.phi_path if M.base_rule(self.c.method) == "taalm" else None,
+                "phi_weight_floor": self.c.phi_weight_floor if M.base_rule(self.c.method) == "taalm" else None}
 
     def _write_heatmap(self) -> None:
         """The method's epoch-0 weights on the first documents (every rank computes: the rule may run θ)."""

@@ -28,14 +28,14 @@ from tqdm import tqdm
 
 from taalm_dist.config import TaalmConfig, config_hash, save_config, to_dict
 from taalm_dist.data import collate
+from taalm_dist.data.jsonl_file import file_sha256
 from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.ckl_validation import ckl_validation
 from taalm_dist.engine.data_setup import PreparedData, prepare_data
 from taalm_dist.engine.phi_update import DeepSpeedPhi, LocalPhi
 from taalm_dist.engine.preemption import Preempted, StopSignals, report_stopped, run_to_end
-from taalm_dist.engine.run_dir import (file_sha256, load_on_every_rank, open_run_dir, resume_settings,
-                                      truncate_metrics)
+from taalm_dist.engine.run_dir import load_on_every_rank, open_run_dir, resume_settings, truncate_metrics
 from taalm_dist.engine.runtime import Runtime
 from taalm_dist.errors import ConfigError, TrainingError
 from taalm_dist.losses import next_token_valid_mask
@@ -147,7 +147,8 @@ class MetaTrainer:
         self.settings, self.data_sha256 = resume_settings(cfg, ("",), RESUME_MAY_CHANGE), data_fingerprint(cfg)
         self.run_dir = open_run_dir(cfg.train.out_dir, "meta-train", overwrite=cfg.train.overwrite,
                                     resume=cfg.train.resume, settings=self.settings, data_sha256=self.data_sha256,
-                                    legacy_hashes=(legacy_resume_hash(cfg),))
+                                    legacy_hashes=(legacy_resume_hash(cfg),),
+                                    defaults=resume_settings(TaalmConfig(), ("",), RESUME_MAY_CHANGE))
         self.out, resume_from = self.run_dir.path, self.run_dir.resume_from
         try:
             self._build(resume_from)
@@ -443,7 +444,7 @@ class MetaTrainer:
             print(f"time limit train.time_limit_s={cfg.time_limit_s:g} reached after {self.step} φ updates")
         self.save_checkpoint()
         phi_dir = self.export_phi()
-        summary = {"steps": self.step, "skipped_steps": self.skipped_steps, "first": self.first_val, "last": last,
+        summary = {"steps": self.step, "max_steps": cfg.max_steps, "skipped_steps": self.skipped_steps, "first": self.first_val, "last": last,
                    "phi_dir": str(phi_dir), "selected": {"rule": self.select, **self.best}, "world_size": self.world,
                    "stopped_by_time_limit": stop}
         if D.is_main():

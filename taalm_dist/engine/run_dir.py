@@ -21,7 +21,6 @@ on together):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -124,7 +123,8 @@ def mark_name(command: str) -> str:
 
 
 def open_run_dir(out_dir: str | Path, command: str, *, overwrite: bool, resume: str | None,
-                 settings: dict, data_sha256: dict, legacy_hashes: tuple[str, ...] = ()) -> RunDir:
+                 settings: dict, data_sha256: dict, legacy_hashes: tuple[str, ...] = (),
+                 defaults: dict | None = None) -> RunDir:
     """Lock, check and prepare ``out_dir`` for a run of ``command`` (every rank calls it; rank 0 decides).
 
     Args:
@@ -134,6 +134,9 @@ def open_run_dir(out_dir: str | Path, command: str, *, overwrite: bool, resume: 
         data_sha256: content hashes of the data files (``{"data.train_file": "ab12..."}``).
         legacy_hashes: for checkpoints of earlier versions, which stored a config hash (``resume_hash``) instead of
             settings: the hashes this run's config has in their scheme (none: such checkpoints are refused).
+        defaults: the settings of the default config (same keys as ``settings``): a key a checkpoint of an earlier
+            version did not record reads as its default, so a field added since (whose default keeps the old
+            behaviour) does not block resuming.
 
     Raises:
         ConfigError: on every rank together, naming the directory and what to do.
@@ -142,7 +145,7 @@ def open_run_dir(out_dir: str | Path, command: str, *, overwrite: bool, resume: 
     run, error = RunDir(out), None
     if D.is_main():
         try:
-            run = _open_on_main(out, command, overwrite, resume, settings, data_sha256, legacy_hashes)
+            run = _open_on_main(out, command, overwrite, resume, settings, data_sha256, legacy_hashes, defaults)
         except ConfigError as e:
             error = str(e)
     error = D.broadcast_object(error)
@@ -157,7 +160,7 @@ def open_run_dir(out_dir: str | Path, command: str, *, overwrite: bool, resume: 
 
 
 def _open_on_main(out: Path, command: str, overwrite: bool, resume: str | None, settings: dict,
-                  data_sha256: dict, legacy_hashes: tuple[str, ...]) -> RunDir:
+                  data_sha256: dict, legacy_hashes: tuple[str, ...], defaults: dict | None) -> RunDir:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file, not a run directory: choose another output directory")
     lock = RunDirLock(out).acquire(command)
@@ -186,7 +189,7 @@ def _open_on_main(out: Path, command: str, overwrite: bool, resume: str | None, 
             run.resume_from = ckpt.resolve_resume(resume, out)
         if run.resume_from is not None:
             run.resume_state = ckpt.read_state(run.resume_from)
-            check_resumable(run.resume_from, run.resume_state, settings, data_sha256, legacy_hashes)
+            check_resumable(run.resume_from, run.resume_state, settings, data_sha256, legacy_hashes, defaults)
         out.mkdir(parents=True, exist_ok=True)
         remove_leftovers(out)
         if run.resume_from is None or not mark.is_file():
@@ -199,11 +202,13 @@ def _open_on_main(out: Path, command: str, overwrite: bool, resume: str | None, 
 
 
 def check_resumable(directory: Path, state: dict, settings: dict, data_sha256: dict,
-                    legacy_hashes: tuple[str, ...] = ()) -> None:
+                    legacy_hashes: tuple[str, ...] = (), defaults: dict | None = None) -> None:
     """Refuse to resume the checkpoint ``directory`` (its ``state``) with other settings or other data, naming
-    every key that differs (at most 8) and what to do."""
+    every key that differs (at most 8) and what to do. A key missing on one side reads as its value in
+    ``defaults`` (a field added after the checkpoint was written, at its default, is no difference)."""
     if "settings" in state:
-        before, now = state["settings"], settings
+        base = defaults or {}
+        before, now = {**base, **state["settings"]}, {**base, **settings}
         differ = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
         if differ:
             shown = "; ".join(f"{k}: {before.get(k, '(absent)')!r} → {now.get(k, '(absent)')!r}" for k in differ[:8])
@@ -256,17 +261,6 @@ def resume_settings(cfg, include: tuple[str, ...], exclude: tuple[str, ...]) -> 
         return any(key == e or ((e == "" or e.endswith(".")) and key.startswith(e)) for e in entries)
 
     return {k: v for k, v in flatten_dict(to_dict(cfg)).items() if matches(k, include) and not matches(k, exclude)}
-
-
-def file_sha256(path: str | Path | None) -> str | None:
-    """Hex SHA-256 of a file's bytes (streamed), or None without a path."""
-    if not path:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def truncate_metrics(out: Path, step: int) -> None:

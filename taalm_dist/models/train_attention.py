@@ -67,6 +67,19 @@ class TrainAttention(nn.Module):
         return w * attention_mask.to(w.dtype)
 
 
+def floor_weights(weights: torch.Tensor, attention_mask: torch.Tensor, floor: float) -> torch.Tensor:
+    """φ's ``[B, L]`` weights with every real token's raised to at least ``floor`` (padding stays 0).
+
+    A do-no-harm floor for documents φ was not trained on: the token-weighted loss divides by Σw, so where φ
+    recognises nothing (all its weights ≪ ``floor``) θ learns the document almost uniformly, as plain fine-tuning
+    would, instead of from whichever token φ's near-zero weights happen to favour; where φ is confident (weights
+    ≫ ``floor`` on the tokens it picks) its focus barely changes. ``floor`` = 0 returns ``weights`` unchanged.
+    """
+    if not floor:
+        return weights
+    return weights.clamp_min(floor) * attention_mask.to(weights.dtype)
+
+
 def build_phi(cfg: PhiConfig, vocab_size: int | None = None, seed: int = 0,
               device: torch.device | None = None) -> TrainAttention:
     """Build φ from its config: load the backbone, truncate, add the head, mark what trains (on the CPU

@@ -42,3 +42,17 @@ def test_a_foreign_tokenizer_and_empty_text_are_refused(phi_dir):
         weigher.check_tokenizer(other, "the model")
     with pytest.raises(ModelError, match="cannot weigh an empty text"):
         weigher.weigh([[]])
+
+
+def test_the_floor_raises_only_the_weights_below_it(phi_dir):
+    path, _ = phi_dir
+    plain = TokenWeigher.load(path, device="cpu")
+    e, a = ENTITIES[0], ANSWERS[0]
+    w = torch.tensor(plain.weigh([f"the code of {e} is {a} ."])[0].weights)
+    floor = float(w.median())
+    floored = torch.tensor(TokenWeigher.load(path, device="cpu", floor=floor).weigh([f"the code of {e} is {a} ."])[0]
+                           .weights)
+    torch.testing.assert_close(floored, torch.maximum(w, torch.tensor(floor)))
+    assert (floored > w).any() and (floored == w).any()
+    with pytest.raises(ModelError, match="floor=1.5 must be in"):
+        TokenWeigher.load(path, device="cpu", floor=1.5)

@@ -48,6 +48,16 @@ def test_every_method_runs_and_writes_outputs(ckl_dir, tmp_path, method):
     assert "PUNA" in (out / "heatmap.html").read_text() or "<span" in (out / "heatmap.html").read_text()
 
 
+def test_a_weight_floor_of_one_is_finetune_and_a_small_floor_changes_taalm(ckl_dir, tmp_path):
+    finetune = _run(ckl_dir, tmp_path, "finetune")["epochs"]
+    (tmp_path / "taalm").mkdir()
+    floored = _run(ckl_dir, tmp_path / "taalm", "taalm", "ckl.phi_weight_floor=1.0")["epochs"]
+    assert floored == finetune  # every real token at weight 1: uniform weights, the same θ updates
+    plain = _run(ckl_dir, tmp_path / "plain", "taalm")["epochs"]
+    small = _run(ckl_dir, tmp_path / "small", "taalm", "ckl.phi_weight_floor=0.999")["epochs"]
+    assert [r["train_loss"] for r in small] != [r["train_loss"] for r in plain]
+
+
 def test_oracle_learns_the_facts(ckl_dir, tmp_path):
     run = _run(ckl_dir, tmp_path, "oracle", "theta.trainable=full", "ckl.lr=3e-3", "ckl.epochs=12", "ckl.batch_size=2")
     assert run["epochs"][0]["to_learn_acc"] < 0.2

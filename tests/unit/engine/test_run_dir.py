@@ -85,6 +85,27 @@ def test_a_refused_resume_writes_nothing_and_names_what_differs(tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
+def test_a_field_added_since_the_checkpoint_reads_as_its_default(tmp_path):
+    # before: a checkpoint written before a config field existed (its settings lack the key) refused every resume
+    # ("(absent) → 0.0"), though the new field's default keeps the old behaviour
+    out = tmp_path / "run"
+
+    def forget_the_field():  # as an earlier version wrote them: no ckl.phi_weight_floor in any checkpoint
+        for f in out.glob("checkpoints/step-*/trainer_state.json"):
+            state = json.loads(f.read_text())
+            assert state["settings"].pop("ckl.phi_weight_floor", 0.0) == 0.0
+            f.write_text(json.dumps(state))
+
+    _run(_config(tmp_path, *SHORT, "train.max_steps=2"))
+    forget_the_field()
+    _, summary = _run(_config(tmp_path, *SHORT, "train.max_steps=3", "train.resume=auto"))
+    assert summary["steps"] == 3 and _steps(out) == [1, 2, 3]
+    forget_the_field()
+    with pytest.raises(ConfigError, match=r"ckl.phi_weight_floor: 0.0 → 0.5"):  # a non-default value still differs
+        MetaTrainer(_config(tmp_path, *SHORT, "train.max_steps=4", "train.resume=auto",
+                            "ckl.phi_weight_floor=0.5")).setup()
+
+
 def test_data_changed_in_place_is_not_resumed_but_a_moved_run_is(tmp_path):
     # before: the fingerprint held out_dir (a copied run could not resume) but not the data (a file changed in
     # place resumed silently at its old position)

@@ -107,3 +107,13 @@ def test_bad_sources_and_lora_targets_are_clear(tmp_path):
     model = load_causal_lm(ModelSourceConfig(tiny=TinyModelConfig(hidden_size=32, intermediate_size=64)))
     with pytest.raises(ConfigError, match="not module names"):
         make_trainable(model, "lora", LoraConfig(target_modules=["qkv"]))
+
+
+def test_floor_weights_raises_real_tokens_below_the_floor_and_keeps_padding_zero():
+    from taalm_dist.models.train_attention import floor_weights
+
+    w = torch.tensor([[0.9, 1e-6, 0.02, 0.0], [1e-4, 0.5, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    assert floor_weights(w, mask, 0.0) is w
+    want = torch.tensor([[0.9, 0.01, 0.02, 0.0], [0.01, 0.5, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(floor_weights(w, mask, 0.01), want, rtol=0, atol=0)
