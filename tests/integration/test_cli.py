@@ -67,7 +67,7 @@ def test_every_verb_has_help_naming_its_defaults():
              ("ckl", "run"): ["ckl.epochs = 30  [>= 1]", "ckl.lr = 0.0001  [> 0]"],
              ("learn",): ["learn.window_tokens = 512  [>= 2]", "learn.epochs = 1  [>= 1]"],
              ("data", "toy"): ["--n N      training pairs (default: 200)"],
-             ("demo",): ["(default: runs/demo)", "(default: 240.0)"],
+             ("demo",): ["(default: runs/demo)", "(default: 3600.0)"],
              ("weigh",): ["(default: 512)"],
              ("config", "show"): ["YAML config; omitted: the defaults"]}
     for verb, expected in cases.items():

@@ -1,0 +1,132 @@
+"""launch/ckl_smollm2_results.sh and launch/transfer_smollm2.sh with a stub `taalm` that records each call and
+writes what the real verb would leave behind: the order of the rows, resuming row by row, ONLY, refusals."""
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+STUB = r"""#!/usr/bin/env bash
+# records the call, then leaves the outputs the real verb would
+echo "$*" >> "$CALLS"
+out=""; prev=""
+for a in "$@"; do
+  [[ $prev == --out ]] && out=$a
+  [[ $a == train.out_dir=* ]] && out=${a#train.out_dir=}
+  prev=$a
+done
+case "$1 $2" in
+  "ckl build") mkdir -p "$out"; touch "$out/meta_train.jsonl" "$out/meta_val.jsonl" ;;
+  "ckl run") mkdir -p "$out"; echo '{}' > "$out/metrics.json" ;;
+  "ckl compare") echo "| table of $# args |" ;;
+  "data synth") mkdir -p "$out"; touch "$out/meta_train.jsonl" ;;
+  "data mix") mkdir -p "$(dirname "$out")"; touch "$out" ;;
+  meta-train*)
+    [[ " $* " == *" $STUB_FAIL "* ]] && exit 75
+    mkdir -p "$out/phi"; echo '{}' > "$out/phi/phi_config.json" ;;
+esac
+"""
+
+
+@pytest.fixture
+def stub(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "taalm").write_text(STUB)
+    (bin_dir / "taalm").chmod((bin_dir / "taalm").stat().st_mode | stat.S_IEXEC)
+    calls = tmp_path / "calls.txt"
+
+    def run(script, *args, **env):
+        e = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls), "STUB_FAIL": "none", **env}
+        return subprocess.run(["bash", str(ROOT / "launch" / script), *map(str, args)], cwd=ROOT, env=e,
+                              capture_output=True, text=True, timeout=60)
+
+    def taken():
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        calls.unlink(missing_ok=True)
+        return lines
+
+    return run, taken
+
+
+def _rows(lines):
+    """(verb, run name) of each call: the directory it writes."""
+    out = []
+    for line in lines:
+        words = line.split()
+        name = next((w.rsplit("/", 1)[-1] for w in words if w.startswith("train.out_dir=")), None)
+        if "--out" in words:
+            name = words[words.index("--out") + 1].rsplit("/", 1)[-1]
+        out.append((" ".join(words[:2]) if words[0] in ("ckl", "data") else words[0], name))
+    return out
+
+
+def test_lama_results_run_row_by_row_and_resume_where_they_stopped(stub, tmp_path):
+    run, taken = stub
+    out = tmp_path / "results"
+    r = run("ckl_smollm2_results.sh", "/data/lama", out, STUB_FAIL="train.seed=1")
+    assert r.returncode == 75  # seed 1's meta-training was stopped (SIGTERM → 75): the script stops there
+    assert _rows(taken()) == [("ckl build", "tailored"), ("ckl run", "finetune"), ("ckl run", "oracle"),
+                              ("meta-train", "phi_new_s0"), ("ckl run", "taalm_s0"), ("meta-train", "phi_new_s1")]
+    assert [line.split("\t")[0] for line in (out / "times.tsv").read_text().splitlines()] == \
+        ["build", "ckl_finetune", "ckl_oracle", "meta_train_phi_new_s0", "ckl_taalm_s0"]
+
+    r = run("ckl_smollm2_results.sh", "/data/lama", out)
+    assert r.returncode == 2 and "RESUME=1" in r.stderr and not taken()  # an existing output is never reused silently
+
+    r = run("ckl_smollm2_results.sh", "/data/lama", out, RESUME="1")
+    assert r.returncode == 0, r.stderr
+    lines = taken()
+    assert _rows(lines) == [("meta-train", "phi_new_s1"), ("ckl run", "taalm_s1"), ("meta-train", "phi_new_s2"),
+                            ("ckl run", "taalm_s2"), ("ckl run", "rho1"), ("meta-train", "phi_zero"),
+                            ("ckl run", "taalm_zero"), ("ckl run", "taalm_mix_review"), ("ckl build", "tailored_old"),
+                            ("meta-train", "phi_old"), ("ckl run", "taalm_old"), ("ckl compare", None)]
+    assert "train.ckl_val_baselines=false" in lines[0] and "train.max_steps=0" in lines[5]
+    assert "--meta-source invariant_schematic" in lines[8]
+    assert lines[-1].count(str(out) + "/") == 10  # the compare has every row of the table (and the plot)
+    assert "| table of" in r.stdout and (out / "table.md").is_file()
+
+
+def test_only_runs_the_named_rows(stub, tmp_path):
+    run, taken = stub
+    r = run("ckl_smollm2_results.sh", "/data/lama", tmp_path / "r", ONLY="oracle taalm_s1")
+    assert r.returncode == 0, r.stderr
+    assert _rows(taken()) == [("ckl build", "tailored"), ("ckl run", "oracle"), ("meta-train", "phi_new_s1"),
+                              ("ckl run", "taalm_s1"), ("ckl compare", None)]
+
+
+def test_transfer_rows_use_each_benchmarks_config_and_wait_for_the_lama_phi(stub, tmp_path):
+    run, taken = stub
+    lama, demo = tmp_path / "lama", tmp_path / "demo"
+    for d in (lama / "finetune", lama / "oracle", demo / "ckl" / "finetune"):
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text("{}")
+    r = run("transfer_smollm2.sh", lama, demo, tmp_path / "t")
+    assert r.returncode == 0, r.stderr
+    lines = taken()
+    assert _rows(lines) == [("ckl run", "synth_phi_on_lama"), ("data synth", "synth_val"), ("data mix", "meta_train.jsonl"),
+                            ("data mix", "meta_val.jsonl"), ("meta-train", "phi_mix"), ("ckl run", "mix_phi_on_lama"),
+                            ("ckl run", "mix_phi_on_synth"), ("ckl compare", None), ("ckl compare", None)]
+    assert "configs/ckl_smollm2_cpu.yaml" in lines[0] and f"--phi {demo}/meta_train/phi" in lines[0]
+    assert "taalm_dist/configs/demo_smollm2.yaml" in lines[6]
+    assert "configs/meta_train_mixture_smollm2_cpu.yaml" in lines[4]
+    (lama / "phi_new_s0" / "phi").mkdir(parents=True)
+    (lama / "phi_new_s0" / "phi" / "phi_config.json").write_text("{}")
+    r = run("transfer_smollm2.sh", lama, demo, tmp_path / "t", RESUME="1")
+    assert r.returncode == 0, r.stderr
+    assert _rows(taken()) == [("ckl run", "lama_phi_on_synth"), ("ckl compare", None), ("ckl compare", None)]
+    assert "## LAMA-CKL rows" in r.stdout and "## synthetic rows" in r.stdout
+
+
+def test_learn_example_refuses_a_phi_that_is_not_an_exported_phi_before_writing(stub, tmp_path):
+    run, taken = stub
+    work = tmp_path / "work"
+    r = subprocess.run(["bash", str(ROOT / "examples" / "learn_vs_finetune.sh"), str(work)], cwd=ROOT, timeout=60,
+                       env={**os.environ, "PHI": str(tmp_path / "not_a_phi"), "TAALM": "false"},
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no phi_config.json" in r.stderr
+    assert not work.exists() and not taken()
