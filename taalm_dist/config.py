@@ -113,7 +113,8 @@ class ModelSourceConfig:
     and ``eager`` pass through to transformers."""
     quantization: Literal["none", "4bit"] = "none"
     """``4bit``: load the frozen base in bitsandbytes NF4 (QLoRA, as the paper's authors ran it; compute in
-    ``dtype``, adapters float32): CUDA, bitsandbytes, LoRA and one process only, refused elsewhere."""
+    ``dtype``, adapters float32; the packed weights stored in ``dtype`` so that ZeRO-3 can shard them): CUDA,
+    bitsandbytes (>= 0.43 under DeepSpeed ZeRO-3) and LoRA, refused elsewhere."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the random model when ``source: tiny``."""
 
@@ -274,7 +275,8 @@ class TrainConfig:
     """Documents whose separate inner steps (each from θ₀ with its own θ', as the authors reset θ for every document)
     run batched in one pass of θ: θ's LoRA factors get one copy per document for the meta-step
     (taalm_dist.meta.per_document), and the meta-gradients equal those of the documents taken one at a time. 1: one
-    at a time. Needs theta.trainable=lora, docs_per_inner_step=1 and one process; docs_per_step a multiple of it."""
+    at a time. Needs theta.trainable=lora and docs_per_inner_step=1; docs_per_step a multiple of it. Under DeepSpeed
+    ZeRO-3 each of N ranks runs docs_per_pass / N of the documents (a multiple of N)."""
     seed: int = 0
     """Seed of data order and initialisation."""
     progress: bool = True
@@ -304,7 +306,8 @@ class TrainConfig:
     """Validate the way LAMA-CKL scores every N φ updates (and at the start and the end); 0 disables: θ,
     reset to θ₀, trains ``ckl_val_passes`` passes over the validation documents with φ's weights (AdamW),
     then the object-token accuracy of their tasks is measured after each pass (``ckl_val/acc`` after the
-    last, ``ckl_val/top_acc`` the best). One process only for now."""
+    last, ``ckl_val/top_acc`` the best). Under DeepSpeed θ trains data parallel on its ZeRO-3 partitions (each
+    rank a share of every batch) and every rank gets the same scores."""
     ckl_val_passes: int = 3
     """Passes θ makes over the validation documents in the CKL validation (the benchmark's epochs)."""
     ckl_val_lr: float | None = None

@@ -1,7 +1,9 @@
 """``taalm bench metatrain``: meta-training throughput of the real trainer on a config — documents per second and
 seconds per φ update — so a change to the meta-step is judged in one command.
 
-The run is the product's :class:`taalm_dist.engine.meta_trainer.MetaTrainer` on one process, with the config given
+The run is the product's :class:`taalm_dist.engine.meta_trainer.MetaTrainer` on one process (or on every rank under a
+launcher: ``torchrun --nproc_per_node N -m taalm_dist.cli bench metatrain ...`` runs it under ZeRO-3, document
+parallel), with the config given
 (default: the demo's, ``taalm_dist/configs/demo_smollm2.yaml``: SmolLM2-135M θ with LoRA, a 4-layer φ, AdamW
 inner step) on the synthetic meta-training pairs of ``taalm data synth`` (written to a temporary directory unless
 ``data.train_file`` is overridden). Validation and checkpoints are off; ``warmup`` φ updates are run and not
@@ -89,7 +91,7 @@ def bench_metatrain(config: str | Path = DEMO_CONFIG, overrides: list[str] | tup
     case = {"config": str(config), "overrides": list(overrides), "method": cfg.meta.method, "inner": cfg.meta.inner,
             "theta": cfg.theta.model.source, "phi_layers": cfg.phi.num_layers, "max_doc_tokens": cfg.data.max_doc_tokens,
             "docs_per_step": t.docs_per_step, "docs_per_inner_step": t.docs_per_inner_step,
-            "docs_per_pass": t.docs_per_pass, "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
+            "docs_per_pass": t.docs_per_pass, "processes": trainer.world, "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
             "setup_s": setup_s, "s_per_update": median, "s_per_update_mean": statistics.fmean(times),
             "s_per_update_all": times, "docs_per_s": t.docs_per_step / median,
             **({"curve": curve, "val_docs": n_val} if val_every else {})}
@@ -107,10 +109,14 @@ def add_trainer_arguments(p: argparse.ArgumentParser, override_example: str) -> 
 
 
 def print_result(run) -> None:
-    """Print the JSON object ``run()`` returns; the trainer's own messages go to stderr, so stdout is the JSON."""
+    """Print the JSON object ``run()`` returns; the trainer's own messages go to stderr, so stdout is the JSON.
+    Under a launcher (several ranks, the trainer under DeepSpeed ZeRO-3) rank 0 alone prints it."""
+    from taalm_dist.engine import distributed as D
+
     with contextlib.redirect_stdout(sys.stderr):
         res = run()
-    print(json.dumps(res, indent=2))
+    if D.is_main():
+        print(json.dumps(res, indent=2))
 
 
 def main(argv=None) -> None:

@@ -23,13 +23,14 @@ import torch
 from tqdm import tqdm
 
 from taalm_dist.ckl import methods as M
-from taalm_dist.ckl.metrics import object_token_accuracy, summarise
+from taalm_dist.ckl.metrics import summarise
 from taalm_dist.ckl.report import heatmap, plot_curves, write_metrics, write_report
 from taalm_dist.config import TaalmConfig, save_config, to_dict
-from taalm_dist.data import collate, load_pairs, pad_batch, tokenize_pair
+from taalm_dist.data import collate, load_pairs, tokenize_pair
 from taalm_dist.data.jsonl_file import file_sha256
 from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
+from taalm_dist.engine.ckl_validation import rank_share, task_accuracy
 from taalm_dist.engine.preemption import Preempted, StopSignals, report_stopped, run_to_end
 from taalm_dist.engine.run_dir import load_on_every_rank, open_run_dir, resume_settings, truncate_metrics
 from taalm_dist.engine.runtime import Runtime
@@ -298,43 +299,16 @@ class CklRunner:
     def accuracy(self, items) -> float:
         """Mean object-token accuracy over the tasks of ``items`` (split over ranks, summed)."""
         self.theta.eval()
-        mine = items[self.rank :: self.world]
-        total = 0.0
-        bs = self.c.eval_batch_size
-        steps = -(-len(mine) // bs)
-        if self.distributed:  # every rank must run the same number of forwards (ZeRO-3 gathers)
-            steps = self._max_over_ranks(steps)
-        for k in range(steps):
-            chunk = mine[k * bs : (k + 1) * bs]
-            batch_items = chunk or items[:1]
-            batch = self.rt.to_device(pad_batch([t.task_ids for t in batch_items], self.pad_id,
-                                                {"label_mask": [t.label_mask for t in batch_items]}))
-            logits = self.theta(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            if chunk:
-                total += float(object_token_accuracy(logits, batch["input_ids"], batch["attention_mask"],
-                                                     batch["label_mask"]).sum())
-        if self.distributed:
-            total = D.all_reduce_sum([total])[0]
-        return total / max(1, len(items))
-
-    def _max_over_ranks(self, value: int) -> int:
-        values = [0.0] * self.world
-        values[self.rank] = float(value)
-        return int(max(D.all_reduce_sum(values)))
+        return task_accuracy(self.theta, items, self.pad_id, self.c.eval_batch_size, self.rt.to_device)
 
     # ------------------------------------------------------------------------------------ training
     def _theta_update(self, items) -> float:
         """One θ update on ``items`` (the whole batch; each rank takes its share). Returns the batch loss."""
-        share = len(items)
-        if self.distributed:
-            # [uneven batch note] rank r holds n_r of the batch's N documents; scaling its mean by
-            # n_r·world/N makes the engine's rank average the mean over all N (a rank with none runs a
-            # zero-weighted document so every rank still takes part in the gathers)
-            local = -(-len(items) // self.world)
-            mine = items[self.rank * local : (self.rank + 1) * local]
-            share, items = len(mine), (mine or items[:1])
+        factor = 1.0
+        if self.distributed:  # [uneven batch note] in taalm_dist.engine.ckl_validation.rank_share
+            items, factor = rank_share(items, self.rank, self.world)
         doc = self.rt.to_device(collate(items, self.pad_id)[0])
-        w = self.rule(doc) * (1.0 if share else 0.0)
+        w = self.rule(doc) * (1.0 if factor else 0.0)
         model = self.engine if self.distributed else self.theta
         self.theta.train()
         loss = token_weighted_loss(model, doc, w, self.per_token_loss)
@@ -342,8 +316,7 @@ class CklRunner:
             lam = M.recadam_lambda(self.step, self.c.recadam_k, self.c.recadam_t0)
             loss = lam * loss + (1 - lam) * 0.5 * self.c.recadam_gamma * M.quadratic_pull(self.params, self.start)
         if self.distributed:
-            total = D.all_reduce_sum([float(share)])[0]
-            scaled = loss * (share * self.world / total)
+            scaled = loss * factor
             self.engine.backward(scaled)
             self.engine.step()
             value = D.all_reduce_mean([float(scaled.detach())])[0]

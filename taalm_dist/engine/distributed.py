@@ -74,6 +74,11 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return _reduce(values, dist.ReduceOp.SUM if is_distributed() else None)
 
 
+def all_reduce_max(values: list[float]) -> list[float]:
+    """Elementwise maximum over ranks (identity with one process)."""
+    return _reduce(values, dist.ReduceOp.MAX if is_distributed() else None)
+
+
 def all_reduce_mean(values: list[float]) -> list[float]:
     """Elementwise mean over ranks."""
     n = world_size()

@@ -2,8 +2,9 @@
 
 θ's engine is never stepped: it exists to shard θ and to reduce the gradients the inner step needs, so
 its optimizer is a torch SGD with lr 0 (``zero_allow_untested_optimizer``). φ's engine trains φ with
-AdamW (``torch_adam``: no fused_adam JIT build on CPU) and accumulates over the micro-steps of one φ
-update. A JSON override (``engine.ds_config_override``) is merged over both; the resolved pair is saved
+AdamW (``torch_adam``: no fused_adam JIT build on CPU) and accumulates over the passes of θ of one φ
+update (a pass: ``docs_per_inner_step`` documents sharing one θ', or ``docs_per_pass`` documents with one θ'
+each; each rank holds 1/N of them). A JSON override (``engine.ds_config_override``) is merged over both; the resolved pair is saved
 with the run as ``ds_config.json``.
 
 [mixed precision note] No ``bf16`` section: DeepSpeed's bf16 mode would cast the whole module, adapters
@@ -52,24 +53,36 @@ def load_override(path: str | None) -> dict:
     return data
 
 
-def local_docs_per_inner_step(cfg: TaalmConfig, world: int) -> int:
-    """Documents each rank holds in one inner step; refuses a count the ranks cannot share evenly."""
-    n = cfg.train.docs_per_inner_step
+def docs_per_pass_unit(cfg: TaalmConfig) -> int:
+    """Documents of one pass of θ in a φ update: ``docs_per_pass`` with per-document inner steps, else
+    ``docs_per_inner_step`` (the documents one θ' learns jointly)."""
+    return max(cfg.train.docs_per_inner_step, cfg.train.docs_per_pass)
+
+
+def local_docs_per_pass(cfg: TaalmConfig, world: int) -> int:
+    """Documents each rank holds in one pass of θ; refuses a count the ranks cannot share evenly."""
+    t = cfg.train
+    n, key = (t.docs_per_pass, "docs_per_pass") if t.docs_per_pass > 1 else (t.docs_per_inner_step, "docs_per_inner_step")
     if n % world:
-        raise ConfigError(f"train.docs_per_inner_step={n} must be a multiple of the number of processes ({world}): "
+        raise ConfigError(f"train.{key}={n} must be a multiple of the number of processes ({world}): "
                           "every rank takes the same number of documents")
     return n // world
 
 
+def phi_backwards_per_update(cfg: TaalmConfig) -> int:
+    """φ's backward passes in one φ update (its DeepSpeed ``gradient_accumulation_steps``): one per pass of θ."""
+    return cfg.train.docs_per_step // docs_per_pass_unit(cfg)
+
+
 def ds_configs(cfg: TaalmConfig, world: int) -> dict[str, dict]:
     """``{"theta": ..., "phi": ...}`` DeepSpeed configs for ``world`` processes."""
-    local = local_docs_per_inner_step(cfg, world)
-    micro_steps = cfg.train.docs_per_step // cfg.train.docs_per_inner_step
+    local = local_docs_per_pass(cfg, world)
+    passes = phi_backwards_per_update(cfg)
     common = {"zero_optimization": _zero3(cfg), "steps_per_print": 10**9, "wall_clock_breakdown": False}
     theta = {**common, "train_micro_batch_size_per_gpu": local, "gradient_accumulation_steps": 1,
              "train_batch_size": local * world, "zero_allow_untested_optimizer": True}
-    phi = {**common, "train_micro_batch_size_per_gpu": local, "gradient_accumulation_steps": micro_steps,
-           "train_batch_size": local * micro_steps * world,
+    phi = {**common, "train_micro_batch_size_per_gpu": local, "gradient_accumulation_steps": passes,
+           "train_batch_size": local * passes * world,
            "optimizer": {"type": "AdamW", "params": {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay,
                                                     "torch_adam": True, "betas": [0.9, 0.999], "eps": 1e-8}}}
     if cfg.train.grad_clip is not None:

@@ -1,11 +1,13 @@
 """Meta-training of φ on one process or document-parallel under DeepSpeed ZeRO-3.
 
 Contract: ``t = MetaTrainer(cfg); t.setup(); t.train(); t.cleanup()`` (plus ``save_checkpoint`` /
-``load_checkpoint``). One φ update = ``docs_per_step`` documents in micro-steps of
-``docs_per_inner_step`` documents. In a micro-step θ (at θ₀) takes one inner step on those documents
-jointly, the closed-form meta-gradient gives dL/dw, and θ is restored. With N ranks each rank holds
-``docs_per_inner_step / N`` of the micro-step's documents and θ's partitions; the global document order
-is the same on every rank, so the result does not depend on N.
+``load_checkpoint``). One φ update = ``docs_per_step`` documents in passes of θ. A pass is either one inner step of
+``docs_per_inner_step`` documents jointly, or (``docs_per_pass`` > 1) that many documents each with its own inner
+step, batched with one LoRA copy of θ per document (:mod:`taalm_dist.meta.per_document`). In a pass θ (at θ₀) takes
+the inner step(s), the closed-form meta-gradient gives dL/dw, and θ is restored. With N ranks each rank holds 1/N of
+the pass's documents and θ's partitions (per-document passes: its documents' LoRA copies, gathered from the
+partitions, and the frozen base still partitioned); the global document order is the same on every rank, so the
+result does not depend on N.
 
 [skip agreement note] A micro-step whose objective, dL/dw or φ's weights are not finite on any rank
 makes every rank skip the whole φ update together (an all-reduce), before φ's backward: so under
@@ -16,6 +18,7 @@ instead (``train.phi_graph``: one φ forward fewer). More than ``max_consecutive
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -33,6 +36,7 @@ from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.ckl_validation import ckl_validation
 from taalm_dist.engine.data_setup import PreparedData, prepare_data
+from taalm_dist.engine.ds_config import docs_per_pass_unit, local_docs_per_pass
 from taalm_dist.engine.phi_update import DeepSpeedPhi, LocalPhi
 from taalm_dist.engine.preemption import Preempted, StopSignals, report_stopped, run_to_end
 from taalm_dist.engine.run_dir import load_on_every_rank, open_run_dir, resume_settings, truncate_metrics
@@ -126,12 +130,6 @@ class MetaTrainer:
             raise ConfigError("train.phi_graph=keep is for one process: under DeepSpeed φ's forward runs again after "
                               "all ranks agreed on the step ([skip agreement note]); use auto or recompute")
         self.keep_phi_graph = cfg.train.phi_graph == "keep" or (cfg.train.phi_graph == "auto" and not self.distributed)
-        if self.distributed and cfg.train.docs_per_pass > 1:
-            raise ConfigError("train.docs_per_pass > 1 runs on one process for now (per-document adapter copies of a "
-                              "ZeRO-3 partitioned θ are not built); set train.docs_per_pass=1 under DeepSpeed")
-        if self.distributed and cfg.train.ckl_val_every:
-            raise ConfigError("train.ckl_val_every runs on one process for now (θ would have to train on ZeRO-3 "
-                              "partitions); set train.ckl_val_every=0 under DeepSpeed, or meta-train on one process")
         self.select = cfg.train.select if cfg.train.select != "auto" else ("ckl_val" if cfg.train.ckl_val_every else "last")
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.theta.model)
@@ -185,13 +183,12 @@ class MetaTrainer:
         cfg = self.cfg
         vocab = len(self.tokenizer)
         if self.distributed:
-            from taalm_dist.engine.ds_config import ds_configs, local_docs_per_inner_step, save_ds_configs
+            from taalm_dist.engine.ds_config import ds_configs, save_ds_configs
             from taalm_dist.engine.zero3 import partition_while_loading
 
             if cfg.meta.method not in ("fd", "fd1"):
                 raise ConfigError(f"meta.method={cfg.meta.method} needs θ's full tensors; under DeepSpeed ZeRO-3 use "
                                   "meta.method=fd or fd1 (finite differences on each rank's partitions)")
-            self.local_docs = local_docs_per_inner_step(cfg, self.world)
             configs = ds_configs(cfg, self.world)
             if D.is_main():
                 save_ds_configs(configs, self.out / "ds_config.json")
@@ -199,6 +196,7 @@ class MetaTrainer:
                 # real checkpoints load partitioned; tiny random models are built whole (their random init
                 # would differ under zero.Init) and partitioned by deepspeed.initialize
                 self._zero_init = partition_while_loading(configs["theta"])
+        self.local_docs = local_docs_per_pass(cfg, self.world)
         device = self.rt.device
         theta = load_causal_lm(cfg.theta.model, vocab, device=device)
         with torch.random.fork_rng(devices=[]):  # adapters start the same whatever loading consumed
@@ -212,7 +210,6 @@ class MetaTrainer:
         if not self.distributed:
             self.view = ThetaView(self.rt.place(theta), loss_fn)
             self.phi = LocalPhi(self.rt.place(phi), cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip)
-            self.local_docs = cfg.train.docs_per_inner_step
             return
         from taalm_dist.engine.zero3 import Zero3ThetaView, build_phi_engine, build_theta_engine
 
@@ -232,9 +229,9 @@ class MetaTrainer:
                                   "data/truncated_docs": self.data.truncated_docs}, step=0)
 
     # ------------------------------------------------------------------------------------ batches
-    def _local_batch(self, global_idx: list[int], items, whole: bool = False) -> tuple[dict, dict, dict | None]:
-        """This rank's slice of a micro-step's documents (``whole``: all of them): (doc, task, restrict task or None)."""
-        mine = global_idx if whole else global_idx[self.rank * self.local_docs : (self.rank + 1) * self.local_docs]
+    def _local_batch(self, global_idx: list[int], items) -> tuple[dict, dict, dict | None]:
+        """This rank's slice of a pass's documents: (doc, task, restrict task or None)."""
+        mine = global_idx[self.rank * self.local_docs : (self.rank + 1) * self.local_docs]
         doc, task = collate([items[i] for i in mine], self.pad_id)
         restrict = None
         if self.cfg.meta.restrict_coef and len(items) > 1:
@@ -246,20 +243,24 @@ class MetaTrainer:
         return self.rt.to_device(doc), self.rt.to_device(task), self.rt.to_device(restrict)
 
     def micro_step_meta_gradient(self, global_idx: list[int]):
-        """First pass of a micro-step on the training documents ``global_idx`` (this rank takes its
-        slice; with ``train.docs_per_pass`` > 1, each document has its own inner step, all in one batched pass):
+        """One pass of θ on the training documents ``global_idx`` (this rank takes its slice; with
+        ``train.docs_per_pass`` > 1 each document has its own inner step, all in one batched pass):
         ``(doc batch, φ's weights w, MetaGradient)``; w has φ's graph only when φ's graph is kept
         (``train.phi_graph``), θ is back at θ₀."""
-        per_document = self.cfg.train.docs_per_pass > 1
-        doc, task, restrict = self._local_batch(global_idx, self.data.train, whole=per_document)
+        doc, task, restrict = self._local_batch(global_idx, self.data.train)
         w = self.phi.weights(doc, grad=self.keep_phi_graph)
         m = self.cfg.meta
         kw = dict(inner=self.inner, objective=m.objective, method=m.method, fd_eps=m.fd_eps, restrict_batch=restrict,
                   restrict_coef=m.restrict_coef, compute_float32=m.compute_float32)
-        if not per_document:
-            return doc, w, meta_gradient(self.view, doc, w, task, **kw)
-        with per_document_lora(self.view, len(global_idx)) as view:
+        with self._theta_for(doc) as view:
             return doc, w, meta_gradient(view, doc, w, task, **kw)
+
+    def _theta_for(self, doc: dict):
+        """θ's view for a pass over ``doc``: with per-document inner steps, one LoRA copy per document of this
+        rank (gathered from the partitions under ZeRO-3), else θ itself."""
+        if self.cfg.train.docs_per_pass > 1:
+            return per_document_lora(self.view, doc["input_ids"].shape[0])
+        return contextlib.nullcontext(self.view)
 
     # ------------------------------------------------------------------------------------ one step
     def update_layout(self) -> tuple[int, int, int]:
@@ -267,7 +268,7 @@ class MetaTrainer:
         documents each pass draws, and the inner steps (θ' of their own) they make."""
         cfg = self.cfg.train
         micro_steps = cfg.docs_per_step // cfg.docs_per_inner_step  # one θ' each (per document with docs_per_pass)
-        passes = cfg.docs_per_step // max(cfg.docs_per_inner_step, cfg.docs_per_pass)
+        passes = cfg.docs_per_step // docs_per_pass_unit(self.cfg)
         return passes, cfg.docs_per_step // passes, micro_steps
 
     def train_step(self) -> dict:
@@ -308,8 +309,9 @@ class MetaTrainer:
     # ----------------------------------------------------------------------------------- validate
     def validate(self, baselines: bool = False) -> dict:
         """Mean L(θ') over the first ``train.val_docs`` validation documents with φ's weights (and, with ``baselines``, with
-        uniform weights), in micro-steps like training; a last partial micro-step is left out."""
-        group = self.cfg.train.docs_per_inner_step
+        uniform weights), in passes like training (per-document inner steps with ``train.docs_per_pass``); a last
+        partial pass is left out."""
+        group = docs_per_pass_unit(self.cfg)
         val = self.data.val[: self.cfg.train.val_docs]
         n_groups = len(val) // group
         if n_groups == 0:
@@ -320,9 +322,10 @@ class MetaTrainer:
             doc, task, _ = self._local_batch(idx, val)
             w = self.phi.weights(doc, grad=False)
             kw = dict(inner=self.inner, objective=self.cfg.meta.objective, compute_float32=self.cfg.meta.compute_float32)
-            sums[0] += float(updated_objective(self.view, doc, w, task, **kw))
-            if baselines:
-                sums[1] += float(updated_objective(self.view, doc, doc["attention_mask"].to(w.dtype), task, **kw))
+            with self._theta_for(doc) as view:
+                sums[0] += float(updated_objective(view, doc, w, task, **kw))
+                if baselines:
+                    sums[1] += float(updated_objective(view, doc, doc["attention_mask"].to(w.dtype), task, **kw))
             stats.add(w, doc)
         mean = D.all_reduce_mean([s / n_groups for s in sums])
         out = {"val/objective": mean[0], **stats.reduced("val")}
@@ -353,13 +356,15 @@ class MetaTrainer:
         return out
 
     def _write_heatmap(self, docs: int = 4) -> None:
+        """φ's weights on the first ``docs`` validation documents (every rank runs φ: its forward gathers ZeRO-3
+        partitions), drawn by rank 0."""
+        items = self.data.val[:docs]
+        doc, _ = collate(items, self.pad_id)
+        w = self.phi.weights(self.rt.to_device(doc), grad=False).cpu()
         if not D.is_main():
             return
         from taalm_dist.ckl.report import heatmap
 
-        items = self.data.val[:docs]
-        doc, _ = collate(items, self.pad_id)
-        w = self.phi.weights(self.rt.to_device(doc), grad=False).cpu()
         rows = [([self.tokenizer.decode([i]) for i in it.doc_ids], w[b, : len(it.doc_ids)].tolist(), it.doc_object_mask)
                 for b, it in enumerate(items)]
         folder = self.out / "heatmaps" / f"step_{self.step:06d}"

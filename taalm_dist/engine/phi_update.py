@@ -75,9 +75,13 @@ class DeepSpeedPhi:
             return self.engine(doc["input_ids"], doc["attention_mask"])
 
     def surrogate_scale(self, micro_steps: int) -> float:
-        # the engine divides by gradient_accumulation_steps (= micro_steps) and averages over ranks;
-        # dL/dw is already the derivative of the global mean, so undo the rank average.
-        return float(D.world_size())
+        """Factor that makes the accumulated gradient the mean over the update's ``micro_steps`` inner steps.
+
+        The engine divides by its ``gradient_accumulation_steps`` (one backward per pass of θ) and averages over
+        ranks. The ranks' dL/dw of one pass sum to the derivative of the pass's inner steps' objectives (a shared
+        θ' over the global batch, or each document's own), so: × passes × world / micro_steps (= world when every
+        pass is one inner step)."""
+        return float(self.engine.gradient_accumulation_steps() * D.world_size()) / micro_steps
 
     def micro_step(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)

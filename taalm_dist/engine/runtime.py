@@ -121,8 +121,7 @@ class Runtime:
         """Refuse model settings this runtime cannot run (``specs``: name → ModelSourceConfig)."""
         for name, spec in specs.items():
             if spec.quantization == "4bit" and self.distributed:
-                raise ConfigError(f"{name}.model.quantization=4bit runs on one process (QLoRA); under DeepSpeed ZeRO-3 "
-                                  "load the base in bfloat16 instead (quantization: none, dtype: bfloat16)")
+                check_bitsandbytes_shards(f"{name}.model.quantization=4bit")
 
     # --------------------------------------------------------------------------------- DeepSpeed
     def initialize(self, model: torch.nn.Module, config: dict, *, optimizer=None, model_parameters=None):
@@ -145,3 +144,27 @@ class Runtime:
         that may be its own); nothing to do on one process."""
         if self.distributed:
             D.shutdown(together)
+
+
+BNB_SHARDABLE = (0, 43, 0)
+"""The first bitsandbytes whose 4-bit weights can be stored in another dtype (``bnb_4bit_quant_storage``)."""
+
+
+def check_bitsandbytes_shards(what: str, version: str | None = None) -> None:
+    """Refuse QLoRA under DeepSpeed ZeRO-3 where bitsandbytes cannot be sharded: ZeRO-3 partitions a model's
+    parameters as tensors of one float dtype, so the packed 4-bit weights must be stored in the model's dtype
+    (``bnb_4bit_quant_storage``, set by :func:`taalm_dist.models.loading.load_causal_lm`), which bitsandbytes has
+    from 0.43 on. ``version``: the installed bitsandbytes (default: looked up; not installed is refused at load)."""
+    from importlib import metadata
+
+    if version is None:
+        try:
+            version = metadata.version("bitsandbytes")
+        except metadata.PackageNotFoundError:
+            return
+    parts = tuple(int(p) for p in version.split("+")[0].split(".")[:3] if p.isdigit())
+    if parts < BNB_SHARDABLE:
+        raise ConfigError(f"{what} under DeepSpeed ZeRO-3 needs bitsandbytes >= 0.43 (its 4-bit weights stored in the "
+                          f"model's dtype, so ZeRO-3 can shard them), installed: {version}; pip install -U bitsandbytes, "
+                          "or run QLoRA on one process, or load the base in bfloat16 (quantization: none)")
+

@@ -112,6 +112,12 @@ class Zero3ThetaView(ThetaView):
     def sync(self) -> None:
         self.engine.empty_partition_cache()  # [partition cache note]
 
+    def gathered(self, params):
+        """ZeRO-3's gather of ``params`` for reading (every rank takes part; released on exit)."""
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+
     @torch.no_grad()
     def assign(self, tensors: Sequence[torch.Tensor]) -> None:
         super().assign(tensors)

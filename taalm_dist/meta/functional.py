@@ -73,6 +73,11 @@ class ThetaView:
     def sync(self) -> None:
         """Called after ``params`` were edited in place; nothing to do for local tensors."""
 
+    def gathered(self, params: Sequence[torch.Tensor]):
+        """Context in which ``params`` (parameters of ``model``) hold their whole values for reading; they
+        always do here (a sharded view gathers them)."""
+        return contextlib.nullcontext()
+
     def global_sq_norm(self, tensors: Sequence[torch.Tensor]) -> float:
         """Σ‖t‖² over all of θ's trainable tensors (all ranks, for a sharded view)."""
         return sum(float(t.double().pow(2).sum()) for t in tensors)

@@ -13,7 +13,10 @@ one :func:`taalm_dist.meta.meta_gradient` gives for document j alone (tested in 
 :class:`PerDocumentView` is the :class:`~taalm_dist.meta.functional.ThetaView` of the expanded model; the
 meta-gradient code asks the view how to scale the batch's mean (:meth:`ThetaView.loss_scale`), how to normalise a
 direction (:meth:`ThetaView.direction_norm`) and the batch size B of the centring (:meth:`ThetaView.global_batch`).
-LoRA θ on one process only (a full-parameter θ would need B copies of the model).
+LoRA θ only (a full-parameter θ would need B copies of the model). Under ZeRO-3 each rank expands its own documents:
+the LoRA factors are gathered whole once per pass (they are small) into the per-document copies, which are plain
+tensors of that rank, while the frozen base stays partitioned and is gathered layer by layer by ZeRO-3's hooks as in
+any forward; the copies' gradients are the rank's own documents', so no reduction is needed.
 
 While the copies are in place, each LoRA layer computes its output as one ``baddbmm``:
 ``base(x) + scaling · (x @ A_bᵀ) @ B_bᵀ`` (:func:`batched_lora_forward`) instead of peft's separate product, scaling
@@ -121,7 +124,8 @@ class PerDocumentView(ThetaView):
 def per_document_lora(view: ThetaView, docs: int):
     """For the duration, θ (``view.model``) holds one copy of its LoRA factors per document; yields the
     :class:`PerDocumentView` to pass to :func:`taalm_dist.meta.meta_gradient`. The copies start at θ's current
-    adapters; the original adapter modules are put back afterwards, unchanged.
+    adapters (gathered whole through :meth:`ThetaView.gathered` when ``view`` is sharded); the original adapter
+    modules are put back afterwards, unchanged.
 
     Raises:
         ValueError: θ has trainable tensors outside LoRA factors (``theta.trainable: full``), or ``docs < 1``.
@@ -142,8 +146,9 @@ def per_document_lora(view: ThetaView, docs: int):
         if lora_linear is not None and type(module) is lora_linear:
             layers.append(module)
     try:
-        for factors, key, linear in swapped:
-            factors[key] = PerDocumentLinear(linear.weight, docs)
+        with view.gathered([linear.weight for _, _, linear in swapped]):  # whole factors of a sharded θ
+            for factors, key, linear in swapped:
+                factors[key] = PerDocumentLinear(linear.weight, docs)
         outside = [n for n, p in trainable_parameters(model) if not isinstance(_owner(model, n), PerDocumentLinear)]
         if not swapped or outside:
             raise ValueError("per-document inner steps batch θ's LoRA adapters, but θ trains "

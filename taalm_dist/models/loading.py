@@ -204,8 +204,11 @@ def _quantization_config(spec: ModelSourceConfig, device: torch.device | None):
         raise ConfigError("quantization=4bit needs bitsandbytes: pip install bitsandbytes (or the [gpu] extra)")
     from transformers import BitsAndBytesConfig
 
+    # the packed 4-bit weights stored in the model's dtype: ZeRO-3 shards them with the other parameters (QLoRA
+    # under DeepSpeed); on one process the storage dtype changes nothing
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=TORCH_DTYPES[spec.dtype])
+                              bnb_4bit_compute_dtype=TORCH_DTYPES[spec.dtype],
+                              bnb_4bit_quant_storage=TORCH_DTYPES[spec.dtype])
 
 
 def load_causal_lm(spec: ModelSourceConfig, vocab_size: int | None = None, device: torch.device | None = None):

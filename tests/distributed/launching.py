@@ -35,3 +35,15 @@ def tiny_overrides(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
         f"train.out_dir={out_dir}", "train.docs_per_step=2", "train.docs_per_inner_step=2", "train.lr=1e-3",
         "train.val_every=0", "train.progress=false", "tracking.mlflow=false", *extra,
     ]
+
+
+def deepspeed_launch(*cmd: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a launch command as a user types it (``deepspeed ... launch/X.sh`` or ``bash launch/X.sh``) with DeepSpeed's
+    launcher on its CPU accelerator, 2 gloo processes; asserts it succeeded."""
+    bindir = str(Path(sys.executable).parent)  # deepspeed's launcher lives next to this interpreter
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "DS_ACCELERATOR": "cpu",
+           "OMP_NUM_THREADS": "1", "NUM_GPUS": "2", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    res = subprocess.run(list(cmd), capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    assert res.returncode == 0, f"{' '.join(cmd[:3])} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    return res

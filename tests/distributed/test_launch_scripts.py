@@ -2,29 +2,16 @@
 (DeepSpeed's launcher on its CPU accelerator, 2 gloo processes)."""
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from launching import ROOT, tiny_overrides
+from launching import ROOT, deepspeed_launch as _launch, tiny_overrides
 from taalm_dist.data import toy_rows, write_pairs
 from taalm_dist.launch import command_line, strip_local_rank
 
 pytestmark = pytest.mark.distributed
-
-
-def _launch(*cmd: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    bindir = str(Path(sys.executable).parent)  # deepspeed's launcher lives next to this interpreter
-    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "DS_ACCELERATOR": "cpu",
-           "OMP_NUM_THREADS": "1", "NUM_GPUS": "2", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    res = subprocess.run(list(cmd), capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
-    assert res.returncode == 0, f"{' '.join(cmd[:3])} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
-    return res
 
 
 # `bash launch/meta_train.sh` runs `deepspeed ... launch/meta_train.sh` (the bash part, then the Python part on every

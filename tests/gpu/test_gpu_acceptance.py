@@ -1,5 +1,6 @@
 """One GPU, a few minutes: bf16 meta-step vs fp32 on SmolLM2-135M (sdpa, flash-attn), the Triton loss against the
-spec, a 1-rank ZeRO-3 NCCL meta-step against the one-process step, device placement, and the GPU benchmarks' JSON.
+spec, 1-rank ZeRO-3 NCCL meta-steps against the one-process step (joint inner step; per-document passes with the CKL
+validation; QLoRA), device placement, and the GPU benchmarks' JSON.
 
 Run with `make test-gpu` (TAALM_GPU_OUT=dir keeps the JSON results); skipped without CUDA."""
 
@@ -109,10 +110,13 @@ def test_qlora_meta_step_on_smollm2():
     assert torch.isfinite(grad).all() and grad.abs().max() > 0
 
 
-def _phi_grad(cfg):
+def _phi_grad(cfg, ckl_val: dict | None = None):
+    """φ's gradient of the pass over documents [0, 1] (and, into ``ckl_val``, the CKL validation's scores)."""
     trainer = MetaTrainer(cfg)
     try:
         trainer.setup()
+        if ckl_val is not None:
+            ckl_val.update(trainer.ckl_validate(baselines=True))
         doc, w, mg = trainer.micro_step_meta_gradient([0, 1])
         w = trainer.phi.weights(doc, grad=True)
         loss = (w * mg.grad).sum() * trainer.phi.surrogate_scale(1)
@@ -137,6 +141,39 @@ def test_one_rank_zero3_nccl_meta_step_equals_one_process(tmp_path):
     zero3, rt = _phi_grad(toy_config(tmp_path / "zero3", *common, "engine.backend=deepspeed"))
     assert single.abs().max() > 0
     assert (zero3 - single).norm() / single.norm() <= 1e-3
+
+
+def test_one_rank_zero3_per_document_passes_and_ckl_validation_equal_one_process(tmp_path):
+    """The recipe that works on the distributed path, NCCL: per-document inner steps (each rank's documents' LoRA
+    copies over the partitioned base) and the CKL validation's data-parallel θ training score as one process."""
+    common = ["train.docs_per_step=2", "train.docs_per_inner_step=1", "train.docs_per_pass=2", "theta.trainable=lora",
+              "theta.lora.rank=4", "phi.trainable=lora", "phi.lora.rank=4", "engine.param_persistence_threshold=0",
+              "train.val_every=0", "train.ckl_val_every=1", "train.ckl_val_docs=8", "train.ckl_val_passes=2",
+              "train.ckl_val_lr=0.05", "train.ckl_val_batch_size=3"]
+    scores_one, scores_zero3 = {}, {}
+    single, _ = _phi_grad(toy_config(tmp_path / "one", *common, "engine.backend=single"), scores_one)
+    zero3, _ = _phi_grad(toy_config(tmp_path / "zero3", *common, "engine.backend=deepspeed"), scores_zero3)
+    assert single.abs().max() > 0
+    assert (zero3 - single).norm() / single.norm() <= 1e-3
+    for key in ("ckl_val/top_acc", "ckl_val/top_acc_uniform", "ckl_val/top_acc_oracle"):
+        assert scores_zero3[key] == pytest.approx(scores_one[key], abs=1e-6), key
+
+
+def test_qlora_under_zero3_meta_step_equals_one_process(tmp_path):
+    """QLoRA on the distributed path: θ's NF4 base stored in bf16 (bnb_4bit_quant_storage) and partitioned by ZeRO-3,
+    fp32 LoRA; φ's gradient equals the one-process QLoRA meta-step's."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed (pip install bitsandbytes)")
+    common = [f"theta.model.source={SMOLLM2}", "theta.model.dtype=bfloat16", "theta.model.quantization=4bit",
+              "theta.trainable=lora", "theta.lora.rank=4", f"phi.model.source={SMOLLM2}", "phi.num_layers=2",
+              "phi.trainable=lora", "phi.lora.rank=4", "meta.inner=adamw", "meta.inner_lr=1e-3",
+              "train.docs_per_step=2", "train.docs_per_inner_step=1", "train.docs_per_pass=2", "train.val_every=0"]
+    single, _ = _phi_grad(toy_config(tmp_path / "one", *common, "engine.backend=single"))
+    zero3, _ = _phi_grad(toy_config(tmp_path / "zero3", *common, "engine.backend=deepspeed"))
+    assert single.abs().max() > 0
+    assert _cosine(zero3, single) >= 0.99, _cosine(zero3, single)
 
 
 def test_every_batch_is_on_the_gpu(tmp_path):

@@ -40,8 +40,11 @@ def test_start_one_process_and_refusals(monkeypatch):
         R.Runtime.start(EngineConfig(backend="single"), "meta-train")
     four_bit = ModelSourceConfig(source="some/model", quantization="4bit")
     R.Runtime(False, torch.device("cpu")).check_models(theta=four_bit)  # one process: allowed here (CUDA checked at load)
-    with pytest.raises(ConfigError, match="theta.model.quantization=4bit runs on one process"):
-        R.Runtime(True, torch.device("cpu"), 2, 0).check_models(theta=four_bit)
+    R.check_bitsandbytes_shards("theta.model.quantization=4bit", "0.43.0")  # shardable: QLoRA under ZeRO-3
+    R.check_bitsandbytes_shards("theta.model.quantization=4bit", "0.45.5+cu124")
+    with pytest.raises(ConfigError, match=r"theta.model.quantization=4bit under DeepSpeed ZeRO-3 needs bitsandbytes >= "
+                                          r"0.43 .* installed: 0.42.0"):
+        R.check_bitsandbytes_shards("theta.model.quantization=4bit", "0.42.0")
 
 
 def test_a_config_asking_for_cuda_without_it_is_refused(tmp_path):
