@@ -65,3 +65,12 @@ def test_a_run_that_ends_or_fails_on_its_own_is_not_requeued(tmp_path):
     assert code == 0 and "requeue" not in calls
     code, _, calls, _ = _run_script(tmp_path / "failed", {"FINISH_AFTER": "0.2", "FINISH_CODE": "2"})
     assert code == 2 and "requeue" not in calls
+
+
+def test_multi_node_form_starts_one_torchrun_per_node_with_a_rendezvous_on_the_head_node(tmp_path):
+    code, _, _, args = _run_script(tmp_path, env_extra={"FINISH_AFTER": "0", "SLURM_GPUS_ON_NODE": "4"})
+    assert code == 0
+    assert "python -m torch.distributed.run --nnodes 2 --nproc_per_node 4" in args  # SLURM_NNODES, GPUs of a node
+    # every node's torchrun meets at the first node of the allocation, under the job's id (a requeue keeps it)
+    assert "--rdzv_backend c10d --rdzv_endpoint node-a:29500 --rdzv_id 42" in args
+    assert "-m taalm_dist.cli meta-train --config cfg.yaml --resume auto train.lr=1e-4" in args
