@@ -36,7 +36,7 @@ from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.ckl_validation import ckl_validation
 from taalm_dist.engine.data_setup import PreparedData, prepare_data
-from taalm_dist.engine.ds_config import docs_per_pass_unit, local_docs_per_pass
+from taalm_dist.engine.ds_config import docs_per_pass_unit
 from taalm_dist.engine.phi_update import DeepSpeedPhi, LocalPhi
 from taalm_dist.engine.preemption import Preempted, StopSignals, report_stopped, run_to_end
 from taalm_dist.engine.run_dir import load_on_every_rank, open_run_dir, resume_settings, truncate_metrics
@@ -196,7 +196,6 @@ class MetaTrainer:
                 # real checkpoints load partitioned; tiny random models are built whole (their random init
                 # would differ under zero.Init) and partitioned by deepspeed.initialize
                 self._zero_init = partition_while_loading(configs["theta"])
-        self.local_docs = local_docs_per_pass(cfg, self.world)
         device = self.rt.device
         theta = load_causal_lm(cfg.theta.model, vocab, device=device)
         with torch.random.fork_rng(devices=[]):  # adapters start the same whatever loading consumed
@@ -230,8 +229,9 @@ class MetaTrainer:
 
     # ------------------------------------------------------------------------------------ batches
     def _local_batch(self, global_idx: list[int], items) -> tuple[dict, dict, dict | None]:
-        """This rank's slice of a pass's documents: (doc, task, restrict task or None)."""
-        mine = global_idx[self.rank * self.local_docs : (self.rank + 1) * self.local_docs]
+        """This rank's slice of a pass's documents (1/N of them): (doc, task, restrict task or None)."""
+        local = len(global_idx) // self.world
+        mine = global_idx[self.rank * local : (self.rank + 1) * local]
         doc, task = collate([items[i] for i in mine], self.pad_id)
         restrict = None
         if self.cfg.meta.restrict_coef and len(items) > 1:
@@ -309,29 +309,40 @@ class MetaTrainer:
     # ----------------------------------------------------------------------------------- validate
     def validate(self, baselines: bool = False) -> dict:
         """Mean L(θ') over the first ``train.val_docs`` validation documents with φ's weights (and, with ``baselines``, with
-        uniform weights), in passes like training (per-document inner steps with ``train.docs_per_pass``); a last
-        partial pass is left out."""
-        group = docs_per_pass_unit(self.cfg)
+        uniform weights), in passes like training (:meth:`validation_passes`)."""
         val = self.data.val[: self.cfg.train.val_docs]
-        n_groups = len(val) // group
-        if n_groups == 0:
+        passes = self.validation_passes(len(val))
+        if not passes:
             return {}
         sums, stats = [0.0, 0.0], WeightStats()
-        for g in range(n_groups):
-            idx = list(range(g * group, (g + 1) * group))
+        for idx in passes:
             doc, task, _ = self._local_batch(idx, val)
             w = self.phi.weights(doc, grad=False)
             kw = dict(inner=self.inner, objective=self.cfg.meta.objective, compute_float32=self.cfg.meta.compute_float32)
             with self._theta_for(doc) as view:
-                sums[0] += float(updated_objective(view, doc, w, task, **kw))
+                sums[0] += float(updated_objective(view, doc, w, task, **kw)) * len(idx)
                 if baselines:
-                    sums[1] += float(updated_objective(view, doc, doc["attention_mask"].to(w.dtype), task, **kw))
+                    sums[1] += float(updated_objective(view, doc, doc["attention_mask"].to(w.dtype), task, **kw)) * len(idx)
             stats.add(w, doc)
-        mean = D.all_reduce_mean([s / n_groups for s in sums])
+        n = sum(len(idx) for idx in passes)
+        mean = D.all_reduce_mean([v / n for v in sums])
         out = {"val/objective": mean[0], **stats.reduced("val")}
         if baselines:
             out["val/objective_uniform"] = mean[1]
         return out
+
+    def validation_passes(self, n: int) -> list[list[int]]:
+        """The passes over ``n`` validation documents: as training's (``docs_per_inner_step`` sharing a θ', or
+        ``docs_per_pass`` with one θ' each). A last partial pass is left out when its documents would share a θ' (a
+        smaller joint inner step is another computation); with per-document inner steps it runs, as many of its
+        documents as the ranks can share evenly."""
+        unit = docs_per_pass_unit(self.cfg)
+        passes = [list(range(s, s + unit)) for s in range(0, n - unit + 1, unit)]
+        rest = (n % unit) // self.world * self.world
+        if self.cfg.train.docs_per_pass > 1 and rest:
+            start = n - n % unit
+            passes.append(list(range(start, start + rest)))
+        return passes
 
     def ckl_validate(self, baselines: bool = False) -> dict:
         """The benchmark-like validation (:func:`taalm_dist.engine.ckl_validation.ckl_validation`) with φ's

@@ -149,3 +149,22 @@ def test_per_document_passes_need_lora_and_one_shared_setting(tmp_path):
         _config(tmp_path, "train.docs_per_pass=2", "train.docs_per_step=4")
     with pytest.raises(ConfigError, match="docs_per_step=6 must be a multiple of train.docs_per_pass=4"):
         _config(tmp_path, "theta.trainable=lora", "train.docs_per_pass=4", "train.docs_per_step=6")
+
+
+def test_validation_in_per_document_passes_equals_documents_one_at_a_time(tmp_path):
+    # the validation runs in passes like training; with per-document inner steps a last partial pass still runs (each
+    # document has its own θ'), so 5 validation documents in passes of 2 are all scored, as one at a time
+    base = ["theta.trainable=lora", "train.val_docs=5", "train.docs_per_step=4"]
+    values = {}
+    for per_pass in (1, 2):
+        trainer = MetaTrainer(_config(tmp_path, *base, f"train.docs_per_pass={per_pass}",
+                                      f"train.out_dir={tmp_path / f'pass{per_pass}'}"))
+        try:
+            trainer.setup()
+            values[per_pass] = trainer.validate(baselines=True)
+            passes = trainer.validation_passes(5)
+        finally:
+            trainer.cleanup()
+        assert passes == ([[0], [1], [2], [3], [4]] if per_pass == 1 else [[0, 1], [2, 3], [4]])
+    for key in ("val/objective", "val/objective_uniform", "val/share_on_object"):
+        assert values[2][key] == pytest.approx(values[1][key], rel=1e-5), key
