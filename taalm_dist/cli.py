@@ -40,7 +40,7 @@ def _cmd_meta_train(args) -> int:
 
 
 def _run_meta_train(cfg) -> int:
-    from taalm_dist.engine.meta_trainer import run_meta_training
+    from taalm_dist.programs.meta_train import run_meta_training
 
     trainer, summary = run_meta_training(cfg)
     _print_summary(summary, trainer)
@@ -152,7 +152,7 @@ def _cmd_ckl_build(args) -> int:
 
 
 def _cmd_ckl_run(args) -> int:
-    from taalm_dist.ckl.runner import run_ckl
+    from taalm_dist.programs.ckl_run import run_ckl
     from taalm_dist.config import load_config
 
     overrides = list(args.overrides)
@@ -184,7 +184,7 @@ def _cmd_ckl_compare(args) -> int:
 def _cmd_learn(args) -> int:
     from taalm_dist.config import load_config
     from taalm_dist.engine import distributed as D
-    from taalm_dist.learn import run_learn
+    from taalm_dist.programs.learn import run_learn
 
     overrides = []
     for flag, key in ((args.model, "theta.model.source"), (args.docs, "learn.docs"), (args.out, "learn.out_dir"),
@@ -210,7 +210,7 @@ def _cmd_learn(args) -> int:
 
 
 def _cmd_weigh(args) -> int:
-    from taalm_dist.ckl.report import heatmap_html
+    from taalm_dist.tracking.heatmap import heatmap_html
     from taalm_dist.weigh import TokenWeigher, weigh_documents
 
     out = Path(args.out)

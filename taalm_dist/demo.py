@@ -124,7 +124,7 @@ def _build(plan: DemoPlan, out: Path, source_dir: Path) -> dict:
 
 
 def _meta_train(plan: DemoPlan, out: Path) -> dict:
-    from taalm_dist.engine.meta_trainer import run_meta_training
+    from taalm_dist.programs.meta_train import run_meta_training
 
     cfg = _config(plan, out, "meta-train", [f"data.train_file={out / 'data' / 'tailored' / 'meta_train.jsonl'}",
                                             f"train.out_dir={out / 'meta_train'}",
@@ -143,7 +143,7 @@ def _meta_train(plan: DemoPlan, out: Path) -> dict:
 
 
 def _ckl_run(plan: DemoPlan, out: Path, method: str) -> dict:
-    from taalm_dist.ckl.runner import run_ckl
+    from taalm_dist.programs.ckl_run import run_ckl
 
     cfg = _config(plan, out, f"ckl-{method}", [f"ckl.method={method}", f"ckl.data_dir={out / 'data' / 'tailored'}",
                                                f"ckl.phi_path={out / 'meta_train' / 'phi'}",

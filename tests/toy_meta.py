@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from taalm_dist.config import load_config
 from taalm_dist.data import toy_rows, write_pairs
-from taalm_dist.engine.meta_trainer import MetaTrainer
+from taalm_dist.programs.meta_train import MetaTrainer
 
 
 def toy_config(tmp_path, *overrides):

@@ -3,7 +3,7 @@
 How far one method's (or step's) φ update is from another's, against how far two φ updates on different documents
 are from each other: whether a cheaper or less exact method changes anything φ's optimizer can notice.
 
-The run is the product's one-process :class:`taalm_dist.engine.meta_trainer.MetaTrainer` on a config (default: the
+The run is the product's one-process :class:`taalm_dist.programs.meta_train.MetaTrainer` on a config (default: the
 demo's) and the synthetic meta-training pairs (:func:`taalm_dist.bench.metatrain.bench_trainer`). For each of
 ``updates`` φ updates (their documents drawn as the trainer draws them) and each method, the θ side runs exactly as in
 training and φ's gradient of the update (``∂/∂φ Σ w·dL/dw``, summed over the update's passes with the trainer's

@@ -59,18 +59,15 @@ def _source(shape: str, real: bool, attn: str, dtype: str):
 
 
 def _build(case: dict, device: str):
-    from taalm_dist.config import LoraConfig, PhiConfig
-    from taalm_dist.models import build_phi, load_causal_lm, make_trainable
+    from taalm_dist.config import LoraConfig, PhiConfig, ThetaConfig
+    from taalm_dist.models import build_phi, build_theta
 
     attn = "taalm_eager" if _base_method(case["method"]) in ("jvp", "double_backward") else "sdpa"
     lora = LoraConfig(rank=16, alpha=32)
     torch.manual_seed(0)  # LoRA's initialisation draws from the global generator: the same θ and φ in every case
     spec, vocab = _source(case["theta"], case["real_weights"], attn, case["dtype"])
-    theta = make_trainable(load_causal_lm(spec, vocab_size=vocab), "lora", lora).to(device)
-    if case["method"].endswith("-ckpt"):
-        from taalm_dist.engine.zero3 import enable_gradient_checkpointing
-
-        enable_gradient_checkpointing(theta)
+    theta = build_theta(ThetaConfig(model=spec, trainable="lora", lora=lora), vocab, seed=0,
+                        gradient_checkpointing=case["method"].endswith("-ckpt")).to(device)
     phi_spec, phi_vocab = _source(case["phi"], case["real_weights"], "sdpa", case["dtype"])
     phi = build_phi(PhiConfig(model=phi_spec, trainable="lora", lora=lora), vocab_size=phi_vocab).to(device)
     vocab = theta.get_output_embeddings().weight.shape[0]

@@ -1,7 +1,7 @@
 """``taalm bench metatrain``: meta-training throughput of the real trainer on a config — documents per second and
 seconds per φ update — so a change to the meta-step is judged in one command.
 
-The run is the product's :class:`taalm_dist.engine.meta_trainer.MetaTrainer` on one process (or on every rank under a
+The run is the product's :class:`taalm_dist.programs.meta_train.MetaTrainer` on one process (or on every rank under a
 launcher: ``torchrun --nproc_per_node N -m taalm_dist.cli bench metatrain ...`` runs it under ZeRO-3, document
 parallel), with the config given
 (default: the demo's, ``taalm_dist/configs/demo_smollm2.yaml``: SmolLM2-135M θ with LoRA, a 4-layer φ, AdamW
@@ -32,13 +32,13 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_smollm2.ya
 @contextlib.contextmanager
 def bench_trainer(config: str | Path, overrides: list[str] | tuple[str, ...], max_steps: int,
                   threads: int | None = None, n_meta: int = 200):
-    """A set-up one-process :class:`~taalm_dist.engine.meta_trainer.MetaTrainer` of ``config`` for a benchmark: run
+    """A set-up one-process :class:`~taalm_dist.programs.meta_train.MetaTrainer` of ``config`` for a benchmark: run
     directory in a temporary directory, validation, checkpoints, time limit and MLflow off, ``max_steps`` φ updates
     allowed; on the synthetic meta-training pairs of ``taalm data synth`` (``n_meta`` of them) unless
     ``data.train_file`` is among ``overrides``. Yields ``(trainer, setup_s)``; cleans up after."""
     from taalm_dist.config import load_config
     from taalm_dist.data.synth import write_synth
-    from taalm_dist.engine.meta_trainer import MetaTrainer
+    from taalm_dist.programs.meta_train import MetaTrainer
 
     if threads:
         torch.set_num_threads(threads)

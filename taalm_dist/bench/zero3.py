@@ -1,7 +1,7 @@
 """``taalm bench zero3``: per-rank θ+φ parameter and optimizer memory, and meta-step throughput, at 1 vs N
 ranks of DeepSpeed ZeRO-3 on CPU (gloo, one thread per rank).
 
-Each world size is a fresh ``torchrun`` of the real meta-trainer (:class:`taalm_dist.engine.meta_trainer.MetaTrainer`,
+Each world size is a fresh ``torchrun`` of the real meta-trainer (:class:`taalm_dist.programs.meta_train.MetaTrainer`,
 ``engine.backend=deepspeed``, every tensor partitioned) on the toy task with random θ and φ of the given
 shape. Every rank reports the bytes it holds: θ's and φ's parameter partitions (``ds_tensor``), φ's
 optimizer state (the fp32 partitions and AdamW moments of its ZeRO-3 optimizer); then ``steps`` φ updates
@@ -41,7 +41,7 @@ def _rank_main(case: dict) -> None:
     """Runs on every rank under torchrun; rank r writes ``<out>/rank<r>.json``."""
     from taalm_dist.config import load_config
     from taalm_dist.engine import distributed as D
-    from taalm_dist.engine.meta_trainer import MetaTrainer
+    from taalm_dist.programs.meta_train import MetaTrainer
 
     torch.set_num_threads(1)
     h, layers = case["hidden"], case["layers"]

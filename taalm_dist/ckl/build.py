@@ -36,10 +36,11 @@ import torch
 from tqdm import tqdm
 
 from taalm_dist.ckl.data import load_rows, report_line, require_files, tokenized_tasks
-from taalm_dist.ckl.metrics import object_token_accuracy
 from taalm_dist.data import pad_batch, write_pairs
 from taalm_dist.data.jsonl_file import jsonl_lines
+from taalm_dist.data.order import DOC_STRIDE, shuffled
 from taalm_dist.errors import DataError
+from taalm_dist.losses.accuracy import object_token_accuracy
 
 LogitsFn = Callable[[dict], torch.Tensor]
 """``fn(batch) -> [B, L, V]`` logits for a right-padded batch of ``input_ids`` / ``attention_mask``."""
@@ -75,9 +76,7 @@ class EvalSelection:
 
     def pick(self, rows: list[dict], n: int | None, salt: int) -> list[dict]:
         """The first ``n`` of ``rows`` in this rule's order (``salt`` separates the two sets' shuffles)."""
-        rows = list(rows)
-        if self.order == "shuffle":
-            random.Random(self.seed * 1_000_003 + salt).shuffle(rows)
+        rows = shuffled(rows, self.seed, salt, DOC_STRIDE) if self.order == "shuffle" else list(rows)
         return rows if n is None else rows[:n]
 
 

@@ -1,7 +1,7 @@
 """LAMA-CKL metrics (docs/design.md §4).
 
-Accuracy of a task sentence = fraction of the object's tokens that the model predicts, teacher forced:
-token i of the object counts as right when ``argmax logits[i-1] == input_ids[i]``. The object's tokens
+Accuracy of a task sentence = fraction of the object's tokens that the model predicts, teacher forced
+(:func:`taalm_dist.losses.accuracy.object_token_accuracy`). The object's tokens
 are the task's ``label_mask`` (the object ends the task sentence). Per epoch: To-Learn accuracy (mean
 over the variant set) and Not-To-Forget accuracy (mean over the invariant set); the run's summary is
 Top Acc (best To-Learn accuracy over the trained epochs), Epoch (the first epoch that reaches it),
@@ -11,29 +11,6 @@ NF Acc (Not-To-Forget accuracy at that epoch) and Total Knowledge = Top Acc + NF
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-
-import torch
-
-from taalm_dist.losses import next_token_valid_mask
-
-
-def object_token_accuracy(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          label_mask: torch.Tensor) -> torch.Tensor:
-    """``[B]`` fraction of each sequence's object tokens predicted right (teacher forced).
-
-    Args:
-        logits: ``[B, L, V]``; ``logits[b, i-1]`` predicts ``input_ids[b, i]``.
-        input_ids, attention_mask, label_mask: ``[B, L]``; label_mask is 1 on the object's tokens.
-
-    A sequence without object tokens scores 0 (it cannot be answered).
-    """
-    B, L = input_ids.shape
-    right = torch.zeros(B, L, dtype=torch.bool, device=input_ids.device)
-    if L > 1:
-        right[:, 1:] = logits[:, :-1].argmax(-1) == input_ids[:, 1:]
-    counted = next_token_valid_mask(attention_mask) & label_mask.bool()
-    n = counted.sum(dim=1)
-    return (right & counted).sum(dim=1).double() / n.clamp(min=1).double()
 
 
 @dataclass

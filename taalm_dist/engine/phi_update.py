@@ -1,7 +1,7 @@
 """φ's side of a meta-step behind one small interface: plain PyTorch or a DeepSpeed ZeRO-3 engine.
 
 Both run φ without dropout (``meta.functional.eval_mode``) so the weights used for the meta-gradient and
-the ones differentiated afterwards are the same numbers ([skip agreement note] in meta_trainer).
+the ones differentiated afterwards are the same numbers ([skip agreement note] in taalm_dist.programs.meta_train).
 """
 
 from __future__ import annotations

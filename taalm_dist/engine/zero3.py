@@ -46,16 +46,6 @@ def partition_while_loading(ds_config: dict):
     return HfDeepSpeedConfig(init_config)
 
 
-def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    """Non-reentrant activation checkpointing (works with LoRA and no-grad forwards)."""
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kwargs = {"use_reentrant": False}
-    if hasattr(target, "activation_checkpointing_enable"):  # transformers >= 5.x name
-        target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
 def build_theta_engine(rt, theta: torch.nn.Module, ds_config: dict):
     """Shard θ (already made trainable) under ZeRO-3 through the runtime ``rt``; its optimizer is never stepped."""
     params = [p for p in theta.parameters() if p.requires_grad]

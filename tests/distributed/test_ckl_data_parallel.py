@@ -5,7 +5,7 @@ import json
 import pytest
 
 from launching import torchrun
-from taalm_dist.ckl.runner import CklRunner
+from taalm_dist.programs.ckl_run import CklRunner
 from taalm_dist.config import load_config
 from taalm_dist.data import toy_rows, write_pairs
 

@@ -52,7 +52,7 @@ def test_learn_script_runs_two_processes_like_one_and_resumes(tmp_path):
     from safetensors.torch import load_file
 
     from taalm_dist.config import load_config
-    from taalm_dist.learn import run_learn
+    from taalm_dist.programs.learn import run_learn
 
     docs, qa = tmp_path / "docs.jsonl", tmp_path / "qa.jsonl"
     rows = toy_rows(8, seed=0, filler_words=6)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from launching import deepspeed_launch, tiny_overrides
 from taalm_dist.config import load_config
-from taalm_dist.engine.meta_trainer import run_meta_training
+from taalm_dist.programs.meta_train import run_meta_training
 
 pytestmark = pytest.mark.distributed
 

@@ -8,7 +8,7 @@ import torch
 
 from launching import tiny_overrides, torchrun
 from taalm_dist.config import load_config
-from taalm_dist.engine.meta_trainer import MetaTrainer
+from taalm_dist.programs.meta_train import MetaTrainer
 
 pytestmark = pytest.mark.distributed
 WORKER = Path(__file__).parent / "workers" / "zero3_checks.py"

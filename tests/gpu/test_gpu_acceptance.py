@@ -13,7 +13,7 @@ import torch
 
 from placement import PlacementRecorder
 from taalm_dist.config import LoraConfig, ModelSourceConfig
-from taalm_dist.engine.meta_trainer import MetaTrainer
+from taalm_dist.programs.meta_train import MetaTrainer
 from taalm_dist.losses import token_weighted_ce
 from taalm_dist.losses.fused_ce import fused_token_weighted_ce, triton_available
 from taalm_dist.meta import InnerStep, meta_gradient

@@ -11,7 +11,7 @@ import pytest
 
 from taalm_dist.config import load_config
 from taalm_dist.data import toy_rows, write_pairs
-from taalm_dist.engine.meta_trainer import MetaTrainer
+from taalm_dist.programs.meta_train import MetaTrainer
 from taalm_dist.tracking import read_jsonl
 
 pytestmark = pytest.mark.integration

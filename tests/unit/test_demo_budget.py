@@ -30,7 +30,7 @@ def test_the_report_says_when_the_safety_box_stopped_meta_training(tmp_path, mon
         seen["time_limit_s"] = cfg.train.time_limit_s
         return None, summary
 
-    monkeypatch.setattr("taalm_dist.engine.meta_trainer.run_meta_training", fake_run)
+    monkeypatch.setattr("taalm_dist.programs.meta_train.run_meta_training", fake_run)
     plan = demo.DemoPlan(out=tmp_path, meta_time_s=123.0)
     got = demo._meta_train(plan, tmp_path)
     printed = capsys.readouterr().out

@@ -17,7 +17,7 @@ from placement import PlacementRecorder  # noqa: E402
 
 from taalm_dist.config import load_config
 from taalm_dist.engine import distributed as D
-from taalm_dist.engine.meta_trainer import MetaTrainer
+from taalm_dist.programs.meta_train import MetaTrainer
 from taalm_dist.engine.zero3 import local_numel
 
 

@@ -4,9 +4,9 @@ import json
 
 import torch
 
-from taalm_dist.ckl.methods import oracle_weights, uniform_weights
+from taalm_dist.weight_rules import oracle_weights, uniform_weights
 from taalm_dist.engine.ckl_validation import ckl_validation
-from taalm_dist.engine.meta_trainer import MetaTrainer
+from taalm_dist.programs.meta_train import MetaTrainer
 from toy_meta import run_trainer, toy_config
 
 CKL = ["train.ckl_val_passes=2", "train.ckl_val_lr=0.05", "train.ckl_val_batch_size=4"]

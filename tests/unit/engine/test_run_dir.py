@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from taalm_dist.engine import checkpoint as ckpt
-from taalm_dist.engine.meta_trainer import MetaTrainer
+from taalm_dist.programs.meta_train import MetaTrainer
 from taalm_dist.engine.preemption import Preempted
 from taalm_dist.engine.run_dir import RunDirLock, lock_path, truncate_metrics
 from taalm_dist.errors import ConfigError

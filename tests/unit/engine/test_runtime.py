@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from placement import PlacementRecorder
-from taalm_dist.ckl.runner import CklRunner
+from taalm_dist.programs.ckl_run import CklRunner
 from taalm_dist.config import EngineConfig, ModelSourceConfig, load_config
 from taalm_dist.data import toy_rows, write_pairs
 from taalm_dist.engine import runtime as R
-from taalm_dist.engine.meta_trainer import MetaTrainer
+from taalm_dist.programs.meta_train import MetaTrainer
 from taalm_dist.errors import ConfigError
 from toy_meta import toy_config
 

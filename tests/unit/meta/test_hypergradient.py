@@ -227,7 +227,7 @@ def test_jvp_with_sdpa_explains_the_fix(batches):
 def test_gradient_checkpointing_is_used_and_does_not_change_the_meta_gradient(batches, monkeypatch):
     import transformers.modeling_utils as tuc
 
-    from taalm_dist.engine.zero3 import enable_gradient_checkpointing
+    from taalm_dist.models.theta import enable_gradient_checkpointing
 
     doc, w, task = batches
     kw = dict(inner="adamw", lr=1e-2, objective="task_nll", method="fd")

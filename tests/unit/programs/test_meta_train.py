@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from taalm_dist.engine.meta_trainer import DocOrder, MetaTrainer
+from taalm_dist.programs.meta_train import DocOrder, MetaTrainer
 from taalm_dist.errors import ConfigError, DataError
 from taalm_dist.models import load_phi
 from toy_meta import toy_config as _config
@@ -116,7 +116,7 @@ def test_time_limit_stops_early_validates_and_exports_phi(tmp_path):
 
 
 def test_weight_stats_shares_count_only_positions_whose_loss_counts():
-    from taalm_dist.engine.meta_trainer import WeightStats
+    from taalm_dist.programs.meta_train import WeightStats
 
     doc = {"attention_mask": torch.tensor([[1, 1, 1, 1, 0]]), "object_mask": torch.tensor([[0, 0, 1, 1, 0]])}
     w = torch.tensor([[9.0, 1.0, 2.0, 4.0, 7.0]])  # position 0 and padding never count

@@ -11,7 +11,7 @@ from taalm_dist.cli import main as cli_main
 from taalm_dist.config import LoraConfig, ModelSourceConfig, PhiConfig, TinyModelConfig, load_config
 from taalm_dist.data import toy_rows, write_pairs
 from taalm_dist.errors import ConfigError, DataError, ModelError
-from taalm_dist.learn import Learner, run_learn
+from taalm_dist.programs.learn import Learner, run_learn
 from taalm_dist.models import build_phi, save_phi
 
 TINY = ["theta.model.tiny.hidden_size=32", "theta.model.tiny.intermediate_size=64"]
@@ -86,7 +86,7 @@ def test_every_input_format_learns_the_same_windows(data, tmp_path, fmt):
         src = tmp_path / "docs.parquet"
         datasets.Dataset.from_dict({"evidence": texts}).to_parquet(str(src))
     reference = Learner(_cfg(data, tmp_path / "ref"))
-    reference._start("learn")
+    reference._start()
     reference._load_data()
     learner, summary = run_learn(_cfg(data, tmp_path / "run", f"learn.docs={src}", "learn.epochs=1"))
     assert [t.doc_ids for t in learner.to_learn] == [t.doc_ids for t in reference.to_learn]
@@ -127,7 +127,7 @@ def test_resume_after_a_stop_mid_epoch_equals_an_uninterrupted_run(data, tmp_pat
 
 
 def test_learn_and_ckl_run_take_the_same_steps(data, tmp_path):
-    from taalm_dist.ckl.runner import run_ckl
+    from taalm_dist.programs.ckl_run import run_ckl
 
     learner, _ = run_learn(_cfg(data, tmp_path / "learn"))
     cfg = load_config(None, TINY + [f"ckl.data_dir={data}", "ckl.method=taalm", f"ckl.phi_path={data / 'phi'}",
@@ -204,7 +204,7 @@ def test_a_phi_with_another_tokenizer_is_refused(data, tmp_path, monkeypatch):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    import taalm_dist.ckl.runner as runner
+    import taalm_dist.programs.ckl_run as runner
 
     real, calls = runner.load_tokenizer, []
     other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))

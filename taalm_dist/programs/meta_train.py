@@ -29,26 +29,29 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from taalm_dist.config import TaalmConfig, config_hash, save_config, to_dict
+from taalm_dist import weight_rules
+from taalm_dist.config import TaalmConfig, config_hash, to_dict
 from taalm_dist.data import collate
 from taalm_dist.data.jsonl_file import file_sha256
+from taalm_dist.data.order import DOC_STRIDE, shuffled
 from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.ckl_validation import ckl_validation
 from taalm_dist.engine.data_setup import PreparedData, prepare_data
 from taalm_dist.engine.ds_config import docs_per_pass_unit
 from taalm_dist.engine.phi_update import DeepSpeedPhi, LocalPhi
-from taalm_dist.engine.preemption import Preempted, StopSignals, report_stopped, run_to_end
-from taalm_dist.engine.run_dir import load_on_every_rank, open_run_dir, resume_settings, truncate_metrics
-from taalm_dist.engine.runtime import Runtime
+from taalm_dist.engine.preemption import run_to_end
+from taalm_dist.engine.run_dir import load_on_every_rank, resume_settings
+from taalm_dist.engine.session import RunSession, SessionProgram
 from taalm_dist.errors import ConfigError, TrainingError
 from taalm_dist.losses import next_token_valid_mask
 from taalm_dist.losses.lm_head import per_token_loss_fn
 from taalm_dist.meta import InnerStep, meta_gradient, updated_objective
 from taalm_dist.meta.functional import ThetaView
 from taalm_dist.meta.per_document import per_document_lora
-from taalm_dist.models import build_phi, check_same_tokenizer, load_causal_lm, load_tokenizer, make_trainable, save_phi
-from taalm_dist.tracking import NullLogger, open_run_trackers
+from taalm_dist.models import build_phi, check_same_tokenizer, load_tokenizer, save_phi
+from taalm_dist.models.theta import build_theta, enable_gradient_checkpointing
+from taalm_dist.tracking.heatmap import heatmap
 
 RESUME_MAY_CHANGE = ("train.max_steps", "train.resume", "train.overwrite", "train.progress", "train.save_every",
                      "train.save_every_s", "train.keep_checkpoints", "train.val_every", "train.time_limit_s",
@@ -67,9 +70,7 @@ class DocOrder:
         self._perm = self._permutation()
 
     def _permutation(self) -> list[int]:
-        perm = list(range(self.n))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(perm)
-        return perm
+        return shuffled(range(self.n), self.seed, self.epoch, DOC_STRIDE)
 
     def next(self) -> int:
         if self.pos == self.n:
@@ -105,26 +106,24 @@ def legacy_resume_hash(cfg: TaalmConfig) -> str:
     return config_hash(d)
 
 
-class MetaTrainer:
+class MetaTrainer(SessionProgram):
     """Meta-trains φ; see the module docstring."""
 
     def __init__(self, cfg: TaalmConfig):
         self.cfg = cfg
+        self.session = RunSession("meta-train")
         self.step = 0
         self.skipped_steps = 0
         self.consecutive_skips = 0
         self.first_val: dict = {}
         self.best: dict = {"step": None, "score": None, "metric": None}
-        self.log = NullLogger()
-        self.mlflow = None
 
     # ---------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         """Process group, tokenizers (a mismatch is refused), data, θ and φ, run directory, trackers,
         and the checkpoint to resume from, if any."""
         cfg = self.cfg
-        self.rt = Runtime.start(cfg.engine, "meta-train")
-        self.rt.check_models(theta=cfg.theta.model, phi=cfg.phi.model)
+        self.session.start(cfg.engine, theta=cfg.theta.model, phi=cfg.phi.model)
         self.distributed, self.world, self.rank = self.rt.distributed, self.rt.world, self.rt.rank
         if self.distributed and cfg.train.phi_graph == "keep":
             raise ConfigError("train.phi_graph=keep is for one process: under DeepSpeed φ's forward runs again after "
@@ -143,18 +142,16 @@ class MetaTrainer:
                               f"all their graphs); use at most {len(self.data.train)}, or more data")
         # what a checkpoint must share with the run that resumes it (the data hashed once, not at every checkpoint)
         self.settings, self.data_sha256 = resume_settings(cfg, ("",), RESUME_MAY_CHANGE), data_fingerprint(cfg)
-        self.run_dir = open_run_dir(cfg.train.out_dir, "meta-train", overwrite=cfg.train.overwrite,
-                                    resume=cfg.train.resume, settings=self.settings, data_sha256=self.data_sha256,
-                                    legacy_hashes=(legacy_resume_hash(cfg),),
-                                    defaults=resume_settings(TaalmConfig(), ("",), RESUME_MAY_CHANGE))
-        self.out, resume_from = self.run_dir.path, self.run_dir.resume_from
-        try:
-            self._build(resume_from)
-        except BaseException:
-            self.run_dir.discard_if_fresh()
-            raise
-        truncate_metrics(self.out, self.step if resume_from is not None else -1)
-        self._open_trackers(self.run_dir.resume_state.get("mlflow_run_id"))
+        self.session.open(cfg.train.out_dir, overwrite=cfg.train.overwrite, resume=cfg.train.resume,
+                          settings=self.settings, data_sha256=self.data_sha256, legacy_hashes=(legacy_resume_hash(cfg),),
+                          defaults=resume_settings(TaalmConfig(), ("",), RESUME_MAY_CHANGE))
+        with self.session.building():
+            self._build(self.session.resume_from)
+        if self.session.open_trackers(cfg, metrics_step=self.step,
+                                      params={"config_hash": config_hash(cfg), "world_size": self.world}):
+            self.log.log_metrics({"data/train_pairs": len(self.data.train), "data/val_pairs": len(self.data.val),
+                                  "data/skipped_rows": self.data.skipped_rows,
+                                  "data/truncated_docs": self.data.truncated_docs}, step=0)
 
     def _build(self, resume_from: Path | None) -> None:
         """Models, inner step, data order and RNG, then the checkpoint's state when resuming."""
@@ -178,8 +175,6 @@ class MetaTrainer:
             self.load_checkpoint(resume_from)
 
     def _build_models(self) -> None:
-        from taalm_dist.engine.zero3 import enable_gradient_checkpointing
-
         cfg = self.cfg
         vocab = len(self.tokenizer)
         if self.distributed:
@@ -197,13 +192,10 @@ class MetaTrainer:
                 # would differ under zero.Init) and partitioned by deepspeed.initialize
                 self._zero_init = partition_while_loading(configs["theta"])
         device = self.rt.device
-        theta = load_causal_lm(cfg.theta.model, vocab, device=device)
-        with torch.random.fork_rng(devices=[]):  # adapters start the same whatever loading consumed
-            torch.manual_seed(cfg.train.seed)
-            theta = make_trainable(theta, cfg.theta.trainable, cfg.theta.lora)
+        theta = build_theta(cfg.theta, vocab, seed=cfg.train.seed, device=device,
+                            gradient_checkpointing=cfg.engine.gradient_checkpointing)
         phi = build_phi(cfg.phi, vocab, seed=cfg.train.seed, device=device)
         if cfg.engine.gradient_checkpointing:
-            enable_gradient_checkpointing(theta)
             enable_gradient_checkpointing(phi.backbone)
         loss_fn = per_token_loss_fn(cfg.loss, cfg.meta.method)
         if not self.distributed:
@@ -214,18 +206,6 @@ class MetaTrainer:
 
         self.view = Zero3ThetaView(build_theta_engine(self.rt, theta, configs["theta"]), loss_fn)
         self.phi = DeepSpeedPhi(build_phi_engine(self.rt, phi, configs["phi"]))
-
-    def _open_trackers(self, run_id: str | None) -> None:
-        if not D.is_main():
-            return
-        cfg = self.cfg
-        save_config(cfg, self.out / "config.yaml")
-        self.log, self.mlflow = open_run_trackers(self.out, cfg.tracking, run_id, tags={"taalm.command": "meta-train"})
-        if run_id is None:
-            self.log.log_params({**to_dict(cfg), "config_hash": config_hash(cfg), "world_size": self.world})
-            self.log.log_metrics({"data/train_pairs": len(self.data.train), "data/val_pairs": len(self.data.val),
-                                  "data/skipped_rows": self.data.skipped_rows,
-                                  "data/truncated_docs": self.data.truncated_docs}, step=0)
 
     # ------------------------------------------------------------------------------------ batches
     def _local_batch(self, global_idx: list[int], items) -> tuple[dict, dict, dict | None]:
@@ -348,15 +328,13 @@ class MetaTrainer:
         """The benchmark-like validation (:func:`taalm_dist.engine.ckl_validation.ckl_validation`) with φ's
         weights (and, with ``baselines``, uniform and oracle weights); writes φ's heatmap on the first
         validation documents to ``heatmaps/step_<N>/``."""
-        from taalm_dist.ckl.methods import oracle_weights, uniform_weights
-
         t, m = self.cfg.train, self.cfg.meta
         kw = dict(passes=t.ckl_val_passes, lr=t.ckl_val_lr or m.inner_lr, batch_size=t.ckl_val_batch_size,
                   seed=t.seed)
         t0 = time.perf_counter()
         rules = {"": lambda doc: self.phi.weights(doc, grad=False)}
         if baselines and t.ckl_val_baselines:
-            rules.update({"_uniform": uniform_weights, "_oracle": oracle_weights})
+            rules.update({"_uniform": weight_rules.uniform_weights, "_oracle": weight_rules.oracle_weights})
         out = {}
         for suffix, rule in rules.items():
             res = ckl_validation(self.view, self.data.val[: t.ckl_val_docs], rule, self.pad_id, place=self.rt.to_device,
@@ -374,8 +352,6 @@ class MetaTrainer:
         w = self.phi.weights(self.rt.to_device(doc), grad=False).cpu()
         if not D.is_main():
             return
-        from taalm_dist.ckl.report import heatmap
-
         rows = [([self.tokenizer.decode([i]) for i in it.doc_ids], w[b, : len(it.doc_ids)].tolist(), it.doc_object_mask)
                 for b, it in enumerate(items)]
         folder = self.out / "heatmaps" / f"step_{self.step:06d}"
@@ -418,8 +394,7 @@ class MetaTrainer:
         Raises:
             Preempted: after a SIGTERM/SIGINT, once the φ update in progress is done and checkpointed.
         """
-        then = "finishing the φ update in progress, then writing a checkpoint"
-        with StopSignals(announce=D.is_main(), then=then) as self.signals:
+        with self.session.stop_signals(then="finishing the φ update in progress, then writing a checkpoint"):
             return self._train()
 
     def _train(self) -> dict:
@@ -441,11 +416,8 @@ class MetaTrainer:
                 bar.close()
                 self.log.log_metrics(metrics, step=self.step)
                 path = self.save_checkpoint()
-                message = (f"stopped by {self.signals.requested or 'a request on another rank'} after φ update "
-                           f"{self.step}; checkpoint {path}; continue with --resume auto")
-                if D.is_main():
-                    report_stopped(message)
-                raise Preempted(message)
+                self.session.stop(f"stopped by {self.signals.requested or 'a request on another rank'} after φ "
+                                  f"update {self.step}; checkpoint {path}; continue with --resume auto")
             metrics.update(self._validate_all())
             self.log.log_metrics(metrics, step=self.step)
             last.update(metrics)
@@ -511,15 +483,12 @@ class MetaTrainer:
 
     def save_checkpoint(self) -> Path:
         """A resumable checkpoint (atomic: see :mod:`taalm_dist.engine.checkpoint`); every rank calls it."""
-        tmp = ckpt.begin(self.out, self.step)
-        self.phi.save(tmp / "phi")
-        ckpt.save_rng(tmp, self.rng)
-        mlflow = self.mlflow
         state = {"step": self.step, "skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips,
                  "order": self.order.state_dict(), "world_size": self.world, "settings": self.settings,
-                 "data_sha256": self.data_sha256, "config_hash": config_hash(self.cfg), "first_val": self.first_val, "best": self.best,
-                 "mlflow_run_id": mlflow.wait_ready() if mlflow else None}
-        return ckpt.commit(self.out, tmp, self.step, state, self.cfg.train.keep_checkpoints)
+                 "data_sha256": self.data_sha256, "config_hash": config_hash(self.cfg), "first_val": self.first_val,
+                 "best": self.best}
+        return self.session.checkpoint(self.step, lambda tmp: self.phi.save(tmp / "phi"), state,
+                                       self.cfg.train.keep_checkpoints, rng=self.rng)
 
     def load_checkpoint(self, directory: Path) -> None:
         """Restore φ, its optimizer, the data position and every rank's RNG from ``directory``."""
@@ -532,15 +501,6 @@ class MetaTrainer:
         self.best = state.get("best", self.best)
         if D.is_main():
             print(f"resumed from {directory} at step {self.step}")
-
-    def cleanup(self, status: str = "FINISHED") -> None:
-        """Close the trackers with ``status`` (FINISHED, FAILED or KILLED; MLflow waits a bounded time for its
-        queue), release the run directory and leave the process group."""
-        self.log.close(status=status)
-        if getattr(self, "run_dir", None) is not None:
-            self.run_dir.release()
-        if hasattr(self, "rt"):
-            self.rt.shutdown(together=status == "FINISHED")
 
 
 class WeightStats:

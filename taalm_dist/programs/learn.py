@@ -4,7 +4,7 @@ Contract: ``l = Learner(cfg); l.setup(); l.run(); l.cleanup()`` (or :func:`run_l
 (:func:`taalm_dist.data.documents.load_documents`) are tokenised and split into windows of at most
 ``learn.window_tokens`` tokens; θ learns the windows epoch by epoch with the token-weighted loss, exactly as
 ``taalm ckl run`` learns evidence (the same θ update, shuffle and optimizer: :class:`Learner` is a
-:class:`~taalm_dist.ckl.runner.CklRunner` whose documents are the windows and whose evaluation is the user's
+:class:`~taalm_dist.programs.ckl_run.CklRunner` whose documents are the windows and whose evaluation is the user's
 question files). One process, or θ as a DeepSpeed ZeRO-3 engine when launched with several processes
 (``launch/learn.sh``).
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from taalm_dist.ckl.runner import CklRunner
+from taalm_dist.programs.ckl_run import CklRunner
 from taalm_dist.config import CklConfig, TaalmConfig
 from taalm_dist.data.documents import load_documents, load_questions, qa_text, token_windows
 from taalm_dist.data.tokenize import TokenizedPair, encode_marked
@@ -39,7 +39,6 @@ from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.preemption import run_to_end
 from taalm_dist.errors import ConfigError, DataError
-from taalm_dist.models.lora import trainable_parameters
 
 
 class Learner(CklRunner):
@@ -161,19 +160,9 @@ class Learner(CklRunner):
         return summary
 
     # ------------------------------------------------------------------------------------------ export
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        """θ's trainable tensors on the CPU, in full (gathered from every rank under ZeRO-3)."""
-        named = trainable_parameters(self.theta)
-        if not self.distributed:
-            return {n: p.detach().cpu().clone() for n, p in named}
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
-            return {n: p.detach().cpu().clone() for n, p in named}
-
     def export(self) -> dict:
         """Write ``adapter/`` (LoRA) or ``model/`` (full) and, with ``learn.merge``, ``merged/``; returns their paths."""
-        state = self._trainable_state()
+        state = self.theta_learner.trainable_state()
         if not D.is_main():
             D.barrier()
             return {}

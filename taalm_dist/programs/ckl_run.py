@@ -8,40 +8,42 @@ epoch's order depends on the seed and the epoch alone). On one process θ is a p
 launched with several processes (torchrun / deepspeed launcher, ``engine.backend: auto``) θ is a
 DeepSpeed ZeRO-3 engine and every θ update is data parallel: each rank takes its share of the batch and
 its loss is scaled so that the engine's rank average is the mean over the whole batch
-([uneven batch note]); evaluation splits the tasks over ranks and sums. Rank 0 writes every output.
+([uneven batch note]); evaluation splits the tasks over ranks and sums. Both are one interface
+(:mod:`taalm_dist.engine.theta`: ``self.theta_learner``). Rank 0 writes every output.
 """
 
 from __future__ import annotations
 
 import json
 import platform
-import random
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from taalm_dist import weight_rules
 from taalm_dist.ckl import methods as M
 from taalm_dist.ckl.metrics import summarise
-from taalm_dist.ckl.report import heatmap, plot_curves, write_metrics, write_report
-from taalm_dist.config import TaalmConfig, save_config, to_dict
+from taalm_dist.ckl.report import plot_curves, write_metrics, write_report
+from taalm_dist.config import TaalmConfig
 from taalm_dist.data import collate, load_pairs, tokenize_pair
 from taalm_dist.data.jsonl_file import file_sha256
+from taalm_dist.data.order import epoch_rng
 from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
-from taalm_dist.engine.ckl_validation import rank_share, task_accuracy
-from taalm_dist.engine.preemption import Preempted, StopSignals, report_stopped, run_to_end
-from taalm_dist.engine.run_dir import load_on_every_rank, open_run_dir, resume_settings, truncate_metrics
-from taalm_dist.engine.runtime import Runtime
+from taalm_dist.engine.preemption import run_to_end
+from taalm_dist.engine.run_dir import resume_settings
+from taalm_dist.engine.session import RunSession, SessionProgram
+from taalm_dist.engine.theta import LocalTheta, Zero3Theta
 from taalm_dist.errors import ConfigError, DataError
 from taalm_dist.losses.lm_head import per_token_loss_fn, token_weighted_loss
-from taalm_dist.models import check_same_tokenizer, load_causal_lm, load_phi, load_tokenizer, make_trainable
-from taalm_dist.models.lora import trainable_parameters
-from taalm_dist.tracking import MultiTracker, NullLogger, open_run_trackers
+from taalm_dist.models import check_same_tokenizer, load_phi, load_tokenizer
+from taalm_dist.models.theta import build_theta
+from taalm_dist.tracking.heatmap import heatmap
 
 
-class CklRunner:
+class CklRunner(SessionProgram):
     """One LAMA-CKL run; see the module docstring."""
 
     COMMAND = "ckl run"
@@ -55,6 +57,7 @@ class CklRunner:
 
     def __init__(self, cfg: TaalmConfig):
         self.cfg, self.c = cfg, cfg.ckl
+        self.session = RunSession(self.COMMAND)
         self.step = 0
         self.epoch = 0
         self.rows: list[dict] = []
@@ -62,31 +65,24 @@ class CklRunner:
         self.losses: list[float] = []
         """Every θ update's batch loss, in order."""
         self.notes: list[str] = []
-        self.log = NullLogger()
-        self.signals = StopSignals()
 
     # ---------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         """Runtime, data, run directory (checked before anything is written), θ and its optimizer, the checkpoint to
         resume, trackers."""
         self._check_inputs()
-        self._start(self.COMMAND)
+        self._start()
         self._load_data()
         # what a checkpoint must share with the run that resumes it (the data hashed once, not at every checkpoint)
         self.settings, self.data_sha256 = self._settings(), self._data_sha256()
-        self.run_dir = open_run_dir(self.c.out_dir, self.COMMAND, overwrite=self._overwrite(), resume=self.c.resume,
-                                    settings=self.settings, data_sha256=self.data_sha256,
-                                    defaults=self._settings(TaalmConfig()))
-        self.out = self.run_dir.path
-        try:
+        self.session.open(self.c.out_dir, overwrite=self._overwrite(), resume=self.c.resume, settings=self.settings,
+                          data_sha256=self.data_sha256, defaults=self._settings(TaalmConfig()))
+        with self.session.building():
             self._build_training()
-            if self.run_dir.resume_from is not None:
-                self._load_checkpoint(self.run_dir.resume_from)
-        except BaseException:
-            self.run_dir.discard_if_fresh()
-            raise
-        truncate_metrics(self.out, self._metrics_step() if self.run_dir.resume_from else -1)
-        self._open_trackers(self._tracker_params(), self.run_dir.resume_state.get("mlflow_run_id"))
+            if self.session.resume_from is not None:
+                self._load_checkpoint(self.session.resume_from)
+        self.session.open_trackers(self.cfg, metrics_step=self._metrics_step(), params=self._tracker_params(),
+                                   method=self.c.method)
 
     def _check_inputs(self) -> None:
         if not self.c.data_dir:
@@ -115,83 +111,38 @@ class CklRunner:
         """The ``step`` of metrics.jsonl rows the checkpoint covers (``ckl run`` logs per epoch)."""
         return self.epoch
 
-    def _start(self, command: str) -> None:
+    def _start(self) -> None:
         """The runtime (process group, device), the seed and θ's tokenizer."""
-        self.rt = Runtime.start(self.cfg.engine, command)
-        self.rt.check_models(theta=self.cfg.theta.model)
+        self.session.start(self.cfg.engine, theta=self.cfg.theta.model)
         self.distributed, self.world, self.rank = self.rt.distributed, self.rt.world, self.rt.rank
         torch.manual_seed(self.c.seed)
         self.tokenizer = load_tokenizer(self.cfg.theta.model)
         self.pad_id = self.tokenizer.pad_token_id or 0
 
     def _build_training(self) -> None:
-        """θ (trainable part made), the weight rule, the per-token loss, and the optimizer or ZeRO-3 engine."""
+        """θ (trainable part made), the weight rule, the per-token loss, and θ's learner: AdamW on one process, a
+        ZeRO-3 engine on several."""
         self._build_theta()
         self.rule = self._weight_rule()
         self.per_token_loss = per_token_loss_fn(self.cfg.loss)
-        if self.distributed:
-            self._shard_theta()
-        else:
-            self.opt = torch.optim.AdamW(self.params, lr=self.c.lr, weight_decay=0.0)
-
-    def _open_trackers(self, params: dict, run_id: str | None = None) -> None:
-        """Rank 0: config.yaml, metrics.jsonl (+ MLflow; ``run_id`` continues that MLflow run, whose parameters are
-        logged already) with the config and ``params`` logged."""
-        self.log = MultiTracker()
-        if not D.is_main():
-            return
-        save_config(self.cfg, self.out / "config.yaml")
-        self.log, self.mlflow = open_run_trackers(self.out, self.cfg.tracking, run_id=run_id, method=self.c.method,
-                                                  tags={"taalm.command": self.COMMAND, "taalm.method": self.c.method})
-        if run_id is None:
-            self.log.log_params({**to_dict(self.cfg), **params})
+        self.theta_learner = self._shard_theta() if self.distributed else LocalTheta(self.theta, self.c.lr)
 
     # ---------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self) -> Path:
         """θ's trainable tensors and optimizer state (or θ's ZeRO-3 engine), the RNG and the progress, as
         ``checkpoints/step-<epoch>`` (atomic, see :mod:`taalm_dist.engine.checkpoint`); every rank calls it."""
-        from safetensors.torch import save_file
-
-        tmp = ckpt.begin(self.out, self.epoch)
-        if self.distributed:
-            self.engine.save_checkpoint(str(tmp), tag="theta", save_latest=False)
-        elif D.is_main():
-            save_file({n: p.detach().cpu().contiguous() for n, p in trainable_parameters(self.theta)},
-                      str(tmp / "theta.safetensors"))
-            torch.save(self.opt.state_dict(), tmp / "optimizer.pt")
-        ckpt.save_rng(tmp)
-        mlflow = getattr(self, "mlflow", None)
         state = {"epoch": self.epoch, "step": self.step, "rows": self.rows, "losses": self.losses,
-                 "settings": self.settings, "data_sha256": self.data_sha256, "world_size": self.world,
-                 "mlflow_run_id": mlflow.wait_ready() if mlflow else None}
-        return ckpt.commit(self.out, tmp, self.epoch, state, self.c.keep_checkpoints)
+                 "settings": self.settings, "data_sha256": self.data_sha256, "world_size": self.world}
+        return self.session.checkpoint(self.epoch, self.theta_learner.save, state, self.c.keep_checkpoints)
 
     def _load_checkpoint(self, directory: Path) -> None:
         """θ's trainable tensors, the optimizer, the RNG and the progress of ``directory`` (its settings and data
         were checked when the run directory was opened)."""
-        from safetensors.torch import load_file
-
         state = ckpt.read_state(directory)
         if state.get("world_size", self.world) != self.world:
             raise ConfigError(f"{directory} was written by {state['world_size']} process(es), this run has "
                               f"{self.world}: relaunch with {state['world_size']}")
-        if self.distributed:
-            loaded = []
-            load_on_every_rank(directory, lambda: loaded.append(self.engine.load_checkpoint(
-                str(directory), tag="theta", load_optimizer_states=True, load_lr_scheduler_states=False)[0]))
-            if loaded[0] is None:
-                raise ConfigError(f"{directory}: DeepSpeed found no θ checkpoint there (was the run made with another "
-                                  "number of processes or on one process?)")
-        else:
-            saved = load_file(str(directory / "theta.safetensors"))
-            named = dict(trainable_parameters(self.theta))
-            if set(saved) != set(named):
-                raise ConfigError(f"{directory}: its θ tensors ({len(saved)}) are not this θ's trainable ones "
-                                  f"({len(named)}); it was made by a run with other settings")
-            with torch.no_grad():
-                for n, p in named.items():
-                    p.copy_(saved[n])
-            self.opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        self.theta_learner.load(directory)
         ckpt.load_rng(directory)
         self.epoch, self.step = state["epoch"], state["step"]
         self.rows, self.losses = state["rows"], state["losses"]
@@ -201,16 +152,10 @@ class CklRunner:
     def _check_stop(self) -> None:
         """After a θ update: stop every rank together when any received SIGTERM/SIGINT (the last epoch checkpoint
         stays; the interrupted epoch is learned again on resume)."""
-        asked = self.signals.requested is not None
-        if self.distributed:
-            asked = D.any_rank(asked)
-        if asked:
+        if self.session.stop_requested():
             done = f"after epoch {self.epoch}" if self.epoch else "before its first epoch checkpoint"
-            message = (f"stopped by {self.signals.requested or 'a request on another rank'} during epoch "
-                       f"{self.epoch + 1}; {self.out} holds the run {done}; continue with --resume auto")
-            if D.is_main():
-                report_stopped(message)
-            raise Preempted(message)
+            self.session.stop(f"stopped by {self.signals.requested or 'a request on another rank'} during epoch "
+                              f"{self.epoch + 1}; {self.out} holds the run {done}; continue with --resume auto")
 
     def _tokenize(self, pairs):
         d = self.cfg.data
@@ -242,25 +187,16 @@ class CklRunner:
             self.replay = self._tokenize(old)
 
     def _build_theta(self) -> None:
-        c = self.cfg
-        self.theta = load_causal_lm(c.theta.model, vocab_size=len(self.tokenizer), device=self.rt.device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.c.seed)
-            if M.mechanism(self.c.method) == "kadapter":
-                M.add_kadapters(self.theta, self.c.kadapter_size)
-            else:
-                self.theta = make_trainable(self.theta, c.theta.trainable, c.theta.lora)
-        if c.engine.gradient_checkpointing:
-            from taalm_dist.engine.zero3 import enable_gradient_checkpointing
-
-            enable_gradient_checkpointing(self.theta)
+        kadapter = self.c.kadapter_size if M.mechanism(self.c.method) == "kadapter" else None
+        self.theta = build_theta(self.cfg.theta, len(self.tokenizer), seed=self.c.seed, device=self.rt.device,
+                                 gradient_checkpointing=self.cfg.engine.gradient_checkpointing, kadapter_size=kadapter)
         if not self.rt.distributed:
             self.theta = self.rt.place(self.theta)
         self.params = [p for p in self.theta.parameters() if p.requires_grad]
         if M.mechanism(self.c.method) == "recadam":  # θ₀ for the pull term
             self.start = [p.detach().clone() for p in self.params]
 
-    def _shard_theta(self) -> None:
+    def _shard_theta(self) -> Zero3Theta:
         """θ as a ZeRO-3 engine with AdamW (data parallel over the batch)."""
         from taalm_dist.engine.ds_config import ckl_theta_config, save_ds_configs
         mech = M.mechanism(self.c.method)
@@ -272,14 +208,14 @@ class CklRunner:
         config = ckl_theta_config(self.cfg, self.world)
         if D.is_main():
             save_ds_configs({"theta": config}, self.out / "ds_config.json")
-        self.engine = self.rt.initialize(self.theta, config, model_parameters=self.params)
+        return Zero3Theta(self.rt, self.theta, config)
 
     def _weight_rule(self):
         rule = M.base_rule(self.c.method)
         if rule == "oracle":
-            return M.oracle_weights
+            return weight_rules.oracle_weights
         if rule == "rho1":
-            return M.Rho1Weights(self.theta, self.c.rho1_keep)
+            return weight_rules.Rho1Weights(self.theta, self.c.rho1_keep)
         if rule == "taalm":
             if not self.c.phi_path:
                 raise ConfigError(f"ckl.method={self.c.method} needs ckl.phi_path (a meta-trained φ's phi/ directory)")
@@ -291,40 +227,27 @@ class CklRunner:
 
             check_same_tokenizer(self.tokenizer, load_tokenizer(build(ModelSourceConfig, phi_source, "phi.model.")),
                                  f"θ ({self.cfg.theta.model.source})", f"φ ({self.c.phi_path})")
-            return M.PhiWeights(self.rt.place(phi), floor=self.c.phi_weight_floor)
-        return M.uniform_weights
+            return weight_rules.PhiWeights(self.rt.place(phi), floor=self.c.phi_weight_floor)
+        return weight_rules.uniform_weights
 
     # ---------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def accuracy(self, items) -> float:
         """Mean object-token accuracy over the tasks of ``items`` (split over ranks, summed)."""
-        self.theta.eval()
-        return task_accuracy(self.theta, items, self.pad_id, self.c.eval_batch_size, self.rt.to_device)
+        return self.theta_learner.accuracy(items, self.pad_id, self.c.eval_batch_size, self.rt.to_device)
 
     # ------------------------------------------------------------------------------------ training
     def _theta_update(self, items) -> float:
         """One θ update on ``items`` (the whole batch; each rank takes its share). Returns the batch loss."""
-        factor = 1.0
-        if self.distributed:  # [uneven batch note] in taalm_dist.engine.ckl_validation.rank_share
-            items, factor = rank_share(items, self.rank, self.world)
+        items, factor = self.theta_learner.share(items)  # [uneven batch note] in taalm_dist.engine.theta
         doc = self.rt.to_device(collate(items, self.pad_id)[0])
         w = self.rule(doc) * (1.0 if factor else 0.0)
-        model = self.engine if self.distributed else self.theta
         self.theta.train()
-        loss = token_weighted_loss(model, doc, w, self.per_token_loss)
+        loss = token_weighted_loss(self.theta_learner.model, doc, w, self.per_token_loss)
         if M.mechanism(self.c.method) == "recadam":
             lam = M.recadam_lambda(self.step, self.c.recadam_k, self.c.recadam_t0)
             loss = lam * loss + (1 - lam) * 0.5 * self.c.recadam_gamma * M.quadratic_pull(self.params, self.start)
-        if self.distributed:
-            scaled = loss * factor
-            self.engine.backward(scaled)
-            self.engine.step()
-            value = D.all_reduce_mean([float(scaled.detach())])[0]
-        else:
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            value = float(loss.detach())
+        value = self.theta_learner.update(loss * factor)
         self.step += 1
         self.losses.append(value)
         self._check_stop()
@@ -333,7 +256,7 @@ class CklRunner:
     def epoch_batches(self, epoch: int) -> list[list]:
         """The θ batches of ``epoch`` (1-based): the documents (plus replayed ones) shuffled by a seed of
         ``seed`` and ``epoch`` alone, so a resumed run sees the same order."""
-        rng = random.Random(self.c.seed * 1000 + epoch)
+        rng = epoch_rng(self.c.seed, epoch)
         items = list(self.to_learn)
         if self.replay:
             k = min(len(self.replay), max(1, round(self.c.mix_review_ratio * len(self.to_learn))))
@@ -353,9 +276,8 @@ class CklRunner:
         Raises:
             Preempted: after a SIGTERM/SIGINT (the last epoch checkpoint stays).
         """
-        then = "finishing the θ update in progress (the last epoch checkpoint is kept)"
         self._started, self._first_epoch = time.monotonic(), self.epoch  # the setup facts' wall_s, resumed_at_epoch
-        with StopSignals(announce=D.is_main(), then=then) as self.signals:
+        with self.session.stop_signals(then="finishing the θ update in progress (the last epoch checkpoint is kept)"):
             return self._run()
 
     def _evaluate_row(self, epoch: int, loss: float | None) -> dict:
@@ -415,15 +337,6 @@ class CklRunner:
             tokens = [self.tokenizer.decode([i]) for i in item.doc_ids]  # readable text, not byte-level symbols
             docs.append((tokens, w[b, :n].tolist(), item.doc_object_mask))
         heatmap(docs, f"{self.c.method}: token weights (epoch 0)", self.out)
-
-    def cleanup(self, status: str = "FINISHED") -> None:
-        """Close the trackers with ``status`` (FINISHED, FAILED, KILLED), release the run directory, leave the
-        process group."""
-        self.log.close(status=status)
-        if getattr(self, "run_dir", None) is not None:
-            self.run_dir.release()
-        if hasattr(self, "rt"):
-            self.rt.shutdown(together=status == "FINISHED")
 
 
 def run_ckl(cfg: TaalmConfig) -> tuple[CklRunner, dict]:
