@@ -18,25 +18,52 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Defaults after every option; the epilog (the config fields) printed as written."""
 
 
-META_TRAIN_SECTIONS = ("train", "meta", "data", "theta", "phi", "engine", "loss", "tracking")
-CKL_RUN_SECTIONS = ("ckl", "theta", "data", "engine", "loss", "tracking")
-LEARN_SECTIONS = ("learn", "theta", "engine", "loss", "tracking")
-
-
-def _config_epilog(sections: tuple[str, ...]) -> str:
-    from taalm_dist.config import describe_fields
-
-    return describe_fields(sections)
-
-
 OVERRIDES_HELP = "config overrides as key.sub=value (values parsed as YAML), e.g. meta.inner=adamw train.max_steps=50"
 
 
-def _cmd_meta_train(args) -> int:
+def _add_program(verbs, program: type, name: str, help: str, config_help: str, func, example: str,
+                 config_required: bool = False) -> argparse.ArgumentParser:
+    """The sub-command of a program, generated from its config class: ``--config``, one flag per entry of its
+    ``FLAGS`` (help, type and choices from the field it sets), the ``key=value`` overrides, and an epilog listing
+    every field the program reads. The flags apply first, the overrides after them (an override wins)."""
+    import typing
+
+    from taalm_dist.config import config_field, describe_fields, show_value
+
+    p = verbs.add_parser(name, help=help, formatter_class=_HelpFormatter, epilog=describe_fields(program))
+    p.add_argument("--config", required=config_required, default=None, help=config_help)
+    required = getattr(program, "REQUIRED_FLAGS", ())
+    for flag, key in program.FLAGS.items():
+        tp, default, doc = config_field(program, key)
+        nullable = type(None) in typing.get_args(tp)
+        text = f"{doc} [sets {key}{'; none: null' if nullable else ''}; config default: {show_value(default)}]"
+        if tp is bool:
+            p.add_argument(flag, action="store_const", const=True, default=argparse.SUPPRESS, help=text)
+            continue
+        choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
+        p.add_argument(flag, default=argparse.SUPPRESS, required=flag in required, choices=choices,
+                       metavar=key.rsplit(".", 1)[-1].upper(), help=text.replace("%", "%%"))
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP.split(", e.g.")[0] + f", e.g. {example}")
+    p.set_defaults(func=func, program=program)
+    return p
+
+
+def _program_config(args):
+    """The program's config from ``--config``, its flags (``FLAGS``) and the overrides, strictly validated."""
     from taalm_dist.config import load_config
 
-    overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
-    return _run_meta_train(load_config(args.config, overrides))
+    flags = []
+    for flag, key in args.program.FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if value is None:
+            continue
+        value = "null" if isinstance(value, str) and value.lower() == "none" else value
+        flags.append(f"{key}={'true' if value is True else value}")
+    return load_config(args.config, flags + list(args.overrides), args.program)
+
+
+def _cmd_meta_train(args) -> int:
+    return _run_meta_train(_program_config(args))
 
 
 def _run_meta_train(cfg) -> int:
@@ -153,15 +180,8 @@ def _cmd_ckl_build(args) -> int:
 
 def _cmd_ckl_run(args) -> int:
     from taalm_dist.programs.ckl_run import run_ckl
-    from taalm_dist.config import load_config
 
-    overrides = list(args.overrides)
-    for flag, key in ((args.method, "ckl.method"), (args.data_dir, "ckl.data_dir"), (args.phi, "ckl.phi_path"),
-                      (args.out, "ckl.out_dir"), (args.resume, "ckl.resume")):
-        if flag:
-            overrides.append(f"{key}={flag}")
-    overrides += ["train.overwrite=true"] * args.overwrite
-    runner, run = run_ckl(load_config(args.config, overrides))
+    runner, run = run_ckl(_program_config(args))
     s = run["summary"]
     print(f"{run['method']}: Top Acc {s['top_acc']:.3f} (epoch {s['epoch']}), NF Acc {s['nf_acc']:.3f}, "
           f"Total {s['total_knowledge']:.3f}; report {runner.out / 'report.md'}")
@@ -182,19 +202,10 @@ def _cmd_ckl_compare(args) -> int:
 
 
 def _cmd_learn(args) -> int:
-    from taalm_dist.config import load_config
     from taalm_dist.engine import distributed as D
     from taalm_dist.programs.learn import run_learn
 
-    overrides = []
-    for flag, key in ((args.model, "theta.model.source"), (args.docs, "learn.docs"), (args.out, "learn.out_dir"),
-                      (args.text_field, "learn.text_field"), (args.eval_qa, "learn.eval_qa"),
-                      (args.retain, "learn.retain"), (args.resume, "learn.resume")):
-        if flag:
-            overrides.append(f"{key}={flag}")
-    overrides.append("learn.phi_path=null" if args.phi.lower() == "none" else f"learn.phi_path={args.phi}")
-    overrides += ["learn.merge=true"] * args.merge + ["learn.overwrite=true"] * args.overwrite
-    learner, summary = run_learn(load_config(args.config, overrides + list(args.overrides)))
+    learner, summary = run_learn(_program_config(args))
     if not D.is_main():
         return 0
     last = summary["epochs"][-1]
@@ -277,16 +288,14 @@ def _cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from taalm_dist.config import CklRunConfig, LearnRunConfig, MetaTrainConfig
+
     parser = argparse.ArgumentParser(prog="taalm", description="Meta-learn where to focus (Train-Attention).")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    p = verbs.add_parser("meta-train", help="meta-train φ (one process, or DeepSpeed ZeRO-3 under a launcher)",
-                         formatter_class=_HelpFormatter, epilog=_config_epilog(META_TRAIN_SECTIONS))
-    p.add_argument("--config", required=True, help="YAML config (see configs/)")
-    p.add_argument("--resume", default=None,
-                   help="'auto' (newest complete checkpoint in train.out_dir, if any) or a checkpoint directory")
-    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    p.set_defaults(func=_cmd_meta_train)
+    _add_program(verbs, MetaTrainConfig, "meta-train", "meta-train φ (one process, or DeepSpeed ZeRO-3 under a "
+                 "launcher)", "YAML config (see configs/)", _cmd_meta_train, "meta.inner=adamw train.max_steps=50",
+                 config_required=True)
 
     p = verbs.add_parser("data", help="data utilities")
     data_verbs = p.add_subparsers(dest="data_verb", required=True)
@@ -356,44 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "invariant_schematic rows, or auto (the directory's meta_train.jsonl, else in_distribution)")
     b.add_argument("--meta-val", type=int, default=32, help="meta-training pairs held out as meta_val.jsonl")
     b.set_defaults(func=_cmd_ckl_build)
-    r = ckl_verbs.add_parser("run", help="train θ on To-Learn evidence with a method's weights; evaluate each epoch",
-                             formatter_class=_HelpFormatter, epilog=_config_epilog(CKL_RUN_SECTIONS))
-    r.add_argument("--config", default=None, help="YAML config (e.g. configs/ckl_smollm2_cpu.yaml); omitted: defaults")
-    r.add_argument("--method", default=None, help="overrides ckl.method (finetune, oracle, taalm, rho1, mix_review, "
-                   "recadam, kadapter, taalm+mix_review, taalm+recadam, taalm+kadapter)")
-    r.add_argument("--data-dir", default=None, help="overrides ckl.data_dir (a `taalm ckl build` output)")
-    r.add_argument("--phi", default=None, help="overrides ckl.phi_path (a meta-trained φ's phi/ directory)")
-    r.add_argument("--out", default=None, help="overrides ckl.out_dir")
-    r.add_argument("--resume", default=None, choices=["auto"], help="continue the run in the output directory from its "
-                   "newest epoch checkpoint (or start it, if it has none)")
-    r.add_argument("--overwrite", action="store_true", help="move a run already in the output directory aside and "
-                   "start anew (train.overwrite)")
-    r.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    r.set_defaults(func=_cmd_ckl_run)
+    _add_program(ckl_verbs, CklRunConfig, "run", "train θ on To-Learn evidence with a method's weights; evaluate each "
+                 "epoch", "YAML config (e.g. configs/ckl_smollm2_cpu.yaml); omitted: defaults", _cmd_ckl_run,
+                 "ckl.epochs=8 ckl.lr=1e-3")
     cmp_ = ckl_verbs.add_parser("compare", help="table (and curves) of several `ckl run` directories")
     cmp_.add_argument("runs", nargs="+", help="run directories")
     cmp_.add_argument("--plot", default=None, help="also write their curves to this PNG")
     cmp_.set_defaults(func=_cmd_ckl_compare)
 
-    p = verbs.add_parser("learn", help="θ learns your documents with a trained φ's token weights (or uniform: --phi "
-                         "none); writes a peft adapter (and a merged model)",
-                         formatter_class=_HelpFormatter, epilog=_config_epilog(LEARN_SECTIONS))
-    p.add_argument("--config", default=None, help="YAML config (θ, LoRA, loss, learn.*); omitted: defaults")
-    p.add_argument("--model", default=None, help="θ: hub id, directory, .gguf, pkg:<package>/<file> or tiny "
-                   "(overrides theta.model.source)")
-    p.add_argument("--phi", required=True, help="a meta-trained φ's phi/ directory, or none (plain fine-tuning)")
-    p.add_argument("--docs", default=None, help="a .jsonl file, a directory of .txt/.md files, or a datasets dataset "
-                   "(save_to_disk directory or .parquet/.arrow files)")
-    p.add_argument("--out", default=None, help="run directory (overrides learn.out_dir)")
-    p.add_argument("--text-field", default=None, help="the jsonl field / dataset column with the text (default text)")
-    p.add_argument("--eval-qa", default=None, help="jsonl of question/answer rows about the documents, scored each epoch")
-    p.add_argument("--retain", default=None, help="jsonl of question/answer rows θ must not forget, scored each epoch")
-    p.add_argument("--merge", action="store_true", help="also write merged/ (base + adapter as one model)")
-    p.add_argument("--overwrite", action="store_true", help="move a run already in --out aside and start anew")
-    p.add_argument("--resume", default=None, choices=["auto"], help="continue the run in --out from its newest epoch "
-                   "checkpoint (or start it, if it has none)")
-    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + ", e.g. learn.epochs=3 learn.lr=3e-4")
-    p.set_defaults(func=_cmd_learn)
+    _add_program(verbs, LearnRunConfig, "learn", "θ learns your documents with a trained φ's token weights (or "
+                 "uniform: --phi none); writes a peft adapter (and a merged model)", "YAML config (θ, LoRA, loss, "
+                 "learn.*); omitted: defaults", _cmd_learn, "learn.epochs=3 learn.lr=3e-4")
 
     p = verbs.add_parser("weigh", help="φ's weight for every token of your documents (jsonl, and an HTML heatmap)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -182,13 +182,10 @@ class PhiConfig:
 
 
 @dataclass
-class DataConfig:
-    """Meta-training pairs (document D, task T_D) in the LAMA-CKL jsonl schema."""
+class PairsConfig:
+    """How pairs (document D, task T_D) in the LAMA-CKL jsonl schema are read and tokenised: the ``data`` section of
+    ``ckl run``; meta-training's (:class:`DataConfig`) adds its files."""
 
-    train_file: str = ""
-    """jsonl with one pair per line: fields ``evidence`` (D), the task field, and ``object``."""
-    val_file: str | None = None
-    """jsonl of validation pairs (same schema); null holds out ``val_docs`` pairs of train_file."""
     task_field: Literal["task_descriptive", "task_schematic"] = "task_descriptive"
     """Which sentence of the row is the task T_D; it must contain ``object``."""
     max_doc_tokens: int = 512
@@ -201,6 +198,16 @@ class DataConfig:
     """Skip and count malformed rows instead of stopping at the first one."""
 
     RANGES: ClassVar[dict] = {"max_doc_tokens": Range(2), "max_task_tokens": Range(2)}
+
+
+@dataclass
+class DataConfig(PairsConfig):
+    """Meta-training pairs (document D, task T_D) in the LAMA-CKL jsonl schema: the files, and how they are read."""
+
+    train_file: str = ""
+    """jsonl with one pair per line: fields ``evidence`` (D), the task field, and ``object``."""
+    val_file: str | None = None
+    """jsonl of validation pairs (same schema); null holds out ``val_docs`` pairs of train_file."""
 
 
 @dataclass
@@ -460,7 +467,10 @@ class CklConfig:
     heatmap_docs: int = 4
     """Documents shown in the token-weight heatmap."""
     out_dir: str = "runs/ckl"
-    """Run directory (a non-empty one is refused unless resumed, or ``train.overwrite``: moved aside)."""
+    """Run directory (a non-empty one is refused unless resumed, or ``overwrite``: moved aside)."""
+    overwrite: bool = False
+    """A non-empty out_dir holding another run is moved aside whole (`<dir>.replaced-<time>`, never deleted or written
+    into) and a new run starts; false: such a directory is refused unless resumed."""
     resume: str | None = None
     """``auto``: continue the run in out_dir from its newest complete epoch checkpoint (or start it, if it has none)."""
     keep_checkpoints: int = 2
@@ -545,9 +555,116 @@ class LearnConfig:
             raise ConfigError(f"learn.resume={self.resume!r} must be auto or null")
 
 
+def check_meta_training(cfg) -> None:
+    """The checks across meta-training's sections (θ, meta, train, loss) of ``cfg``; ConfigError names both keys."""
+    if cfg.meta.method in ("jvp", "double_backward") and cfg.loss.impl in ("chunked", "triton"):
+        raise ConfigError(
+            f"loss.impl={cfg.loss.impl} is differentiable once (no forward-mode AD, no double backward), which "
+            f"meta.method={cfg.meta.method} needs: use meta.method=fd, or loss.impl=eager / auto"
+        )
+    if cfg.train.docs_per_pass > 1 and (cfg.theta.trainable != "lora" or cfg.meta.method == "double_backward"):
+        raise ConfigError(f"train.docs_per_pass={cfg.train.docs_per_pass} gives every document its own copy of θ's "
+                          f"LoRA adapters, which needs theta.trainable=lora (is {cfg.theta.trainable}) and "
+                          f"meta.method jvp, fd or fd1 (is {cfg.meta.method}); or set train.docs_per_pass=1")
+    attn = cfg.theta.model.attn_implementation
+    if cfg.meta.method in ("jvp", "double_backward") and attn not in ("eager", "taalm_eager"):
+        raise ConfigError(
+            f"meta.method={cfg.meta.method} differentiates through θ's attention, which "
+            f"theta.model.attn_implementation={attn} does not support: set "
+            "theta.model.attn_implementation=taalm_eager, or use meta.method=fd (any kernel)"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# one config per program, from the shared sections
+
+
+@dataclass
+class MetaTrainConfig:
+    """``taalm meta-train``: φ meta-trained on pairs (θ learns a document, then answers its task)."""
+
+    COMMAND: ClassVar[str] = "meta-train"
+    FLAGS: ClassVar[dict] = {"--resume": "train.resume"}
+    """Command-line flags of the program: ``flag → the field it sets`` (their help is the field's docstring)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Outer loop."""
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    """Inner step and objective."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Meta-training pairs."""
+    theta: ThetaConfig = field(default_factory=ThetaConfig)
+    """θ, the base model."""
+    phi: PhiConfig = field(default_factory=PhiConfig)
+    """φ, the Train-Attention model."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Single process or DeepSpeed ZeRO-3."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow and JSONL logging."""
+
+    def __post_init__(self):
+        check_meta_training(self)
+
+
+@dataclass
+class CklRunConfig:
+    """``taalm ckl run``: θ learns LAMA-CKL's To-Learn evidence with a method's token weights, scored every epoch."""
+
+    COMMAND: ClassVar[str] = "ckl run"
+    FLAGS: ClassVar[dict] = {"--method": "ckl.method", "--data-dir": "ckl.data_dir", "--phi": "ckl.phi_path",
+                             "--out": "ckl.out_dir", "--resume": "ckl.resume", "--overwrite": "ckl.overwrite"}
+
+    ckl: CklConfig = field(default_factory=CklConfig)
+    """The run: method, epochs, optimizer, output."""
+    theta: ThetaConfig = field(default_factory=ThetaConfig)
+    """θ, the base model."""
+    data: PairsConfig = field(default_factory=PairsConfig)
+    """How the benchmark's pairs are read and tokenised."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Single process or DeepSpeed ZeRO-3 (θ data parallel)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow and JSONL logging."""
+
+
+@dataclass
+class LearnRunConfig:
+    """``taalm learn``: θ learns a user's documents with φ's token weights (or uniform ones)."""
+
+    COMMAND: ClassVar[str] = "learn"
+    FLAGS: ClassVar[dict] = {"--model": "theta.model.source", "--phi": "learn.phi_path", "--docs": "learn.docs",
+                             "--out": "learn.out_dir", "--text-field": "learn.text_field", "--eval-qa": "learn.eval_qa",
+                             "--retain": "learn.retain", "--merge": "learn.merge", "--overwrite": "learn.overwrite",
+                             "--resume": "learn.resume"}
+    REQUIRED_FLAGS: ClassVar[tuple] = ("--phi",)
+    """Flags the command line must give (``--phi none``: plain fine-tuning, said on purpose)."""
+
+    learn: LearnConfig = field(default_factory=LearnConfig)
+    """The documents, φ, epochs, optimizer, output."""
+    theta: ThetaConfig = field(default_factory=ThetaConfig)
+    """θ, the base model."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Single process or DeepSpeed ZeRO-3 (θ data parallel)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow and JSONL logging."""
+
+
+PROGRAM_CONFIGS = (MetaTrainConfig, CklRunConfig, LearnRunConfig)
+"""Every program's config class (``COMMAND`` names the verb)."""
+
+MOVED_KEYS = {"ckl run": {"train.overwrite": "ckl.overwrite (the --overwrite flag)"}}
+"""Keys a program read under another name in earlier versions: ``command → {old key: where it is now}``."""
+
+
 @dataclass
 class TaalmConfig:
-    """Everything one run needs; the resolved config is saved with every run."""
+    """Every program's sections in one file: a pipeline's config (the demo runs meta-train and ckl run from one) and
+    ``taalm config show``. Each program reads its own sections (:data:`PROGRAM_CONFIGS`, :func:`for_program`)."""
 
     theta: ThetaConfig = field(default_factory=ThetaConfig)
     """θ, the base model."""
@@ -571,22 +688,74 @@ class TaalmConfig:
     """``taalm learn`` on a user's own documents."""
 
     def __post_init__(self):
-        if self.meta.method in ("jvp", "double_backward") and self.loss.impl in ("chunked", "triton"):
-            raise ConfigError(
-                f"loss.impl={self.loss.impl} is differentiable once (no forward-mode AD, no double backward), which "
-                f"meta.method={self.meta.method} needs: use meta.method=fd, or loss.impl=eager / auto"
-            )
-        if self.train.docs_per_pass > 1 and (self.theta.trainable != "lora" or self.meta.method == "double_backward"):
-            raise ConfigError(f"train.docs_per_pass={self.train.docs_per_pass} gives every document its own copy of θ's "
-                              f"LoRA adapters, which needs theta.trainable=lora (is {self.theta.trainable}) and "
-                              f"meta.method jvp, fd or fd1 (is {self.meta.method}); or set train.docs_per_pass=1")
-        attn = self.theta.model.attn_implementation
-        if self.meta.method in ("jvp", "double_backward") and attn not in ("eager", "taalm_eager"):
-            raise ConfigError(
-                f"meta.method={self.meta.method} differentiates through θ's attention, which "
-                f"theta.model.attn_implementation={attn} does not support: set "
-                "theta.model.attn_implementation=taalm_eager, or use meta.method=fd (any kernel)"
-            )
+        check_meta_training(self)
+
+
+def _known_fields(cls: type | None) -> dict[str, Any]:
+    """``name → annotation`` of dataclass ``cls`` (empty for None)."""
+    return typing.get_type_hints(cls) if cls is not None else {}
+
+
+def _project(data: dict, cls: type, whole: type | None) -> dict:
+    """The keys of ``data`` that ``cls`` reads (nested sections likewise); a key that only ``whole`` (the same section in
+    :class:`TaalmConfig`) knows belongs to another program and is dropped; an unknown key is kept (:func:`build`
+    names it)."""
+    mine, theirs = _known_fields(cls), _known_fields(whole)
+    out = {}
+    for key, value in data.items():
+        if key in mine:
+            sub, other = mine[key], theirs.get(key)
+            if dataclasses.is_dataclass(sub) and isinstance(value, dict):
+                value = _project(value, sub, other if dataclasses.is_dataclass(other) else None)
+            out[key] = value
+        elif key not in theirs:
+            out[key] = value
+    return out
+
+
+def _reader(program: type, key: str) -> str:
+    """Whether ``program`` reads the dotted ``key``: ``read``, ``other`` (a key of another program) or ``unknown``."""
+    cls, whole = program, TaalmConfig
+    for part in key.split("."):
+        mine, theirs = _known_fields(cls), _known_fields(whole)
+        if part not in mine:
+            return "other" if part in theirs else "unknown"
+        cls = mine[part] if dataclasses.is_dataclass(mine[part]) else None
+        whole = theirs.get(part) if dataclasses.is_dataclass(theirs.get(part)) else None
+        if cls is None:
+            return "read"
+    return "read"
+
+
+def check_override_key(program: type, key: str) -> None:
+    """Refuse an override of ``key`` that ``program`` does not read, naming where it moved or which programs read it
+    (an unknown key passes: :func:`build` names it with the known ones)."""
+    if _reader(program, key) != "other":
+        return
+    moved = MOVED_KEYS.get(program.COMMAND, {}).get(key)
+    if moved:
+        raise ConfigError(f"taalm {program.COMMAND} reads {key} as {moved} now")
+    readers = [f"taalm {p.COMMAND}" for p in PROGRAM_CONFIGS if _reader(p, key) == "read"]
+    raise ConfigError(f"taalm {program.COMMAND} does not read {key} (it configures {', '.join(readers)}); "
+                      f"`taalm {program.COMMAND} --help` lists the fields it reads")
+
+
+def config_field(program: type, key: str) -> tuple[Any, Any, str]:
+    """``(annotation, default, docstring)`` of the dotted ``key`` in ``program``'s config."""
+    cls, default = program, program()
+    *sections, name = key.split(".")
+    for part in sections:
+        default = getattr(default, part)
+        cls = type(default)
+    return typing.get_type_hints(cls)[name], getattr(default, name), field_docs(cls).get(name, "")
+
+
+def for_program(program: type, cfg: Any) -> Any:
+    """``cfg`` as ``program``'s config: itself, or the sections ``program`` reads of another config (e.g. a
+    :class:`TaalmConfig`), validated again."""
+    if isinstance(cfg, program):
+        return cfg
+    return build(program, _project(to_dict(cfg), program, TaalmConfig))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -597,7 +766,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     """A config value as a user would write it (``.nan``, ``-1``, ``[0.9, 2.0]``)."""
     if isinstance(value, float) and not math.isfinite(value):
         return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
@@ -650,7 +819,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         except (ValueError, OverflowError):
             number = None
         if number is not None and not math.isfinite(number):
-            raise ConfigError(f"{key}={_show(value)} must be a finite number")
+            raise ConfigError(f"{key}={show_value(value)} must be a finite number")
         if number is not None:
             return number
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
@@ -682,7 +851,7 @@ def build(cls: type, data: dict, prefix: str = "") -> Any:
     for k, v in kwargs.items():
         for item in (v if isinstance(v, (tuple, list)) else (v,)):
             if k in ranges and isinstance(item, (int, float)) and not ranges[k].admits(item):
-                raise ConfigError(f"{prefix}{k}={_show(v)} is out of range: it must be {ranges[k]}"
+                raise ConfigError(f"{prefix}{k}={show_value(v)} is out of range: it must be {ranges[k]}"
                                   + (" (or null)" if _nullable(hints[k]) else ""))
     try:
         return cls(**kwargs)
@@ -710,8 +879,13 @@ def apply_override(data: dict, override: str) -> None:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({e})") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TaalmConfig:
-    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                program: type | None = None) -> Any:
+    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate.
+
+    ``program`` (one of :data:`PROGRAM_CONFIGS`): that program's config — the file's sections of other programs are
+    left out (one file may configure a pipeline), an override of a key the program does not read is refused. None:
+    a :class:`TaalmConfig` with every section."""
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -733,9 +907,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must contain a mapping at the top level")
+    if program is not None:
+        for ov in overrides:
+            check_override_key(program, ov.split("=", 1)[0].strip())
+        data = _project(data, program, TaalmConfig)
     for ov in overrides:
         apply_override(data, ov)
-    return build(TaalmConfig, data)
+    return build(program or TaalmConfig, data)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -769,8 +947,13 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of dataclass ``cls`` (the string literal that follows its annotation)."""
-    return _module_field_docs(cls.__module__).get(cls.__qualname__, {})
+    """The docstring under each field of dataclass ``cls`` (the string literal that follows its annotation), its base
+    classes' fields included."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if base is not object:
+            docs.update(_module_field_docs(base.__module__).get(base.__qualname__, {}))
+    return docs
 
 
 @functools.cache
@@ -794,9 +977,9 @@ def _module_field_docs(module: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def describe_fields(sections: tuple[str, ...], width: int = 100) -> str:
-    """Every field of the named top-level sections of :class:`TaalmConfig` (nested ones included): dotted key,
-    default, allowed range and docstring, as text for a ``--help`` epilog."""
+def describe_fields(program: type, width: int = 100) -> str:
+    """Every field ``program`` (one of :data:`PROGRAM_CONFIGS`) reads, nested sections included: dotted key, default,
+    allowed range and docstring, as text for its ``--help`` epilog."""
     import textwrap
 
     lines = ["config fields (in the --config YAML, or as overrides key.sub=value; defaults shown):"]
@@ -813,10 +996,8 @@ def describe_fields(sections: tuple[str, ...], width: int = 100) -> str:
                 allowed = f"  [{ranges[f.name]}{' or null' if _nullable(hints[f.name]) else ''}]"
             elif typing.get_origin(hints[f.name]) is Literal:
                 allowed = f"  [{' | '.join(map(str, typing.get_args(hints[f.name])))}]"
-            lines.append(f"  {prefix}{f.name} = {_show(value)}{allowed}")
+            lines.append(f"  {prefix}{f.name} = {show_value(value)}{allowed}")
             lines.extend(textwrap.wrap(docs.get(f.name, ""), width, initial_indent=" " * 6, subsequent_indent=" " * 6))
 
-    defaults = TaalmConfig()
-    for section in sections:
-        walk(type(getattr(defaults, section)), getattr(defaults, section), f"{section}.")
+    walk(program, program(), "")
     return "\n".join(lines)

@@ -27,6 +27,8 @@ import json
 import torch
 
 from taalm_dist.bench.common import PeakMemory, best_time, machine_info, run_case_or_failure
+from taalm_dist.engine.phi_update import LocalPhi
+from taalm_dist.engine.theta import LocalTheta
 from taalm_dist.plan import SHAPES as MODEL_SHAPES
 from taalm_dist.plan import Shape
 
@@ -93,8 +95,7 @@ def _measure(case: dict) -> dict:
         torch.set_num_threads(case["threads"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     theta, phi, doc, task = _build(case, device)
-    theta_params = [p for p in theta.parameters() if p.requires_grad]
-    phi_opt = torch.optim.AdamW([p for p in phi.parameters() if p.requires_grad], lr=1e-4)
+    phi_side = LocalPhi(phi, lr=1e-4, weight_decay=0.0, grad_clip=None)  # the meta-trainer's φ update
     meter = PeakMemory(device)
     out = {k: case[k] for k in ("method", "inner", "tokens", "task_tokens", "theta", "phi", "dtype", "phi_graph")}
     out |= {"device": device, "threads": torch.get_num_threads(), "real_weights": case["real_weights"] and
@@ -106,13 +107,11 @@ def _measure(case: dict) -> dict:
                                        else _base_method(case["method"]))
     out["loss_impl"] = "eager" if per_token_loss.__name__ == "eager_per_token_nll" else "fused"
     if case["method"] == "plain":
-        opt = torch.optim.AdamW(theta_params, lr=1e-4)
+        learner = LocalTheta(theta, lr=1e-4)  # the θ update of ckl run / learn
         w = torch.rand(doc["input_ids"].shape, generator=torch.Generator().manual_seed(1)).to(device)
 
         def plain():
-            token_weighted_mean(per_token_loss(theta, doc), w, valid).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            learner.update(token_weighted_mean(per_token_loss(theta, doc), w, valid))
 
         out["wall_s"] = best_time(plain, case["repeats"], device == "cuda")
         out |= {"peak_mb": meter.peak(), "theta_wall_s": None, "theta_peak_mb": None}
@@ -143,9 +142,8 @@ def _measure(case: dict) -> dict:
                 w = phi(doc["input_ids"], doc["attention_mask"])
             grad = theta_side(w).grad
             w = phi(doc["input_ids"], doc["attention_mask"])
-        (w * grad.to(w.dtype)).sum().backward()
-        phi_opt.step()
-        phi_opt.zero_grad(set_to_none=True)
+        phi_side.micro_step((w * grad.to(w.dtype)).sum())
+        phi_side.finish_step()
 
     out["wall_s"] = best_time(whole, case["repeats"], device == "cuda")
     out["peak_mb"] = meter.peak()

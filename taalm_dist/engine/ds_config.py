@@ -20,11 +20,11 @@ import copy
 import json
 from pathlib import Path
 
-from taalm_dist.config import TaalmConfig
+from taalm_dist.config import MetaTrainConfig
 from taalm_dist.errors import ConfigError
 
 
-def _zero3(cfg: TaalmConfig) -> dict:
+def _zero3(cfg) -> dict:
     z = {"stage": 3, "overlap_comm": False, "contiguous_gradients": True}
     if cfg.engine.param_persistence_threshold is not None:
         z["stage3_param_persistence_threshold"] = cfg.engine.param_persistence_threshold
@@ -53,13 +53,13 @@ def load_override(path: str | None) -> dict:
     return data
 
 
-def docs_per_pass_unit(cfg: TaalmConfig) -> int:
+def docs_per_pass_unit(cfg: MetaTrainConfig) -> int:
     """Documents of one pass of θ in a φ update: ``docs_per_pass`` with per-document inner steps, else
     ``docs_per_inner_step`` (the documents one θ' learns jointly)."""
     return max(cfg.train.docs_per_inner_step, cfg.train.docs_per_pass)
 
 
-def local_docs_per_pass(cfg: TaalmConfig, world: int) -> int:
+def local_docs_per_pass(cfg: MetaTrainConfig, world: int) -> int:
     """Documents each rank holds in one pass of θ; refuses a count the ranks cannot share evenly."""
     t = cfg.train
     n, key = (t.docs_per_pass, "docs_per_pass") if t.docs_per_pass > 1 else (t.docs_per_inner_step, "docs_per_inner_step")
@@ -69,12 +69,12 @@ def local_docs_per_pass(cfg: TaalmConfig, world: int) -> int:
     return n // world
 
 
-def phi_backwards_per_update(cfg: TaalmConfig) -> int:
+def phi_backwards_per_update(cfg: MetaTrainConfig) -> int:
     """φ's backward passes in one φ update (its DeepSpeed ``gradient_accumulation_steps``): one per pass of θ."""
     return cfg.train.docs_per_step // docs_per_pass_unit(cfg)
 
 
-def ds_configs(cfg: TaalmConfig, world: int) -> dict[str, dict]:
+def ds_configs(cfg: MetaTrainConfig, world: int) -> dict[str, dict]:
     """``{"theta": ..., "phi": ...}`` DeepSpeed configs for ``world`` processes."""
     local = local_docs_per_pass(cfg, world)
     passes = phi_backwards_per_update(cfg)
@@ -91,14 +91,15 @@ def ds_configs(cfg: TaalmConfig, world: int) -> dict[str, dict]:
     return {"theta": _merge(theta, override), "phi": _merge(phi, override)}
 
 
-def ckl_theta_config(cfg: TaalmConfig, world: int) -> dict:
-    """DeepSpeed config of θ in a data-parallel ``taalm ckl run``: each rank holds ceil(batch / world)
-    documents of a batch, AdamW (torch_adam), no accumulation."""
-    local = -(-cfg.ckl.batch_size // world)
+def theta_learning_config(cfg, batch_size: int, lr: float, world: int) -> dict:
+    """DeepSpeed config of θ learning documents data parallel (``ckl run``, ``taalm learn``; ``cfg`` their program
+    config): each rank holds ceil(batch_size / world) documents of a batch, AdamW (torch_adam, ``lr``), no
+    accumulation."""
+    local = -(-batch_size // world)
     config = {"zero_optimization": _zero3(cfg), "steps_per_print": 10**9, "wall_clock_breakdown": False,
               "train_micro_batch_size_per_gpu": local, "gradient_accumulation_steps": 1,
               "train_batch_size": local * world,
-              "optimizer": {"type": "AdamW", "params": {"lr": cfg.ckl.lr, "weight_decay": 0.0, "torch_adam": True}}}
+              "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": 0.0, "torch_adam": True}}}
     return _merge(config, load_override(cfg.engine.ds_config_override))
 
 

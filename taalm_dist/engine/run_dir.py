@@ -205,11 +205,14 @@ def check_resumable(directory: Path, state: dict, settings: dict, data_sha256: d
                     legacy_hashes: tuple[str, ...] = (), defaults: dict | None = None) -> None:
     """Refuse to resume the checkpoint ``directory`` (its ``state``) with other settings or other data, naming
     every key that differs (at most 8) and what to do. A key missing on one side reads as its value in
-    ``defaults`` (a field added after the checkpoint was written, at its default, is no difference)."""
+    ``defaults`` (a field added after the checkpoint was written, at its default, is no difference). With
+    ``defaults``, only the keys this run's config has are compared: a checkpoint of an earlier version also recorded
+    the sections of other programs (one config served them all), which this run does not read."""
     if "settings" in state:
         base = defaults or {}
         before, now = {**base, **state["settings"]}, {**base, **settings}
-        differ = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        keys = set(now) if defaults is not None else set(now) | set(before)
+        differ = sorted(k for k in keys if now.get(k) != before.get(k))
         if differ:
             shown = "; ".join(f"{k}: {before.get(k, '(absent)')!r} → {now.get(k, '(absent)')!r}" for k in differ[:8])
             more = f" and {len(differ) - 8} more" if len(differ) > 8 else ""

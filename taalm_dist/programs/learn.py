@@ -3,9 +3,9 @@
 Contract: ``l = Learner(cfg); l.setup(); l.run(); l.cleanup()`` (or :func:`run_learn`). The documents
 (:func:`taalm_dist.data.documents.load_documents`) are tokenised and split into windows of at most
 ``learn.window_tokens`` tokens; θ learns the windows epoch by epoch with the token-weighted loss, exactly as
-``taalm ckl run`` learns evidence (the same θ update, shuffle and optimizer: :class:`Learner` is a
-:class:`~taalm_dist.programs.ckl_run.CklRunner` whose documents are the windows and whose evaluation is the user's
-question files). One process, or θ as a DeepSpeed ZeRO-3 engine when launched with several processes
+``taalm ckl run`` learns evidence (the same θ update, shuffle and optimizer: both are a
+:class:`~taalm_dist.programs.document_training.DocumentTrainer`; here the documents are the windows and the
+evaluation is the user's question files). One process, or θ as a DeepSpeed ZeRO-3 engine when launched with several processes
 (``launch/learn.sh``).
 
 Run directory (``learn.out_dir``):
@@ -31,43 +31,38 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from taalm_dist.programs.ckl_run import CklRunner
-from taalm_dist.config import CklConfig, TaalmConfig
+from taalm_dist.config import LearnRunConfig, TaalmConfig
 from taalm_dist.data.documents import load_documents, load_questions, qa_text, token_windows
 from taalm_dist.data.tokenize import TokenizedPair, encode_marked
 from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.preemption import run_to_end
 from taalm_dist.errors import ConfigError, DataError
+from taalm_dist.programs.document_training import DocumentTrainer
 
 
-class Learner(CklRunner):
+class Learner(DocumentTrainer):
     """One ``taalm learn`` run; see the module docstring."""
 
     COMMAND = "learn"
+    CONFIG = LearnRunConfig
+    SECTION = "learn"
     SETTINGS = ("learn.", "theta.", "loss.")
     RESUME_MAY_CHANGE = ("learn.epochs", "learn.resume", "learn.overwrite", "learn.progress", "learn.merge",
                          "learn.heatmap_docs", "learn.eval_batch_size", "learn.keep_checkpoints", "learn.docs",
                          "learn.out_dir")
-    """Settings a resumed run may change (the documents may move: their content is compared instead)."""
+    """(the documents may move: their content is compared instead)"""
 
-    def __init__(self, cfg: TaalmConfig):
-        l = cfg.learn
-        ckl = CklConfig(method="taalm" if l.phi_path else "finetune", epochs=l.epochs, lr=l.lr,
-                        batch_size=l.batch_size, eval_batch_size=l.eval_batch_size, phi_path=l.phi_path,
-                        phi_weight_floor=l.phi_weight_floor, heatmap_docs=l.heatmap_docs, out_dir=l.out_dir, seed=l.seed, progress=l.progress,
-                        resume=l.resume, keep_checkpoints=l.keep_checkpoints)
-        super().__init__(dataclasses.replace(cfg, ckl=ckl))
-        self.l = l
+    @property
+    def method(self) -> str:
+        """``taalm`` (φ's weights) with ``learn.phi_path``, else ``finetune`` (uniform weights)."""
+        return "taalm" if self.c.phi_path else "finetune"
 
     # ---------------------------------------------------------------------------------------- setup
     def _check_inputs(self) -> None:
-        if not self.l.docs:
+        if not self.c.docs:
             raise ConfigError("learn.docs is not set: pass --docs (a .jsonl file, a directory of .txt/.md files or a "
                               "datasets dataset)")
-
-    def _overwrite(self) -> bool:
-        return self.l.overwrite
 
     def _data_sha256(self) -> dict:
         return {"learn.docs": self.docs_sha256}
@@ -79,9 +74,9 @@ class Learner(CklRunner):
         return self.step  # learn logs per θ update
 
     def _load_data(self) -> None:
-        l = self.l
+        l = self.c
         self.documents = load_documents(l.docs, l.text_field)
-        self.to_learn, self.replay = [], []
+        self.to_learn = []
         digest = hashlib.sha256()
         for doc in self.documents:
             digest.update(doc.text.encode("utf-8") + b"\x00")
@@ -148,12 +143,12 @@ class Learner(CklRunner):
             self._log_row({"epoch": epoch, "train_loss": loss, **self.evaluate()})
             self._save_checkpoint()
         exported = self.export()
-        summary = {"method": self.c.method, "phi": self.l.phi_path, "documents": len(self.documents),
+        summary = {"method": self.method, "phi": self.c.phi_path, "documents": len(self.documents),
                    "windows": len(self.to_learn), "updates": self.step, "epochs": self.rows, **exported,
                    "setup": self._setup_facts()}
         if D.is_main():
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-            plot_learn_curves(self.rows, self.out / "curves.png", self.c.method)
+            plot_learn_curves(self.rows, self.out / "curves.png", self.method)
             for name in ("summary.json", "curves.png", "heatmap.html", "heatmap.png", "config.yaml"):
                 if (self.out / name).is_file():
                     self.log.log_artifact(self.out / name)
@@ -170,10 +165,10 @@ class Learner(CklRunner):
         target = self.out / ("adapter" if lora else "model")
         ckpt.replace_dir(target, lambda d: self._save_pretrained(self.theta, d, state))
         paths = {"adapter" if lora else "model": str(target)}
-        if self.l.merge and lora:
+        if self.c.merge and lora:
             ckpt.replace_dir(self.out / "merged", lambda d: self._save_pretrained(merge_adapter(self.cfg, target, self.tokenizer), d))
             paths["merged"] = str(self.out / "merged")
-        elif self.l.merge:
+        elif self.c.merge:
             self.notes.append("learn.merge: θ was trained in full, model/ is already a whole model")
         D.barrier()
         return paths
@@ -184,7 +179,7 @@ class Learner(CklRunner):
             self.tokenizer.save_pretrained(str(directory))
 
 
-def merge_adapter(cfg: TaalmConfig, adapter_dir: str | Path, tokenizer):
+def merge_adapter(cfg: LearnRunConfig, adapter_dir: str | Path, tokenizer):
     """θ's base (unquantized, on the CPU) with the peft adapter in ``adapter_dir`` folded into its weights."""
     from peft import PeftModel
 
@@ -221,7 +216,7 @@ def plot_learn_curves(rows: list[dict], path: Path, label: str) -> None:
     plt.close(fig)
 
 
-def run_learn(cfg: TaalmConfig) -> tuple[Learner, dict]:
+def run_learn(cfg: LearnRunConfig | TaalmConfig) -> tuple[Learner, dict]:
     """``setup``, ``run``, ``cleanup`` (always) of one :class:`Learner`; returns it and the run's summary."""
     learner = Learner(cfg)
     return learner, run_to_end(learner, learner.run)

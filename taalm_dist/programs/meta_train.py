@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from taalm_dist import weight_rules
-from taalm_dist.config import TaalmConfig, config_hash, to_dict
+from taalm_dist.config import MetaTrainConfig, TaalmConfig, config_hash, for_program, to_dict
 from taalm_dist.data import collate
 from taalm_dist.data.jsonl_file import file_sha256
 from taalm_dist.data.order import DOC_STRIDE, shuffled
@@ -87,15 +87,16 @@ class DocOrder:
         self._perm = self._permutation()
 
 
-def data_fingerprint(cfg: TaalmConfig) -> dict:
+def data_fingerprint(cfg: MetaTrainConfig) -> dict:
     """SHA-256 of the data files' content (a file changed in place must not resume at its old position)."""
     return {k: file_sha256(v) for k, v in (("data.train_file", cfg.data.train_file),
                                            ("data.val_file", cfg.data.val_file)) if v}
 
 
-def legacy_resume_hash(cfg: TaalmConfig) -> str:
-    """The config hash checkpoints of earlier versions carry (``resume_hash``; they stored no settings)."""
-    d = to_dict(cfg)
+def legacy_resume_hash(cfg: MetaTrainConfig) -> str:
+    """The config hash checkpoints of earlier versions carry (``resume_hash``; they stored no settings): of the one
+    config every program had then, the other programs' sections at their defaults."""
+    d = {**to_dict(TaalmConfig()), **to_dict(cfg)}
     d["train"].pop("save_every_s", None)  # added later
     for section, keys in _LEGACY_RESUMABLE.items():
         if keys is None:
@@ -109,8 +110,8 @@ def legacy_resume_hash(cfg: TaalmConfig) -> str:
 class MetaTrainer(SessionProgram):
     """Meta-trains φ; see the module docstring."""
 
-    def __init__(self, cfg: TaalmConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: MetaTrainConfig | TaalmConfig):
+        self.cfg = for_program(MetaTrainConfig, cfg)
         self.session = RunSession("meta-train")
         self.step = 0
         self.skipped_steps = 0
@@ -144,7 +145,7 @@ class MetaTrainer(SessionProgram):
         self.settings, self.data_sha256 = resume_settings(cfg, ("",), RESUME_MAY_CHANGE), data_fingerprint(cfg)
         self.session.open(cfg.train.out_dir, overwrite=cfg.train.overwrite, resume=cfg.train.resume,
                           settings=self.settings, data_sha256=self.data_sha256, legacy_hashes=(legacy_resume_hash(cfg),),
-                          defaults=resume_settings(TaalmConfig(), ("",), RESUME_MAY_CHANGE))
+                          defaults=resume_settings(MetaTrainConfig(), ("",), RESUME_MAY_CHANGE))
         with self.session.building():
             self._build(self.session.resume_from)
         if self.session.open_trackers(cfg, metrics_step=self.step,
@@ -535,7 +536,7 @@ class WeightStats:
         return out
 
 
-def run_meta_training(cfg: TaalmConfig) -> tuple[MetaTrainer, dict]:
+def run_meta_training(cfg: MetaTrainConfig | TaalmConfig) -> tuple[MetaTrainer, dict]:
     """``setup``, ``train``, ``cleanup`` (always) of one :class:`MetaTrainer`; returns it and its summary."""
     trainer = MetaTrainer(cfg)
     return trainer, run_to_end(trainer, trainer.train)

@@ -1,5 +1,6 @@
 """The `taalm` command: errors are one clear line (exit 2, no traceback); the main paths run."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,19 @@ def test_every_verb_has_help_naming_its_defaults():
         flat = " ".join(res.stdout.split())
         for text in expected:
             assert " ".join(text.split()) in flat, (verb, text)
+
+
+def test_program_flags_come_from_the_config_fields_and_help_lists_only_the_programs_fields():
+    res = taalm("ckl", "run", "--help")
+    flat = " ".join(res.stdout.split())
+    assert res.returncode == 0
+    assert "--overwrite" in flat and "[sets ckl.overwrite; config default: false]" in flat
+    assert "[sets ckl.phi_path; none: null; config default: null]" in flat
+    fields = re.findall(r"^  ([a-z_]+)\.\S+ = ", res.stdout, re.M)  # the epilog's field lines: "  ckl.lr = ..."
+    assert set(fields) == {"ckl", "theta", "data", "engine", "loss", "tracking"}
+    res = taalm("meta-train", "--help")
+    fields = re.findall(r"^  ([a-z_]+)\.\S+ = ", res.stdout, re.M)
+    assert res.returncode == 0 and set(fields) == {"train", "meta", "data", "theta", "phi", "engine", "loss", "tracking"}
+    # a key another program reads is refused with where it belongs, before anything runs
+    _assert_clean_error(taalm("ckl", "run", "--data-dir", "nowhere", "train.overwrite=true"),
+                        "taalm ckl run reads train.overwrite as ckl.overwrite")

@@ -260,3 +260,58 @@ def test_help_lists_every_config_field_with_its_default_and_range(capsys):
         build_parser().parse_args(["ckl", "run", "--help"])
     text = capsys.readouterr().out
     assert "  ckl.epochs = 30  [>= 1]" in text and "Epochs over the To-Learn evidence" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# one config per program
+
+from taalm_dist.config import (CklRunConfig, LearnRunConfig, MetaTrainConfig, PROGRAM_CONFIGS,  # noqa: E402
+                               describe_fields, for_program)
+
+
+def test_each_program_reads_its_own_sections_of_a_pipeline_file(tmp_path):
+    f = tmp_path / "pipeline.yaml"  # as the demo's: meta-train and ckl run from one file
+    f.write_text("data:\n  train_file: t.jsonl\n  max_doc_tokens: 64\ntrain:\n  max_steps: 7\nckl:\n  epochs: 3\n")
+    meta = load_config(f, [], MetaTrainConfig)
+    ckl = load_config(f, ["ckl.overwrite=true"], CklRunConfig)
+    assert meta.train.max_steps == 7 and meta.data.train_file == "t.jsonl" and not hasattr(meta, "ckl")
+    assert ckl.ckl.epochs == 3 and ckl.data.max_doc_tokens == 64 and ckl.ckl.overwrite
+    assert not hasattr(ckl, "train") and not hasattr(ckl.data, "train_file")
+    assert for_program(CklRunConfig, load_config(f)) == load_config(f, [], CklRunConfig)
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("ckl:\n  epoch: 3\n")  # a typo in a section the program reads is still named
+    with pytest.raises(ConfigError, match="unknown config key 'ckl.epoch'"):
+        load_config(bad, [], CklRunConfig)
+
+
+@pytest.mark.parametrize("program, override, message", [
+    (CklRunConfig, "train.overwrite=true", "taalm ckl run reads train.overwrite as ckl.overwrite"),
+    (CklRunConfig, "train.max_steps=3", "taalm ckl run does not read train.max_steps (it configures taalm meta-train)"),
+    (LearnRunConfig, "ckl.epochs=2", "taalm learn does not read ckl.epochs (it configures taalm ckl run)"),
+    (MetaTrainConfig, "learn.lr=1", "taalm meta-train does not read learn.lr (it configures taalm learn)"),
+    (CklRunConfig, "data.train_file=x", "does not read data.train_file (it configures taalm meta-train)"),
+    (CklRunConfig, "ckl.nosuch=1", "unknown config key 'ckl.nosuch'"),
+])
+def test_an_override_a_program_does_not_read_is_refused_with_where_it_belongs(program, override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override], program)
+    assert message in str(e.value)
+
+
+def test_program_help_lists_only_the_fields_it_reads():
+    sections = {MetaTrainConfig: {"train", "meta", "data", "theta", "phi", "engine", "loss", "tracking"},
+                CklRunConfig: {"ckl", "theta", "data", "engine", "loss", "tracking"},
+                LearnRunConfig: {"learn", "theta", "engine", "loss", "tracking"}}
+    for program in PROGRAM_CONFIGS:
+        keys = [line.split()[0] for line in describe_fields(program).splitlines()[1:] if line.startswith("  ") and
+                not line.startswith("      ")]
+        assert {k.split(".")[0] for k in keys} == sections[program], program
+    ckl_keys = describe_fields(CklRunConfig)
+    assert "data.max_doc_tokens" in ckl_keys and "data.train_file" not in ckl_keys
+
+
+def test_the_meta_training_checks_hold_in_every_config_that_has_its_sections():
+    for cls in (MetaTrainConfig, TaalmConfig):
+        with pytest.raises(ConfigError, match="loss.impl=chunked is differentiable once"):
+            build(cls, {"loss": {"impl": "chunked"}, "meta": {"method": "jvp"},
+                        "theta": {"model": {"attn_implementation": "taalm_eager"}}})

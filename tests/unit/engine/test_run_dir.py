@@ -90,10 +90,10 @@ def test_a_field_added_since_the_checkpoint_reads_as_its_default(tmp_path):
     # ("(absent) → 0.0"), though the new field's default keeps the old behaviour
     out = tmp_path / "run"
 
-    def forget_the_field():  # as an earlier version wrote them: no ckl.phi_weight_floor in any checkpoint
+    def forget_the_field():  # as an earlier version wrote them: no train.weight_decay in any checkpoint
         for f in out.glob("checkpoints/step-*/trainer_state.json"):
             state = json.loads(f.read_text())
-            assert state["settings"].pop("ckl.phi_weight_floor", 0.0) == 0.0
+            assert state["settings"].pop("train.weight_decay", 0.0) == 0.0
             f.write_text(json.dumps(state))
 
     _run(_config(tmp_path, *SHORT, "train.max_steps=2"))
@@ -101,9 +101,23 @@ def test_a_field_added_since_the_checkpoint_reads_as_its_default(tmp_path):
     _, summary = _run(_config(tmp_path, *SHORT, "train.max_steps=3", "train.resume=auto"))
     assert summary["steps"] == 3 and _steps(out) == [1, 2, 3]
     forget_the_field()
-    with pytest.raises(ConfigError, match=r"ckl.phi_weight_floor: 0.0 → 0.5"):  # a non-default value still differs
+    with pytest.raises(ConfigError, match=r"train.weight_decay: 0.0 → 0.5"):  # a non-default value still differs
         MetaTrainer(_config(tmp_path, *SHORT, "train.max_steps=4", "train.resume=auto",
-                            "ckl.phi_weight_floor=0.5")).setup()
+                            "train.weight_decay=0.5")).setup()
+
+
+def test_a_checkpoint_of_the_one_config_resumes_without_the_other_programs_sections(tmp_path):
+    # meta-train checkpoints written while one config served every program recorded ckl.* and learn.* settings too;
+    # meta-train does not read them, so they neither block nor change a resume
+    out = tmp_path / "run"
+    _run(_config(tmp_path, *SHORT, "train.max_steps=2"))
+    for f in out.glob("checkpoints/step-*/trainer_state.json"):
+        state = json.loads(f.read_text())
+        assert not any(k.startswith(("ckl.", "learn.")) for k in state["settings"])
+        state["settings"].update({"ckl.epochs": 7, "learn.lr": 0.5})
+        f.write_text(json.dumps(state))
+    _, summary = _run(_config(tmp_path, *SHORT, "train.max_steps=3", "train.resume=auto"))
+    assert summary["steps"] == 3 and _steps(out) == [1, 2, 3]
 
 
 def test_data_changed_in_place_is_not_resumed_but_a_moved_run_is(tmp_path):

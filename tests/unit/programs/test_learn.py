@@ -204,7 +204,7 @@ def test_a_phi_with_another_tokenizer_is_refused(data, tmp_path, monkeypatch):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    import taalm_dist.programs.ckl_run as runner
+    import taalm_dist.programs.document_training as runner
 
     real, calls = runner.load_tokenizer, []
     other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))

@@ -1,0 +1,256 @@
+"""θ learns documents epoch by epoch with a token-weight rule: what ``taalm ckl run`` and ``taalm learn`` share.
+
+Contract: ``t = Program(cfg); t.setup(); t.run(); t.cleanup()`` (``run_to_end``). A program subclasses
+:class:`DocumentTrainer` with its config class (``CONFIG``), the section holding its run settings (``SECTION``: lr,
+batch_size, epochs, seed, phi_path, out_dir, ...), what it learns and how it scores (the hooks below). This base owns
+the rest, the same for both: the run's lifecycle (:class:`~taalm_dist.engine.session.RunSession`), θ built once
+(:func:`~taalm_dist.models.theta.build_theta`) and learning through one interface
+(:mod:`taalm_dist.engine.theta`: AdamW on one process, a ZeRO-3 engine data parallel over each batch on several),
+the weight rule, the θ update, the epoch's order (seed and epoch alone, so a resumed run equals an uninterrupted one),
+epoch checkpoints, stop requests and the heatmap of the weights θ learns with. Rank 0 writes every output.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from taalm_dist import weight_rules
+from taalm_dist.ckl import methods as M
+from taalm_dist.config import ModelSourceConfig, build, for_program
+from taalm_dist.data import collate
+from taalm_dist.data.order import epoch_rng
+from taalm_dist.engine import checkpoint as ckpt
+from taalm_dist.engine import distributed as D
+from taalm_dist.engine.run_dir import resume_settings
+from taalm_dist.engine.session import RunSession, SessionProgram
+from taalm_dist.engine.theta import LocalTheta, Zero3Theta
+from taalm_dist.errors import ConfigError
+from taalm_dist.losses.lm_head import per_token_loss_fn, token_weighted_loss
+from taalm_dist.models import check_same_tokenizer, load_phi, load_tokenizer
+from taalm_dist.models.theta import build_theta
+from taalm_dist.models.train_attention import PHI_CONFIG
+from taalm_dist.tracking.heatmap import heatmap
+
+
+class DocumentTrainer(SessionProgram):
+    """θ learning ``self.to_learn`` epoch by epoch; see the module docstring. Subclasses set the class attributes and
+    implement ``_check_inputs``, ``_load_data`` (``to_learn``, and ``not_to_forget`` for the setup facts),
+    ``_data_sha256``, ``_tracker_params``, ``_metrics_step``, ``method`` and ``_run``."""
+
+    COMMAND: str
+    """The verb (names the run mark, the tracker tags and messages)."""
+    CONFIG: type
+    """The program's config class (a :class:`~taalm_dist.config.TaalmConfig` given instead is read through it)."""
+    SECTION: str
+    """The config section with the run's settings (``ckl``, ``learn``)."""
+    SETTINGS: tuple[str, ...]
+    """The settings (dotted keys; a trailing dot: a whole section) a resumed run must share with its checkpoint ..."""
+    RESUME_MAY_CHANGE: tuple[str, ...]
+    """... except these."""
+
+    def __init__(self, cfg):
+        self.cfg = for_program(self.CONFIG, cfg)
+        self.c = getattr(self.cfg, self.SECTION)
+        self.session = RunSession(self.COMMAND)
+        self.step = 0
+        self.epoch = 0
+        self.rows: list[dict] = []
+        """One row per evaluated epoch (epoch 0: before training)."""
+        self.losses: list[float] = []
+        """Every θ update's batch loss, in order."""
+        self.notes: list[str] = []
+        self.replay: list = []
+        """Documents replayed among the epoch's own (``ckl run``'s mix_review); none by default."""
+
+    @property
+    def method(self) -> str:
+        """The method θ learns with (a ``ckl.method`` name: its weight rule and θ/data change)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Runtime, data, run directory (checked before anything is written), θ and its learner, the checkpoint to
+        resume, trackers."""
+        self._check_inputs()
+        self._start()
+        self._load_data()
+        # what a checkpoint must share with the run that resumes it (the data hashed once, not at every checkpoint)
+        self.settings, self.data_sha256 = self._settings(self.cfg), self._data_sha256()
+        self.session.open(self.c.out_dir, overwrite=self.c.overwrite, resume=self.c.resume, settings=self.settings,
+                          data_sha256=self.data_sha256, defaults=self._settings(self.CONFIG()))
+        with self.session.building():
+            self._build_training()
+            if self.session.resume_from is not None:
+                self._load_checkpoint(self.session.resume_from)
+        self.session.open_trackers(self.cfg, metrics_step=self._metrics_step(), params=self._tracker_params(),
+                                   method=self.method)
+
+    def _settings(self, cfg) -> dict:
+        """The settings a resumed run must share, of config ``cfg``."""
+        return resume_settings(cfg, self.SETTINGS, self.RESUME_MAY_CHANGE)
+
+    def _start(self) -> None:
+        """The runtime (process group, device), the seed and θ's tokenizer."""
+        self.session.start(self.cfg.engine, theta=self.cfg.theta.model)
+        self.distributed, self.world, self.rank = self.rt.distributed, self.rt.world, self.rt.rank
+        torch.manual_seed(self.c.seed)
+        self.tokenizer = load_tokenizer(self.cfg.theta.model)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+
+    def _build_training(self) -> None:
+        """θ (trainable part made), the weight rule, the per-token loss, and θ's learner: AdamW on one process, a
+        ZeRO-3 engine on several."""
+        self._build_theta()
+        self.rule = self._weight_rule()
+        self.per_token_loss = per_token_loss_fn(self.cfg.loss)
+        self.theta_learner = self._shard_theta() if self.distributed else LocalTheta(self.theta, self.c.lr)
+
+    def _kadapter_size(self) -> int | None:
+        """θ frozen with K-Adapters of this size instead of its own trainable part (``ckl run``'s kadapter), or None."""
+        return None
+
+    def _build_theta(self) -> None:
+        self.theta = build_theta(self.cfg.theta, len(self.tokenizer), seed=self.c.seed, device=self.rt.device,
+                                 gradient_checkpointing=self.cfg.engine.gradient_checkpointing,
+                                 kadapter_size=self._kadapter_size())
+        if not self.rt.distributed:
+            self.theta = self.rt.place(self.theta)
+        self.params = [p for p in self.theta.parameters() if p.requires_grad]
+
+    def _check_distributed(self) -> None:
+        """Refuse, before θ is sharded, what ZeRO-3 cannot run (the batch must cover the processes)."""
+        if self.c.batch_size % self.world and self.c.batch_size < self.world:
+            raise ConfigError(f"{self.SECTION}.batch_size={self.c.batch_size} is smaller than the {self.world} "
+                              "processes")
+
+    def _shard_theta(self) -> Zero3Theta:
+        """θ as a ZeRO-3 engine with AdamW (data parallel over the batch)."""
+        from taalm_dist.engine.ds_config import save_ds_configs, theta_learning_config
+
+        self._check_distributed()
+        config = theta_learning_config(self.cfg, self.c.batch_size, self.c.lr, self.world)
+        if D.is_main():
+            save_ds_configs({"theta": config}, self.out / "ds_config.json")
+        return Zero3Theta(self.rt, self.theta, config)
+
+    def _weight_rule(self):
+        """φ's weights for the taalm methods (θ's and φ's tokenizers must agree), else uniform ones."""
+        if M.base_rule(self.method) != "taalm":
+            return weight_rules.uniform_weights
+        if not self.c.phi_path:
+            raise ConfigError(f"{self.SECTION}.method={self.method} needs {self.SECTION}.phi_path (a meta-trained φ's "
+                              "phi/ directory)")
+        phi = load_phi(self.c.phi_path, device=self.rt.device)
+        phi_source = json.loads((Path(self.c.phi_path) / PHI_CONFIG).read_text())["phi"]["model"]
+        check_same_tokenizer(self.tokenizer, load_tokenizer(build(ModelSourceConfig, phi_source, "phi.model.")),
+                             f"θ ({self.cfg.theta.model.source})", f"φ ({self.c.phi_path})")
+        return weight_rules.PhiWeights(self.rt.place(phi), floor=self.c.phi_weight_floor)
+
+    # ---------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self) -> Path:
+        """θ's trainable tensors and optimizer state (or θ's ZeRO-3 engine), the RNG and the progress, as
+        ``checkpoints/step-<epoch>`` (atomic, see :mod:`taalm_dist.engine.checkpoint`); every rank calls it."""
+        state = {"epoch": self.epoch, "step": self.step, "rows": self.rows, "losses": self.losses,
+                 "settings": self.settings, "data_sha256": self.data_sha256, "world_size": self.world}
+        return self.session.checkpoint(self.epoch, self.theta_learner.save, state, self.c.keep_checkpoints)
+
+    def _load_checkpoint(self, directory: Path) -> None:
+        """θ's trainable tensors, the optimizer, the RNG and the progress of ``directory`` (its settings and data
+        were checked when the run directory was opened)."""
+        state = ckpt.read_state(directory)
+        if state.get("world_size", self.world) != self.world:
+            raise ConfigError(f"{directory} was written by {state['world_size']} process(es), this run has "
+                              f"{self.world}: relaunch with {state['world_size']}")
+        self.theta_learner.load(directory)
+        ckpt.load_rng(directory)
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.rows, self.losses = state["rows"], state["losses"]
+        if D.is_main():
+            print(f"taalm: resuming {self.out} after epoch {self.epoch} ({self.step} θ updates)")
+
+    def _check_stop(self) -> None:
+        """After a θ update: stop every rank together when any received SIGTERM/SIGINT (the last epoch checkpoint
+        stays; the interrupted epoch is learned again on resume)."""
+        if self.session.stop_requested():
+            done = f"after epoch {self.epoch}" if self.epoch else "before its first epoch checkpoint"
+            self.session.stop(f"stopped by {self.signals.requested or 'a request on another rank'} during epoch "
+                              f"{self.epoch + 1}; {self.out} holds the run {done}; continue with --resume auto")
+
+    # ---------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def accuracy(self, items) -> float:
+        """Mean object-token accuracy over the tasks of ``items`` (split over ranks, summed)."""
+        return self.theta_learner.accuracy(items, self.pad_id, self.c.eval_batch_size, self.rt.to_device)
+
+    # ------------------------------------------------------------------------------------ training
+    def _adjust_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss θ minimises given the batch's token-weighted loss (``ckl run``'s recadam adds a pull)."""
+        return loss
+
+    def _theta_update(self, items) -> float:
+        """One θ update on ``items`` (the whole batch; each rank takes its share). Returns the batch loss."""
+        items, factor = self.theta_learner.share(items)  # [uneven batch note] in taalm_dist.engine.theta
+        doc = self.rt.to_device(collate(items, self.pad_id)[0])
+        w = self.rule(doc) * (1.0 if factor else 0.0)
+        self.theta.train()
+        loss = self._adjust_loss(token_weighted_loss(self.theta_learner.model, doc, w, self.per_token_loss))
+        value = self.theta_learner.update(loss * factor)
+        self.step += 1
+        self.losses.append(value)
+        self._check_stop()
+        return value
+
+    def _replayed(self, rng) -> list:
+        """The replayed documents of an epoch (drawn with the epoch's ``rng``); none by default."""
+        return []
+
+    def epoch_batches(self, epoch: int) -> list[list]:
+        """The θ batches of ``epoch`` (1-based): the documents (plus replayed ones) shuffled by a seed of
+        ``seed`` and ``epoch`` alone, so a resumed run sees the same order."""
+        rng = epoch_rng(self.c.seed, epoch)
+        items = list(self.to_learn) + self._replayed(rng)
+        rng.shuffle(items)
+        return [items[s : s + self.c.batch_size] for s in range(0, len(items), self.c.batch_size)]
+
+    # --------------------------------------------------------------------------------------- run
+    def run(self) -> dict:
+        """Learn the remaining epochs (a checkpoint after each) and write the program's outputs; returns its result.
+
+        Raises:
+            Preempted: after a SIGTERM/SIGINT (the last epoch checkpoint stays).
+        """
+        self._started, self._first_epoch = time.monotonic(), self.epoch  # the setup facts' wall_s, resumed_at_epoch
+        with self.session.stop_signals(then="finishing the θ update in progress (the last epoch checkpoint is kept)"):
+            return self._run()
+
+    def _setup_facts(self) -> dict:
+        """What the result was made with, where and how long it took (``setup`` of its summary)."""
+        taalm = M.base_rule(self.method) == "taalm"
+        return {"theta": self.cfg.theta.model.source,
+                "trainable": "kadapter" if self._kadapter_size() is not None else self.cfg.theta.trainable,
+                "epochs": self.c.epochs, "lr": self.c.lr, "batch_size": self.c.batch_size,
+                "to_learn": len(self.to_learn), "not_to_forget": len(self.not_to_forget), "processes": self.world,
+                "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+                "wall_s": round(time.monotonic() - self._started, 1), "resumed_at_epoch": self._first_epoch or None,
+                "phi": self.c.phi_path if taalm else None, "phi_weight_floor": self.c.phi_weight_floor if taalm else None}
+
+    def _write_heatmap(self) -> None:
+        """The method's epoch-0 weights on the first documents (every rank computes: the rule may run θ)."""
+        items = self.to_learn[: self.c.heatmap_docs]
+        if not items:
+            return
+        doc = self.rt.to_device(collate(items, self.pad_id)[0])
+        w = self.rule(doc).cpu()
+        if not D.is_main():
+            return
+        docs = []
+        for b, item in enumerate(items):
+            n = len(item.doc_ids)
+            tokens = [self.tokenizer.decode([i]) for i in item.doc_ids]  # readable text, not byte-level symbols
+            docs.append((tokens, w[b, :n].tolist(), item.doc_object_mask))
+        heatmap(docs, f"{self.method}: token weights (epoch 0)", self.out)
