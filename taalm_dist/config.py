@@ -661,34 +661,25 @@ MOVED_KEYS = {"ckl run": {"train.overwrite": "ckl.overwrite (the --overwrite fla
 """Keys a program read under another name in earlier versions: ``command → {old key: where it is now}``."""
 
 
-@dataclass
-class TaalmConfig:
-    """Every program's sections in one file: a pipeline's config (the demo runs meta-train and ckl run from one) and
-    ``taalm config show``. Each program reads its own sections (:data:`PROGRAM_CONFIGS`, :func:`for_program`)."""
+def _every_program_config() -> type:
+    """:class:`TaalmConfig`: the sections of every program (a section two programs read in different widths, like
+    ``data``, in its wider form), each as its program declares it."""
+    sections: dict[str, type] = {}
+    for program in PROGRAM_CONFIGS:
+        hints = typing.get_type_hints(program)
+        for f in dataclasses.fields(program):
+            if f.name not in sections or issubclass(hints[f.name], sections[f.name]):
+                sections[f.name] = hints[f.name]
+    cls = dataclasses.make_dataclass(
+        "TaalmConfig", [(name, tp, field(default_factory=tp)) for name, tp in sections.items()],
+        namespace={"__post_init__": check_meta_training, "__doc__": (
+            "Every program's sections in one file: a pipeline's config (the demo runs meta-train and ckl run from one) "
+            "and ``taalm config show``. Each program reads its own sections (PROGRAM_CONFIGS, for_program).")})
+    cls.__module__ = __name__
+    return cls
 
-    theta: ThetaConfig = field(default_factory=ThetaConfig)
-    """θ, the base model."""
-    phi: PhiConfig = field(default_factory=PhiConfig)
-    """φ, the Train-Attention model."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """Meta-training pairs."""
-    meta: MetaConfig = field(default_factory=MetaConfig)
-    """Inner step and objective."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """Outer loop."""
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    """Single process or DeepSpeed ZeRO-3."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    """MLflow and JSONL logging."""
-    ckl: CklConfig = field(default_factory=CklConfig)
-    """LAMA-CKL runs (``taalm ckl run``)."""
-    loss: LossConfig = field(default_factory=LossConfig)
-    """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
-    learn: LearnConfig = field(default_factory=LearnConfig)
-    """``taalm learn`` on a user's own documents."""
 
-    def __post_init__(self):
-        check_meta_training(self)
+TaalmConfig = _every_program_config()
 
 
 def _known_fields(cls: type | None) -> dict[str, Any]:
