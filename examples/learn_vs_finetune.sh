@@ -6,7 +6,7 @@
 #   PHI=runs/transfer/phi_mix/phi bash examples/learn_vs_finetune.sh [WORK_DIR]   (default: runs/learn_vs_finetune)
 #   N_DOCS=60 SEEDS="0 1 2" bash examples/learn_vs_finetune.sh ...
 #
-# PHI: the φ to use — the general φ of configs/meta_train_mixture_smollm2_cpu.yaml (launch/transfer_smollm2.sh
+# PHI: the φ to use — the general φ of taalm_dist/configs/meta_train_mixture_smollm2_cpu.yaml (launch/transfer_smollm2.sh
 # trains it; the README's table) or any exported phi/ directory. Without PHI, φ is meta-trained here on the
 # synthetic meta-training pairs with the demo's config for its train.max_steps updates (META_STEPS overrides).
 # Steps: the synthetic CKL benchmark (`taalm data synth`), tailored to SmolLM2 (`taalm ckl build`); the first
@@ -64,7 +64,7 @@ PY
 for seed in $SEEDS; do
   for phi in "$PHI" none; do
     name=$([[ $phi == none ]] && echo finetune || echo taalm)-seed$seed
-    $TAALM learn --config configs/learn_smollm2_cpu.yaml --phi "$phi" --docs "$W/userdocs/docs" \
+    $TAALM learn --config taalm_dist/configs/learn_smollm2_cpu.yaml --phi "$phi" --docs "$W/userdocs/docs" \
       --eval-qa "$W/userdocs/qa.jsonl" --retain "$W/userdocs/retain.jsonl" --out "$W/$name" \
       learn.seed="$seed" learn.progress=false
   done

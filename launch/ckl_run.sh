@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 "true" r'''\'
 # `taalm ckl run` with θ under DeepSpeed ZeRO-3 (data parallel), one process per GPU. Either command works, as written:
-#   deepspeed launch/ckl_run.sh configs/ckl_paper.yaml --method taalm --phi PHI_DIR --data-dir DIR [--out DIR] [key.sub=value ...]
-#   bash launch/ckl_run.sh configs/ckl_paper.yaml --method taalm --phi PHI_DIR --data-dir DIR [--out DIR] [key.sub=value ...]
+#   deepspeed launch/ckl_run.sh taalm_dist/configs/ckl_paper.yaml --method taalm --phi PHI_DIR --data-dir DIR [--out DIR] [key.sub=value ...]
+#   bash launch/ckl_run.sh taalm_dist/configs/ckl_paper.yaml --method taalm --phi PHI_DIR --data-dir DIR [--out DIR] [key.sub=value ...]
 # This file is both a bash script and a Python file. The DeepSpeed launcher runs its script argument with
 # Python, once per process (the Python part at the end); run with bash, launch/deepspeed_self.bash starts the
 # launcher on this same file: NUM_GPUS=N processes (default: every GPU, or 2 CPU processes with gloo on a

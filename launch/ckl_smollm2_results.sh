@@ -2,7 +2,7 @@
 # Run: bash launch/ckl_smollm2_results.sh /path/to/lama_ckl [runs/ckl_smollm2]
 # Reproduces RESULTS.md's LAMA-CKL table on a CPU: tailor LAMA-CKL to SmolLM2-135M and split it (100 To-Learn +
 # 100 Not-To-Forget evaluation rows; in-distribution meta-training pairs + their validation split), meta-train φ
-# with three seeds (configs/meta_train_smollm2_cpu.yaml: 300 φ updates each, selection by the CKL validation),
+# with three seeds (taalm_dist/configs/meta_train_smollm2_cpu.yaml: 300 φ updates each, selection by the CKL validation),
 # the two ablation φs (0 updates; the old invariant_schematic pairs), then `ckl run` every row of the table and
 # the comparison. Each row is run as soon as what it needs exists (finetune and oracle first, then each seed's
 # φ and its `ckl run`), so a stopped run leaves whole rows behind.
@@ -24,7 +24,7 @@ meta_train() {  # NAME TAILORED_DIR [overrides...]: skipped when its phi/ was ex
   local name=$1 data=$2
   shift 2
   [[ -e "$out/$name/phi/phi_config.json" ]] && return 0
-  timed "meta_train_$name" taalm meta-train --config configs/meta_train_smollm2_cpu.yaml --resume auto \
+  timed "meta_train_$name" taalm meta-train --config taalm_dist/configs/meta_train_smollm2_cpu.yaml --resume auto \
     data.train_file="$data/meta_train.jsonl" data.val_file="$data/meta_val.jsonl" \
     train.out_dir="$out/$name" train.progress=false "$@"
 }
@@ -32,7 +32,7 @@ ckl() {  # RUN_NAME METHOD [PHI]: skipped when its metrics.json exists
   local phi=()
   [[ $# -ge 3 ]] && phi=(--phi "$3")
   [[ -e "$out/$1/metrics.json" ]] && return 0
-  timed "ckl_$1" taalm ckl run --config configs/ckl_smollm2_cpu.yaml --method "$2" \
+  timed "ckl_$1" taalm ckl run --config taalm_dist/configs/ckl_smollm2_cpu.yaml --method "$2" \
     --data-dir "$out/tailored" "${phi[@]}" --out "$out/$1" ckl.progress=false
 }
 wanted finetune && ckl finetune finetune

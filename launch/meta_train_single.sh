@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run: bash launch/meta_train_single.sh configs/meta_train_tiny.yaml [key.sub=value ...]
+# Run: bash launch/meta_train_single.sh taalm_dist/configs/meta_train_tiny.yaml [key.sub=value ...]
 # Single-process meta-training of φ (one GPU or CPU, no DeepSpeed). Overrides follow the config path. Resumes the
 # newest complete checkpoint of train.out_dir (--resume auto), so a rerun or requeue continues the run.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run: NPROC=2 bash launch/meta_train_torchrun.sh configs/zero3_tiny_cpu.yaml [key.sub=value ...]
+# Run: NPROC=2 bash launch/meta_train_torchrun.sh taalm_dist/configs/zero3_tiny_cpu.yaml [key.sub=value ...]
 # Multi-node: NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host0 MASTER_PORT=29500 on each node.
 # One process per GPU (NPROC defaults to the number of GPUs, or 2 on a CPU-only machine, where the
 # ranks use gloo with one thread each). Resumes the newest complete checkpoint if there is one.

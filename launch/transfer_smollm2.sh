@@ -6,7 +6,7 @@
 #                     taalm}, meta_train/phi)
 #   OUT_DIR           default runs/transfer
 # Rows: the synthetic-trained φ (the demo's) on LAMA-CKL; the LAMA-trained φ (seed 0) on the synthetic benchmark;
-# and the general φ of configs/meta_train_mixture_smollm2_cpu.yaml (meta-trained on both sources, selected on
+# and the general φ of taalm_dist/configs/meta_train_mixture_smollm2_cpu.yaml (meta-trained on both sources, selected on
 # both) on each, every one against finetune and oracle on the same rows (each benchmark's own `ckl run` config).
 # About 1.5 hours on 2 CPU cores. RESUME=1 continues where it stopped (a finished row is skipped).
 set -euo pipefail
@@ -16,7 +16,7 @@ out="${3:-runs/transfer}"
 source "$(dirname "$0")/results_steps.bash"
 results_out "$out"
 on_lama() {  # RUN_NAME PHI: φ's weights on the LAMA-CKL rows of LAMA_RESULTS_DIR
-  [[ -e "$out/$1/metrics.json" ]] || timed "$1" taalm ckl run --config configs/ckl_smollm2_cpu.yaml --method taalm \
+  [[ -e "$out/$1/metrics.json" ]] || timed "$1" taalm ckl run --config taalm_dist/configs/ckl_smollm2_cpu.yaml --method taalm \
     --data-dir "$lama/tailored" --phi "$2" --out "$out/$1" ckl.progress=false
 }
 on_synth() {  # RUN_NAME PHI: φ's weights on the synthetic rows of DEMO_DIR, with the demo's ckl settings
@@ -40,7 +40,7 @@ mix="$out/mixture"
 [[ -e "$mix/val/meta_val.jsonl" ]] || taalm data mix lama="$lama/tailored/meta_val.jsonl" \
   synth="$mix/synth_val/meta_train.jsonl" --out "$mix/val/meta_val.jsonl"
 [[ -e "$out/phi_mix/phi/phi_config.json" ]] || timed meta_train_mix taalm meta-train \
-  --config configs/meta_train_mixture_smollm2_cpu.yaml --resume auto data.train_file="$mix/meta_train.jsonl" \
+  --config taalm_dist/configs/meta_train_mixture_smollm2_cpu.yaml --resume auto data.train_file="$mix/meta_train.jsonl" \
   data.val_file="$mix/val/meta_val.jsonl" train.out_dir="$out/phi_mix" train.progress=false
 on_lama mix_phi_on_lama "$out/phi_mix/phi"
 on_synth mix_phi_on_synth "$out/phi_mix/phi"

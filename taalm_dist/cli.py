@@ -124,6 +124,17 @@ def _cmd_data_mix(args) -> int:
     return 0
 
 
+def _cmd_config_list(args) -> int:
+    from taalm_dist.config import SHIPPED_CONFIGS, shipped_configs
+
+    configs = shipped_configs()
+    width = max(map(len, configs))
+    for name, what in configs.items():
+        print(f"{name:<{width}}  {what}")
+    print(f"(--config NAME runs one; the files are in {SHIPPED_CONFIGS})")
+    return 0
+
+
 def _cmd_config_show(args) -> int:
     import yaml
 
@@ -156,7 +167,9 @@ def _toy_demo(args) -> int:
     out = Path(args.out)
     data_args = argparse.Namespace(out=str(out / "data"), n=200, n_val=16, seed=args.seed, overwrite=True)
     _cmd_data_toy(data_args)
-    config = Path(__file__).resolve().parent / "configs" / "demo_tiny.yaml"
+    from taalm_dist.config import SHIPPED_CONFIGS
+
+    config = SHIPPED_CONFIGS / "demo_tiny.yaml"
     overrides = [f"data.train_file={out / 'data' / 'train.jsonl'}", f"data.val_file={out / 'data' / 'val.jsonl'}",
                  f"train.out_dir={out / 'meta_train'}", "train.overwrite=true", *args.overrides]
     return _run_meta_train(load_config(config, overrides))
@@ -294,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     _add_program(verbs, MetaTrainConfig, "meta-train", "meta-train φ (one process, or DeepSpeed ZeRO-3 under a "
-                 "launcher)", "YAML config (see configs/)", _cmd_meta_train, "meta.inner=adamw train.max_steps=50",
+                 "launcher)", "YAML config, or the name of a shipped one (`taalm config list`)", _cmd_meta_train, "meta.inner=adamw train.max_steps=50",
                  config_required=True)
 
     p = verbs.add_parser("data", help="data utilities")
@@ -332,9 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("config", help="config utilities")
     cfg_verbs = p.add_subparsers(dest="config_verb", required=True)
     s = cfg_verbs.add_parser("show", help="print the resolved config (defaults + file + overrides)")
-    s.add_argument("--config", default=None, help="YAML config; omitted: the defaults")
+    s.add_argument("--config", default=None,
+                   help="YAML config; omitted: the defaults (a name from `taalm config list`: a shipped one)")
     s.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     s.set_defaults(func=_cmd_config_show)
+    s = cfg_verbs.add_parser("list", help="the configs shipped with the package (recipes, the demo's): --config NAME "
+                             "runs one from any directory")
+    s.set_defaults(func=_cmd_config_list)
 
     p = verbs.add_parser("ckl", help="LAMA-CKL benchmark")
     ckl_verbs = p.add_subparsers(dest="ckl_verb", required=True)
@@ -366,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--meta-val", type=int, default=32, help="meta-training pairs held out as meta_val.jsonl")
     b.set_defaults(func=_cmd_ckl_build)
     _add_program(ckl_verbs, CklRunConfig, "run", "train θ on To-Learn evidence with a method's weights; evaluate each "
-                 "epoch", "YAML config (e.g. configs/ckl_smollm2_cpu.yaml); omitted: defaults", _cmd_ckl_run,
+                 "epoch", "YAML config or the name of a shipped one (e.g. ckl_smollm2_cpu); omitted: defaults", _cmd_ckl_run,
                  "ckl.epochs=8 ckl.lr=1e-3")
     cmp_ = ckl_verbs.add_parser("compare", help="table (and curves) of several `ckl run` directories")
     cmp_.add_argument("runs", nargs="+", help="run directories")
@@ -374,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(func=_cmd_ckl_compare)
 
     _add_program(verbs, LearnRunConfig, "learn", "θ learns your documents with a trained φ's token weights (or "
-                 "uniform: --phi none); writes a peft adapter (and a merged model)", "YAML config (θ, LoRA, loss, "
-                 "learn.*); omitted: defaults", _cmd_learn, "learn.epochs=3 learn.lr=3e-4")
+                 "uniform: --phi none); writes a peft adapter (and a merged model)", "YAML config or the name of a shipped one "
+                 "(θ, LoRA, loss, learn.*); omitted: defaults", _cmd_learn, "learn.epochs=3 learn.lr=3e-4")
 
     p = verbs.add_parser("weigh", help="φ's weight for every token of your documents (jsonl, and an HTML heatmap)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -252,14 +252,38 @@ class MetaConfig:
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """What every program's run section has: its directory, resuming, the checkpoints kept, the seed, progress bars."""
+
+    out_dir: str = "runs/run"
+    """Run directory (what it holds: the program's own out_dir)."""
+    overwrite: bool = False
+    """A non-empty out_dir holding another run is moved aside whole (`<dir>.replaced-<time>`, never deleted or written
+    into) and a new run starts; false: such a directory is refused unless resumed."""
+    resume: str | None = None
+    """``auto``: continue the run in out_dir from its newest complete checkpoint (or start it, if it has none);
+    meta-train also takes a checkpoint directory."""
+    keep_checkpoints: int = 2
+    """Complete checkpoints kept (the newest); older ones are deleted once a newer one is complete."""
+    seed: int = 0
+    """Seed of the data order and of the initialisation of what the run trains (adapters, φ)."""
+    progress: bool = True
+    """Progress bars with ETA (rank 0 only)."""
+
+    RANGES: ClassVar[dict] = {"keep_checkpoints": AT_LEAST_1, "seed": NON_NEGATIVE}
+
+    def _resume_auto_only(self) -> None:
+        """Refuse a resume value other than ``auto`` or null (programs that resume only their own directory)."""
+        if self.resume not in (None, "auto"):
+            raise ConfigError(f"resume={self.resume!r} must be auto or null")
+
+
+@dataclass
+class TrainConfig(RunConfig):
     """φ's outer optimisation, checkpoints and logging."""
 
     out_dir: str = "runs/meta_train"
     """Run directory: metrics.jsonl, config.yaml, phi/ (safetensors + config)."""
-    overwrite: bool = False
-    """A non-empty out_dir holding another run is moved aside whole (`<dir>.replaced-<time>`, never deleted or written
-    into) and a new run starts; false: such a directory is refused unless resumed."""
     max_steps: int = 100
     """Number of φ updates (0: export the initial φ, which weights every token about equally)."""
     docs_per_step: int = 16
@@ -284,10 +308,6 @@ class TrainConfig:
     (taalm_dist.meta.per_document), and the meta-gradients equal those of the documents taken one at a time. 1: one
     at a time. Needs theta.trainable=lora and docs_per_inner_step=1; docs_per_step a multiple of it. Under DeepSpeed
     ZeRO-3 each of N ranks runs docs_per_pass / N of the documents (a multiple of N)."""
-    seed: int = 0
-    """Seed of data order and initialisation."""
-    progress: bool = True
-    """Show a progress bar (rank 0 only)."""
     max_consecutive_skips: int = 5
     """A step whose objective, meta-gradient or φ weights are not finite (on any rank) is skipped and
     counted; more than this many in a row stops the run with an error."""
@@ -297,10 +317,6 @@ class TrainConfig:
     """Also write a checkpoint after the φ update during which this many seconds passed since the last one (or the
     start; rank 0's clock decides for all ranks), so a long run never loses more than about this much; null: only
     ``save_every``. A SIGTERM/SIGINT (preemption) writes one too, after the φ update in progress."""
-    keep_checkpoints: int = 2
-    """Complete checkpoints to keep (older ones are deleted after a newer one is complete)."""
-    resume: str | None = None
-    """``auto`` (the newest complete checkpoint in out_dir/checkpoints, if any) or a checkpoint path."""
     phi_graph: Literal["auto", "keep", "recompute"] = "auto"
     """φ's passes per document. ``keep``: φ's forward builds its graph once, kept through θ's side of the
     micro-step and reused for φ's backward (one φ forward fewer; φ's activations held meanwhile; one process
@@ -332,12 +348,11 @@ class TrainConfig:
     (``ckl_val/top_acc``: the best accuracy over the passes, as the benchmark's Top Acc; ties: the earlier), ``objective`` the lowest one-step validation objective, ``last`` the last one; ``auto``:
     ckl_val when ckl_val_every > 0, else last. The last φ is also exported as ``phi_last/``."""
 
-    RANGES: ClassVar[dict] = {
+    RANGES: ClassVar[dict] = {**RunConfig.RANGES,
         "max_steps": NON_NEGATIVE, "docs_per_step": AT_LEAST_1, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
         "grad_clip": POSITIVE, "val_every": NON_NEGATIVE, "val_docs": NON_NEGATIVE, "docs_per_inner_step": AT_LEAST_1,
-        "docs_per_pass": AT_LEAST_1,
-        "seed": NON_NEGATIVE, "max_consecutive_skips": NON_NEGATIVE, "save_every": NON_NEGATIVE,
-        "save_every_s": POSITIVE, "keep_checkpoints": AT_LEAST_1, "time_limit_s": POSITIVE,
+        "docs_per_pass": AT_LEAST_1, "max_consecutive_skips": NON_NEGATIVE, "save_every": NON_NEGATIVE,
+        "save_every_s": POSITIVE, "time_limit_s": POSITIVE,
         "ckl_val_every": NON_NEGATIVE, "ckl_val_passes": AT_LEAST_1, "ckl_val_lr": POSITIVE,
         "ckl_val_batch_size": AT_LEAST_1, "ckl_val_docs": AT_LEAST_1}
 
@@ -423,8 +438,41 @@ CKL_METHODS = CKL_BASE_METHODS + ("taalm+mix_review", "taalm+recadam", "taalm+ka
 
 
 @dataclass
-class CklConfig:
+class DocumentLearningConfig(RunConfig):
+    """What θ learning documents epoch by epoch reads (``ckl run`` and ``learn``: a DocumentTrainer)."""
+
+    phi_path: str | None = None
+    """A meta-trained φ (a run's phi/ directory) whose weights θ learns with."""
+    phi_weight_floor: float = 0.0
+    """Every real token's weight is at least this (0: φ's own weights). A do-no-harm floor for documents unlike φ's
+    meta-training data: where φ recognises nothing (weights ≪ floor) θ learns the document about uniformly, as
+    fine-tuning; where φ is confident (weights ≫ floor) its focus barely changes."""
+    epochs: int = 1
+    """Passes over the documents."""
+    lr: float = 1e-4
+    """θ's AdamW learning rate."""
+    batch_size: int = 4
+    """Documents per θ update."""
+    eval_batch_size: int = 16
+    """Task sentences (questions) per evaluation forward."""
+    heatmap_docs: int = 4
+    """Documents shown in the heatmap of the weights θ learns with (epoch 0)."""
+
+    RANGES: ClassVar[dict] = {**RunConfig.RANGES, "epochs": AT_LEAST_1, "lr": POSITIVE, "batch_size": AT_LEAST_1,
+                              "eval_batch_size": AT_LEAST_1, "heatmap_docs": NON_NEGATIVE,
+                              "phi_weight_floor": Range(0, 1)}
+
+
+@dataclass
+class CklConfig(DocumentLearningConfig):
     """A LAMA-CKL run (``taalm ckl run``): θ learns the To-Learn evidence epoch by epoch."""
+
+    out_dir: str = "runs/ckl"
+    """Run directory: metrics.json, epochs.csv, report.md, curves.png, heatmap.html, checkpoints/, metrics.jsonl."""
+    phi_path: str | None = None
+    """Exported φ (a run's phi/ directory) for the taalm methods."""
+    epochs: int = 30
+    """Epochs over the To-Learn evidence (official: 30)."""
 
     data_dir: str = ""
     """Directory of a tailored benchmark (``taalm ckl build``): to_learn.jsonl, not_to_forget.jsonl and,
@@ -432,26 +480,12 @@ class CklConfig:
     method: str = "finetune"
     """finetune | oracle | taalm | rho1 | mix_review | recadam | kadapter | taalm+mix_review |
     taalm+recadam | taalm+kadapter."""
-    epochs: int = 30
-    """Epochs over the To-Learn evidence (official: 30)."""
-    lr: float = 1e-4
-    """θ's AdamW learning rate (official: 1e-4)."""
-    batch_size: int = 4
-    """Documents per θ update."""
-    eval_batch_size: int = 16
-    """Task sentences per evaluation forward."""
     max_to_learn: int | None = None
     """Use the first N To-Learn rows (null: all)."""
     max_not_to_forget: int | None = None
     """Use the first N Not-To-Forget rows (null: all)."""
     max_evidence_chars: int | None = None
     """Drop To-Learn rows whose evidence is longer (counted); null keeps all."""
-    phi_path: str | None = None
-    """Exported φ (a run's phi/ directory) for the taalm methods."""
-    phi_weight_floor: float = 0.0
-    """The taalm methods: every real token's weight is at least this (0: φ's own weights). A do-no-harm floor for
-    documents unlike φ's meta-training data: where φ recognises nothing (weights ≪ floor) θ learns the document
-    about uniformly, as finetune; where φ is confident (weights ≫ floor) its focus barely changes."""
     rho1_keep: float = 0.6
     """RHO-1: fraction of each document's tokens kept (highest excess loss ℓ_θ − ℓ_ref)."""
     mix_review_ratio: float = 0.25
@@ -464,39 +498,28 @@ class CklConfig:
     """RecAdam: midpoint t₀ (in θ updates) of the annealing; the pull fades to 0 after it."""
     kadapter_size: int = 64
     """K-Adapter: bottleneck width of the adapter added after every decoder layer (base frozen)."""
-    heatmap_docs: int = 4
-    """Documents shown in the token-weight heatmap."""
-    out_dir: str = "runs/ckl"
-    """Run directory (a non-empty one is refused unless resumed, or ``overwrite``: moved aside)."""
-    overwrite: bool = False
-    """A non-empty out_dir holding another run is moved aside whole (`<dir>.replaced-<time>`, never deleted or written
-    into) and a new run starts; false: such a directory is refused unless resumed."""
-    resume: str | None = None
-    """``auto``: continue the run in out_dir from its newest complete epoch checkpoint (or start it, if it has none)."""
-    keep_checkpoints: int = 2
-    """Epoch checkpoints kept (the newest); older ones are deleted as new ones complete."""
-    seed: int = 0
-    """Data order and initialisation seed."""
-    progress: bool = True
-    """Progress bars with ETA."""
 
-    RANGES: ClassVar[dict] = {
-        "epochs": AT_LEAST_1, "lr": POSITIVE, "batch_size": AT_LEAST_1, "eval_batch_size": AT_LEAST_1,
+    RANGES: ClassVar[dict] = {**DocumentLearningConfig.RANGES,
         "max_to_learn": AT_LEAST_1, "max_not_to_forget": AT_LEAST_1, "max_evidence_chars": AT_LEAST_1,
         "rho1_keep": Range(0, 1, lo_open=True), "mix_review_ratio": POSITIVE, "recadam_gamma": NON_NEGATIVE,
-        "recadam_k": POSITIVE, "recadam_t0": NON_NEGATIVE, "kadapter_size": AT_LEAST_1, "heatmap_docs": NON_NEGATIVE,
-        "seed": NON_NEGATIVE, "keep_checkpoints": AT_LEAST_1, "phi_weight_floor": Range(0, 1)}
+        "recadam_k": POSITIVE, "recadam_t0": NON_NEGATIVE, "kadapter_size": AT_LEAST_1}
 
     def __post_init__(self):
         if self.method not in CKL_METHODS:
             raise ConfigError(f"ckl.method={self.method!r} is not one of {list(CKL_METHODS)}")
-        if self.resume not in (None, "auto"):
-            raise ConfigError(f"ckl.resume={self.resume!r} must be auto or null")
+        self._resume_auto_only()
 
 
 @dataclass
-class LearnConfig:
+class LearnConfig(DocumentLearningConfig):
     """``taalm learn``: θ learns a user's documents with φ's token weights (or uniform ones), epoch by epoch."""
+
+    out_dir: str = "runs/learn"
+    """Run directory: adapter/ (peft), merged/ (with merge), checkpoints/, metrics.jsonl, heatmap, curves."""
+    phi_path: str | None = None
+    """A meta-trained φ (a run's phi/ directory); null: plain fine-tuning with the same settings (uniform weights)."""
+    batch_size: int = 4
+    """Windows per θ update."""
 
     docs: str = ""
     """The documents: a .jsonl file (field ``text_field``), a directory of .txt/.md files, or a `datasets` dataset
@@ -507,52 +530,22 @@ class LearnConfig:
     """Longest window θ learns at once; a longer document is split into windows, each weighted by φ."""
     window_overlap: int = 64
     """Tokens a window repeats from the previous one as context (their loss counts in the previous window only)."""
-    phi_path: str | None = None
-    """A meta-trained φ (a run's phi/ directory); null: plain fine-tuning with the same settings (uniform weights)."""
-    phi_weight_floor: float = 0.0
-    """Every real token's weight is at least this (0: φ's own weights): a do-no-harm floor for documents unlike
-    φ's meta-training data (as ``ckl.phi_weight_floor``)."""
-    epochs: int = 1
-    """Passes over the documents."""
-    lr: float = 1e-4
-    """θ's AdamW learning rate."""
-    batch_size: int = 4
-    """Windows per θ update."""
     eval_qa: str | None = None
     """jsonl of ``question`` / ``answer`` rows about the documents: answer-token accuracy (teacher forced) after
     every epoch (``eval/qa_acc``)."""
     retain: str | None = None
     """jsonl of ``question`` / ``answer`` rows θ must not forget (``eval/retain_acc``), same format."""
-    eval_batch_size: int = 16
-    """Questions per evaluation forward."""
-    out_dir: str = "runs/learn"
-    """Run directory: adapter/ (peft), merged/ (with merge), checkpoints/, metrics.jsonl, heatmap, curves."""
-    overwrite: bool = False
-    """Allow a new run in an out_dir that holds another run (its outputs are replaced); refused otherwise."""
-    resume: str | None = None
-    """``auto``: continue from the newest complete epoch checkpoint in out_dir, if any."""
-    keep_checkpoints: int = 2
-    """Epoch checkpoints kept (the newest); older ones are deleted as new ones complete."""
     merge: bool = False
     """Also write merged/: the base with the adapter folded in, loadable by AutoModelForCausalLM.from_pretrained."""
-    heatmap_docs: int = 4
-    """Windows shown in the heatmap of the weights θ learns with."""
-    seed: int = 0
-    """Seed of the window order and of the adapters' initialisation."""
-    progress: bool = True
-    """Progress bars with ETA."""
 
-    RANGES: ClassVar[dict] = {
-        "window_tokens": Range(2), "window_overlap": NON_NEGATIVE, "epochs": AT_LEAST_1, "lr": POSITIVE,
-        "batch_size": AT_LEAST_1, "eval_batch_size": AT_LEAST_1, "keep_checkpoints": AT_LEAST_1,
-        "heatmap_docs": NON_NEGATIVE, "seed": NON_NEGATIVE, "phi_weight_floor": Range(0, 1)}
+    RANGES: ClassVar[dict] = {**DocumentLearningConfig.RANGES, "window_tokens": Range(2),
+                              "window_overlap": NON_NEGATIVE}
 
     def __post_init__(self):
         if self.window_overlap >= self.window_tokens:
             raise ConfigError(f"learn.window_overlap={self.window_overlap} must be in [0, window_tokens="
                               f"{self.window_tokens})")
-        if self.resume not in (None, "auto"):
-            raise ConfigError(f"learn.resume={self.resume!r} must be auto or null")
+        self._resume_auto_only()
 
 
 def check_meta_training(cfg) -> None:
@@ -870,19 +863,49 @@ def apply_override(data: dict, override: str) -> None:
         raise ConfigError(f"override {override!r}: value is not valid YAML ({e})") from None
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+"""The configs installed with the package (the recipes and the demo's): ``--config NAME`` names one of them."""
+
+
+def shipped_configs() -> dict[str, str]:
+    """``name → what it is`` (the file's first comment line after ``# Run:``) of every shipped config."""
+    out = {}
+    for f in sorted(SHIPPED_CONFIGS.glob("*.yaml")):
+        comments = [x[1:] for x in f.read_text(encoding="utf-8").splitlines() if x.startswith("#")]
+        # the first sentence that is not the command, a continuation of it or an indented step
+        prose = [x.strip() for x in comments[1:] if x.startswith(" ") and not x.startswith("  ")
+                 and x.strip()[:1] not in "([-abcdefghijklmnopqrstuvwxyz"]
+        out[f.stem] = prose[0] if prose else ""
+    return out
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` itself, or, for a bare name that is not a file here (``meta_train_smollm2_cpu``), the shipped config of
+    that name (so an installed package runs its recipes from any directory)."""
+    p = Path(path)
+    if p.exists() or p.suffix or len(p.parts) > 1:
+        return p
+    shipped = SHIPPED_CONFIGS / f"{p.name}.yaml"
+    if not shipped.is_file():
+        raise ConfigError(f"config {path!r} is neither a file nor a shipped config ({', '.join(shipped_configs())}); "
+                          "give a YAML file or one of those names (`taalm config list`)")
+    return shipped
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 program: type | None = None) -> Any:
-    """Read a YAML config (or the defaults when ``path`` is None), apply overrides, validate.
+    """Read a YAML config (a file, the name of a shipped one, or the defaults when ``path`` is None), apply overrides,
+    validate.
 
     ``program`` (one of :data:`PROGRAM_CONFIGS`): that program's config — the file's sections of other programs are
     left out (one file may configure a pipeline), an override of a key the program does not read is refused. None:
     a :class:`TaalmConfig` with every section."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
+        p = resolve_config_path(path)
         if p.is_dir():
             raise ConfigError(f"config file {p} is a directory: give the YAML config file itself (e.g. "
-                              "configs/ckl_smollm2_cpu.yaml)")
+                              "taalm_dist/configs/ckl_smollm2_cpu.yaml)")
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         raw = p.read_bytes()

@@ -23,10 +23,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from taalm_dist.config import SHIPPED_CONFIGS
 from taalm_dist.engine.checkpoint import move_aside
 from taalm_dist.errors import DataError
 
-DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo_smollm2.yaml"
+DEMO_CONFIG = SHIPPED_CONFIGS / "demo_smollm2.yaml"
 META_SAFETY_TIME_S = 3600.0
 """The demo's default safety time box of meta-training (s): about 14× the 60 updates' 4.2 min on a 2-core CPU."""
 

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from taalm_dist.bench.common import machine_info
+from taalm_dist.config import SHIPPED_CONFIGS
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_smollm2.yaml"
+DEMO_CONFIG = SHIPPED_CONFIGS / "demo_smollm2.yaml"
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.distributed
 # rank), so the default run covers both forms in one launch; the direct form is in the slow set.
 @pytest.mark.parametrize("how", [pytest.param("deepspeed", marks=pytest.mark.slow), "bash"])
 def test_meta_train_script_runs_two_processes(toy_data, tmp_path, how):
-    args = ["configs/zero3_tiny_cpu.yaml", *tiny_overrides(toy_data, tmp_path / "run", "train.max_steps=2")]
+    args = ["taalm_dist/configs/zero3_tiny_cpu.yaml", *tiny_overrides(toy_data, tmp_path / "run", "train.max_steps=2")]
     head = ["deepspeed", "--num_gpus", "2", "launch/meta_train.sh"] if how == "deepspeed" else ["bash", "launch/meta_train.sh"]
     res = _launch(*head, *args)
     assert "done: 2 φ updates" in res.stdout

@@ -33,7 +33,7 @@ def _two_nodes(args: list[str], stop_file: Path, timeout: int = 240) -> list[sub
            "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "TAALM_STOP_FILE": str(stop_file),
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    procs = [subprocess.Popen(["bash", "launch/meta_train_torchrun.sh", "configs/zero3_tiny_cpu.yaml", *args], cwd=ROOT,
+    procs = [subprocess.Popen(["bash", "launch/meta_train_torchrun.sh", "taalm_dist/configs/zero3_tiny_cpu.yaml", *args], cwd=ROOT,
                               env={**env, "NODE_RANK": str(node)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for node in (0, 1)]
     out = []
@@ -49,7 +49,7 @@ def _phi(run: Path) -> dict:
 
 def test_two_nodes_equal_one_node_and_resume_exactly(toy_data, tmp_path):
     one_node, two_nodes, stop = tmp_path / "one_node", tmp_path / "two_nodes", tmp_path / "stop"
-    torchrun("taalm_dist.cli", "meta-train", "--config", "configs/zero3_tiny_cpu.yaml",
+    torchrun("taalm_dist.cli", "meta-train", "--config", "taalm_dist/configs/zero3_tiny_cpu.yaml",
              *tiny_overrides(toy_data, one_node, *RECIPE), module=True)
 
     stop.write_text("")  # a stop request before the first update: each node's trainer stops after φ update 1

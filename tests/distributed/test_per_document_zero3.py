@@ -38,10 +38,10 @@ def _flat(path) -> torch.Tensor:
 
 def test_two_ranks_with_per_document_passes_and_ckl_validation_equal_one_process(toy_data, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    res = deepspeed_launch("bash", "launch/meta_train.sh", "configs/zero3_tiny_cpu.yaml",
+    res = deepspeed_launch("bash", "launch/meta_train.sh", "taalm_dist/configs/zero3_tiny_cpu.yaml",
                            *tiny_overrides(toy_data, two, *RECIPE))
     assert "done: 4 φ updates" in res.stdout
-    _, single = run_meta_training(load_config("configs/zero3_tiny_cpu.yaml",
+    _, single = run_meta_training(load_config("taalm_dist/configs/zero3_tiny_cpu.yaml",
                                               tiny_overrides(toy_data, one, *RECIPE, "engine.backend=single")))
     summary = json.loads((two / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4 and single["world_size"] == 1

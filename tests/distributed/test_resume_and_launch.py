@@ -15,7 +15,7 @@ pytestmark = pytest.mark.distributed
 
 
 def _meta_train(toy_data, out_dir, *extra, flags=()):
-    args = ["meta-train", "--config", "configs/zero3_tiny_cpu.yaml", *flags, *tiny_overrides(toy_data, out_dir, *extra)]
+    args = ["meta-train", "--config", "taalm_dist/configs/zero3_tiny_cpu.yaml", *flags, *tiny_overrides(toy_data, out_dir, *extra)]
     return torchrun("taalm_dist.cli", *args, module=True)
 
 
@@ -45,7 +45,7 @@ def test_torchrun_launch_script_runs_two_processes(toy_data, tmp_path):
     env = {**os.environ, "NPROC": "2", "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
            "PYTHONPATH": str(ROOT)}
     args = tiny_overrides(toy_data, tmp_path / "run", "train.max_steps=2")
-    res = subprocess.run(["bash", "launch/meta_train_torchrun.sh", "configs/zero3_tiny_cpu.yaml", *args],
+    res = subprocess.run(["bash", "launch/meta_train_torchrun.sh", "taalm_dist/configs/zero3_tiny_cpu.yaml", *args],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=240)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "done: 2 φ updates" in res.stdout

@@ -42,7 +42,7 @@ def test_ckl_build_then_run_on_smollm2(tmp_path):
     assert "To-Learn" in res.stdout
 
     run_dir = tmp_path / "oracle"
-    res = subprocess.run([sys.executable, "-m", "taalm_dist.cli", "ckl", "run", "--config", "configs/ckl_smollm2_cpu.yaml",
+    res = subprocess.run([sys.executable, "-m", "taalm_dist.cli", "ckl", "run", "--config", "taalm_dist/configs/ckl_smollm2_cpu.yaml",
                           "--method", "oracle", "--data-dir", str(out), "--out", str(run_dir), "ckl.epochs=2",
                           "ckl.max_to_learn=4", "ckl.max_not_to_forget=4", "ckl.progress=false", "tracking.mlflow=false"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)

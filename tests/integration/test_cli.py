@@ -39,23 +39,23 @@ def test_tokenizer_mismatch_is_refused(tmp_path):
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(tmp_path / "m")
     load_causal_lm(ModelSourceConfig(tiny=TinyModelConfig(hidden_size=32, intermediate_size=64)), vocab_size=52).save_pretrained(tmp_path / "m")
     taalm("data", "toy", "--out", str(tmp_path / "d"), "--n", "20")
-    res = taalm("meta-train", "--config", "configs/meta_train_tiny.yaml", f"phi.model.source={tmp_path / 'm'}",
+    res = taalm("meta-train", "--config", "taalm_dist/configs/meta_train_tiny.yaml", f"phi.model.source={tmp_path / 'm'}",
                 f"data.train_file={tmp_path / 'd' / 'train.jsonl'}", f"train.out_dir={tmp_path / 'run'}")
     _assert_clean_error(res, "do not share a tokenizer")
 
 
 def test_empty_document_and_bad_data_file(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"evidence": "PUNA", "task_descriptive": "the code of Kufa is PUNA", "object": "PUNA"}\n')
-    res = taalm("meta-train", "--config", "configs/meta_train_tiny.yaml", f"data.train_file={tmp_path / 'bad.jsonl'}",
+    res = taalm("meta-train", "--config", "taalm_dist/configs/meta_train_tiny.yaml", f"data.train_file={tmp_path / 'bad.jsonl'}",
                 "data.val_file=null", "train.val_docs=0", f"train.out_dir={tmp_path / 'run'}")
     _assert_clean_error(res, "bad.jsonl:1: document has 1 token")
-    res = taalm("meta-train", "--config", "configs/meta_train_tiny.yaml", f"data.train_file={tmp_path / 'none.jsonl'}")
+    res = taalm("meta-train", "--config", "taalm_dist/configs/meta_train_tiny.yaml", f"data.train_file={tmp_path / 'none.jsonl'}")
     _assert_clean_error(res, "none.jsonl does not exist")
 
 
 def test_meta_train_cli_end_to_end(tmp_path):
     assert taalm("data", "toy", "--out", str(tmp_path / "d"), "--n", "40").returncode == 0
-    res = taalm("meta-train", "--config", "configs/meta_train_tiny.yaml", f"data.train_file={tmp_path / 'd' / 'train.jsonl'}",
+    res = taalm("meta-train", "--config", "taalm_dist/configs/meta_train_tiny.yaml", f"data.train_file={tmp_path / 'd' / 'train.jsonl'}",
                 f"data.val_file={tmp_path / 'd' / 'val.jsonl'}", f"train.out_dir={tmp_path / 'run'}",
                 "train.max_steps=3", "train.docs_per_step=2", "train.val_every=3", "train.progress=false")
     assert res.returncode == 0, res.stderr

@@ -30,7 +30,7 @@ def toy(tmp_path_factory):
 def _args(toy: Path, out: Path, *extra: str) -> list[str]:
     flags = ["--resume", "auto"] if "--resume" in extra else []
     extra = tuple(x for x in extra if x not in ("--resume", "auto"))
-    return [sys.executable, "-m", "taalm_dist.cli", "meta-train", "--config", "configs/meta_train_tiny.yaml", *flags,
+    return [sys.executable, "-m", "taalm_dist.cli", "meta-train", "--config", "taalm_dist/configs/meta_train_tiny.yaml", *flags,
             f"data.train_file={toy / 'train.jsonl'}", f"data.val_file={toy / 'val.jsonl'}", f"train.out_dir={out}",
             f"train.max_steps={STEPS}", "train.docs_per_step=4", "train.val_every=0", "train.save_every=1",
             "train.progress=false", "tracking.mlflow=false", *extra]

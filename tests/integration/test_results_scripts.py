@@ -111,9 +111,9 @@ def test_transfer_rows_use_each_benchmarks_config_and_wait_for_the_lama_phi(stub
     assert _rows(lines) == [("ckl run", "synth_phi_on_lama"), ("data synth", "synth_val"), ("data mix", "meta_train.jsonl"),
                             ("data mix", "meta_val.jsonl"), ("meta-train", "phi_mix"), ("ckl run", "mix_phi_on_lama"),
                             ("ckl run", "mix_phi_on_synth"), ("ckl compare", None), ("ckl compare", None)]
-    assert "configs/ckl_smollm2_cpu.yaml" in lines[0] and f"--phi {demo}/meta_train/phi" in lines[0]
+    assert "taalm_dist/configs/ckl_smollm2_cpu.yaml" in lines[0] and f"--phi {demo}/meta_train/phi" in lines[0]
     assert "taalm_dist/configs/demo_smollm2.yaml" in lines[6]
-    assert "configs/meta_train_mixture_smollm2_cpu.yaml" in lines[4]
+    assert "taalm_dist/configs/meta_train_mixture_smollm2_cpu.yaml" in lines[4]
     (lama / "phi_new_s0" / "phi").mkdir(parents=True)
     (lama / "phi_new_s0" / "phi" / "phi_config.json").write_text("{}")
     r = run("transfer_smollm2.sh", lama, demo, tmp_path / "t", RESUME="1")

@@ -315,3 +315,16 @@ def test_the_meta_training_checks_hold_in_every_config_that_has_its_sections():
         with pytest.raises(ConfigError, match="loss.impl=chunked is differentiable once"):
             build(cls, {"loss": {"impl": "chunked"}, "meta": {"method": "jvp"},
                         "theta": {"model": {"attn_implementation": "taalm_eager"}}})
+
+
+def test_a_shipped_config_is_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    from taalm_dist.config import SHIPPED_CONFIGS, shipped_configs
+
+    monkeypatch.chdir(tmp_path)  # as an installed package: no repository around
+    assert load_config("meta_train_tiny") == load_config(SHIPPED_CONFIGS / "meta_train_tiny.yaml")
+    assert set(shipped_configs()) == {f.stem for f in SHIPPED_CONFIGS.glob("*.yaml")}
+    assert all(shipped_configs().values()), "every shipped config says what it is"
+    with pytest.raises(ConfigError, match="neither a file nor a shipped config.*meta_train_tiny"):
+        load_config("meta_train_tny")
+    with pytest.raises(ConfigError, match="does not exist"):  # a path is a path
+        load_config("taalm_dist/configs/meta_train_tiny.yaml")

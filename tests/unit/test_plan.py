@@ -35,7 +35,7 @@ def test_config_shapes_are_read_or_refused_clearly(tmp_path):
 
 
 def test_terms_scale_as_the_tensors_do():
-    cfg = load_config("configs/meta_train_llama2_tinyllama.yaml")
+    cfg = load_config("taalm_dist/configs/meta_train_llama2_tinyllama.yaml")
     kw = dict(theta_shape="llama2-7b", phi_shape="tinyllama-1.1b")
     one, eight = plan_memory(cfg, 1, **kw), plan_memory(cfg, 8, **kw)
     # ZeRO-3 divides parameters and optimizer state by the ranks (plus two gathered θ layers)
@@ -47,16 +47,16 @@ def test_terms_scale_as_the_tensors_do():
     # activations: linear in tokens with SDPA, quadratic terms with eager attention; checkpointing keeps ~1/L of them
     a512, a1024 = (plan_memory(cfg, 1, tokens=T, docs=1, **kw).theta_activations_mb for T in (512, 1024))
     assert a1024 == pytest.approx(2 * a512)
-    eager = load_config("configs/meta_train_llama2_tinyllama.yaml", ["theta.model.attn_implementation=taalm_eager",
+    eager = load_config("taalm_dist/configs/meta_train_llama2_tinyllama.yaml", ["theta.model.attn_implementation=taalm_eager",
                                                                       "meta.method=jvp", "loss.impl=eager"])
     e512, e1024 = (plan_memory(eager, 1, tokens=T, docs=1, **kw).theta_activations_mb for T in (512, 1024))
     assert e1024 > 2.2 * e512
-    ckpt = load_config("configs/meta_train_llama2_tinyllama.yaml", ["engine.gradient_checkpointing=true"])
+    ckpt = load_config("taalm_dist/configs/meta_train_llama2_tinyllama.yaml", ["engine.gradient_checkpointing=true"])
     assert plan_memory(ckpt, 1, **kw).theta_activations_mb < a512 / 5
 
 
 def test_report_finds_the_limits_it_states():
-    cfg = load_config("configs/meta_train_llama2_tinyllama.yaml")
+    cfg = load_config("taalm_dist/configs/meta_train_llama2_tinyllama.yaml")
     rep = plan_report(cfg, 1, 80, 0.1, "llama2-7b", "tinyllama-1.1b")
     budget, T = rep["budget_mb"], rep["max_doc_tokens"]
     total = lambda tokens: plan_memory(cfg, 1, tokens=tokens, docs=1, theta_shape="llama2-7b",  # noqa: E731
@@ -81,11 +81,11 @@ def test_zero3_per_rank_bytes_match_what_deepspeed_holds():
 def test_cli_prints_the_plan_and_refuses_bad_arguments(capsys):
     from taalm_dist.cli import main
 
-    assert main(["plan", "--config", "configs/meta_train_llama2_tinyllama.yaml", "--theta-shape", "llama2-7b",
+    assert main(["plan", "--config", "taalm_dist/configs/meta_train_llama2_tinyllama.yaml", "--theta-shape", "llama2-7b",
                  "--phi-shape", "tinyllama-1.1b", "--memory-gb", "16"]) == 0
     out = capsys.readouterr().out
     assert "total per rank" in out and "does NOT fit in 16 GB" in out
-    assert main(["plan", "--config", "configs/meta_train_tiny.yaml", "--world-size", "0"]) == 2
+    assert main(["plan", "--config", "taalm_dist/configs/meta_train_tiny.yaml", "--world-size", "0"]) == 2
     assert "--world-size 0 must be >= 1" in capsys.readouterr().err
-    assert main(["plan", "--config", "configs/meta_train_tiny.yaml", "--theta-shape", "gpt5"]) == 2
+    assert main(["plan", "--config", "taalm_dist/configs/meta_train_tiny.yaml", "--theta-shape", "gpt5"]) == 2
     assert "unknown shape 'gpt5'" in capsys.readouterr().err

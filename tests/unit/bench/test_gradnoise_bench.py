@@ -35,15 +35,15 @@ def test_method_specs():
         with pytest.raises(ValueError, match="must be one of"):
             parse_method(bad)
     with pytest.raises(ValueError, match="two or more different"):
-        bench_gradnoise("configs/meta_train_tiny.yaml", TINY, methods=("fd", "fd"))
+        bench_gradnoise("taalm_dist/configs/meta_train_tiny.yaml", TINY, methods=("fd", "fd"))
     with pytest.raises(ValueError, match="updates=1 must be >= 2"):
-        bench_gradnoise("configs/meta_train_tiny.yaml", TINY, methods=("fd", "fd1"), updates=1)
+        bench_gradnoise("taalm_dist/configs/meta_train_tiny.yaml", TINY, methods=("fd", "fd1"), updates=1)
 
 
 @pytest.fixture(scope="module")
 def res():
     # the tiny config's θ runs eager attention and the eager loss, so the exact jvp is the reference
-    return bench_gradnoise("configs/meta_train_tiny.yaml", TINY, methods=("jvp", "fd", "fd1", "fd:1e-3"), updates=3,
+    return bench_gradnoise("taalm_dist/configs/meta_train_tiny.yaml", TINY, methods=("jvp", "fd", "fd1", "fd:1e-3"), updates=3,
                            threads=1, n_meta=40)
 
 

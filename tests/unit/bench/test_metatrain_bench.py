@@ -14,7 +14,7 @@ TINY = ["theta.model.tiny.hidden_size=32", "theta.model.tiny.intermediate_size=6
 
 @pytest.fixture(scope="module")
 def res():
-    return bench_metatrain("configs/meta_train_tiny.yaml", TINY + ["meta.method=fd1"], steps=3, warmup=1, threads=1,
+    return bench_metatrain("taalm_dist/configs/meta_train_tiny.yaml", TINY + ["meta.method=fd1"], steps=3, warmup=1, threads=1,
                            n_meta=40)
 
 
@@ -31,7 +31,7 @@ def test_schema_and_relations(res):
 
 
 def test_learning_curve_is_validated_before_and_every_n_updates():
-    res = bench_metatrain("configs/meta_train_tiny.yaml", TINY + ["train.val_docs=4"], steps=3, warmup=1, threads=1,
+    res = bench_metatrain("taalm_dist/configs/meta_train_tiny.yaml", TINY + ["train.val_docs=4"], steps=3, warmup=1, threads=1,
                           n_meta=40, val_every=2)
     c = res["cases"][0]
     assert [u for u, _ in c["curve"]] == [0, 2, 4] and c["val_docs"] == 4
@@ -42,6 +42,6 @@ def test_learning_curve_is_validated_before_and_every_n_updates():
 
 def test_bad_counts_are_refused():
     with pytest.raises(ValueError, match="steps=0 must be >= 1"):
-        bench_metatrain("configs/meta_train_tiny.yaml", TINY, steps=0)
+        bench_metatrain("taalm_dist/configs/meta_train_tiny.yaml", TINY, steps=0)
     with pytest.raises(ValueError, match="val_every=-1 >= 0"):
-        bench_metatrain("configs/meta_train_tiny.yaml", TINY, val_every=-1)
+        bench_metatrain("taalm_dist/configs/meta_train_tiny.yaml", TINY, val_every=-1)
