@@ -121,6 +121,20 @@ def best_time(fn: Callable[[], object], repeats: int, cuda: bool) -> float:
     return min(times[1:])
 
 
+def interleaved_best_times(fns: dict[str, Callable[[], object]], repeats: int, cuda: bool) -> dict[str, float]:
+    """Seconds of the fastest of ``repeats`` calls of each of ``fns``, the calls alternating (a, b, a, b, ...) so a
+    slow spell of the machine touches each alike; the caller has made each one's warm-up call."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {name: min(v) for name, v in times.items()}
+
+
 def run_case_subprocess(module: str, case: dict, timeout_s: float) -> dict:
     """Run ``python -m <module> --case '<json>'`` in a fresh process and return the JSON it prints.
 
