@@ -4,7 +4,9 @@
 # 100 Not-To-Forget evaluation rows; in-distribution meta-training pairs + their validation split), meta-train φ
 # with three seeds (taalm_dist/configs/meta_train_smollm2_cpu.yaml: 300 φ updates each, selection by the CKL validation),
 # the two ablation φs (0 updates; the old invariant_schematic pairs), then `ckl run` every row of the table and
-# the comparison. Each row is run as soon as what it needs exists (finetune and oracle first, then each seed's
+# the comparison. Two levers for the oracle bar are rows too: each seed's φ of its last update instead of the
+# selected one (taalm_last_sN: what the selection's tie rule costs) and seed 0's φ under the do-no-harm weight
+# floor (taalm_floor_s0, ckl.phi_weight_floor=$FLOOR, default 1e-4: what the floor costs in-domain). Each row is run as soon as what it needs exists (finetune and oracle first, then each seed's
 # φ and its `ckl run`), so a stopped run leaves whole rows behind.
 # About 4 hours on 2 CPU cores (one job at a time). Refuses to overwrite an existing output directory;
 # RESUME=1 continues where it stopped (a finished step is skipped, an interrupted meta-training resumes).
@@ -28,12 +30,13 @@ meta_train() {  # NAME TAILORED_DIR [overrides...]: skipped when its phi/ was ex
     data.train_file="$data/meta_train.jsonl" data.val_file="$data/meta_val.jsonl" \
     train.out_dir="$out/$name" train.progress=false "$@"
 }
-ckl() {  # RUN_NAME METHOD [PHI]: skipped when its metrics.json exists
-  local phi=()
-  [[ $# -ge 3 ]] && phi=(--phi "$3")
-  [[ -e "$out/$1/metrics.json" ]] && return 0
-  timed "ckl_$1" taalm ckl run --config taalm_dist/configs/ckl_smollm2_cpu.yaml --method "$2" \
-    --data-dir "$out/tailored" "${phi[@]}" --out "$out/$1" ckl.progress=false
+ckl() {  # RUN_NAME METHOD [PHI [OVERRIDES...]]: skipped when its metrics.json exists
+  local name=$1 method=$2 phi=()
+  shift 2
+  if [[ $# -ge 1 ]]; then phi=(--phi "$1"); shift; fi
+  [[ -e "$out/$name/metrics.json" ]] && return 0
+  timed "ckl_$name" taalm ckl run --config taalm_dist/configs/ckl_smollm2_cpu.yaml --method "$method" \
+    --data-dir "$out/tailored" "${phi[@]}" --out "$out/$name" ckl.progress=false "$@"
 }
 wanted finetune && ckl finetune finetune
 wanted oracle && ckl oracle oracle
@@ -46,6 +49,14 @@ for seed in 0 1 2; do
     ckl "taalm_s$seed" taalm "$out/phi_new_s$seed/phi"
   fi
 done
+for seed in 0 1 2; do  # φ of the last update (phi_last/, exported by every run) instead of the selected one
+  if wanted "taalm_last_s$seed" && [[ -e "$out/phi_new_s$seed/phi_last/phi_config.json" ]]; then
+    ckl "taalm_last_s$seed" taalm "$out/phi_new_s$seed/phi_last"
+  fi
+done
+if wanted taalm_floor_s0 && [[ -e "$out/phi_new_s0/phi/phi_config.json" ]]; then
+  ckl taalm_floor_s0 taalm "$out/phi_new_s0/phi" ckl.phi_weight_floor="${FLOOR:-1e-4}"
+fi
 wanted rho1 && ckl rho1 rho1
 if wanted taalm_zero; then
   meta_train phi_zero "$out/tailored" train.max_steps=0 train.val_every=0 train.ckl_val_every=0
@@ -59,7 +70,8 @@ if wanted taalm_old; then
   ckl taalm_old taalm "$out/phi_old/phi"
 fi
 rows=()
-for r in finetune oracle rho1 taalm_s0 taalm_s1 taalm_s2 taalm_mix_review taalm_zero taalm_old; do
+for r in finetune oracle rho1 taalm_s0 taalm_s1 taalm_s2 taalm_last_s0 taalm_last_s1 taalm_last_s2 taalm_floor_s0 \
+  taalm_mix_review taalm_zero taalm_old; do
   [[ -e "$out/$r/metrics.json" ]] && rows+=("$out/$r")
 done
 taalm ckl compare "${rows[@]}" --plot "$out/curves.png" | tee "$out/table.md"

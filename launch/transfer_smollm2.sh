@@ -7,7 +7,9 @@
 #   OUT_DIR           default runs/transfer
 # Rows: the synthetic-trained φ (the demo's) on LAMA-CKL; the LAMA-trained φ (seed 0) on the synthetic benchmark;
 # and the general φ of taalm_dist/configs/meta_train_mixture_smollm2_cpu.yaml (meta-trained on both sources, selected on
-# both) on each, every one against finetune and oracle on the same rows (each benchmark's own `ckl run` config).
+# both) on each, every one against finetune and oracle on the same rows (each benchmark's own `ckl run` config);
+# and the LAMA-trained φ on the synthetic rows under the do-no-harm weight floor (ckl.phi_weight_floor=$FLOOR,
+# default 1e-4).
 # About 1.5 hours on 2 CPU cores. RESUME=1 continues where it stopped (a finished row is skipped).
 set -euo pipefail
 lama="${1:?usage: $0 LAMA_RESULTS_DIR DEMO_DIR [OUT_DIR]}"
@@ -19,12 +21,17 @@ on_lama() {  # RUN_NAME PHI: φ's weights on the LAMA-CKL rows of LAMA_RESULTS_D
   [[ -e "$out/$1/metrics.json" ]] || timed "$1" taalm ckl run --config taalm_dist/configs/ckl_smollm2_cpu.yaml --method taalm \
     --data-dir "$lama/tailored" --phi "$2" --out "$out/$1" ckl.progress=false
 }
-on_synth() {  # RUN_NAME PHI: φ's weights on the synthetic rows of DEMO_DIR, with the demo's ckl settings
-  [[ -e "$out/$1/metrics.json" ]] || timed "$1" taalm ckl run --config taalm_dist/configs/demo_smollm2.yaml \
-    --method taalm --data-dir "$demo/data/tailored" --phi "$2" --out "$out/$1" ckl.progress=false
+on_synth() {  # RUN_NAME PHI [OVERRIDES...]: φ's weights on the synthetic rows of DEMO_DIR, with the demo's ckl settings
+  local name=$1 phi=$2
+  shift 2
+  [[ -e "$out/$name/metrics.json" ]] || timed "$name" taalm ckl run --config taalm_dist/configs/demo_smollm2.yaml \
+    --method taalm --data-dir "$demo/data/tailored" --phi "$phi" --out "$out/$name" ckl.progress=false "$@"
 }
 lama_phi_on_synth() {
-  [[ -e "$lama/phi_new_s0/phi/phi_config.json" ]] && on_synth lama_phi_on_synth "$lama/phi_new_s0/phi"
+  if [[ -e "$lama/phi_new_s0/phi/phi_config.json" ]]; then
+    on_synth lama_phi_on_synth "$lama/phi_new_s0/phi"
+    on_synth lama_phi_on_synth_floor "$lama/phi_new_s0/phi" ckl.phi_weight_floor="${FLOOR:-1e-4}"
+  fi
   return 0
 }
 
@@ -50,7 +57,7 @@ existing() { for r in "$@"; do [[ -e "$r/metrics.json" ]] && echo "$r"; done; re
 mapfile -t lama_rows < <(existing "$lama/finetune" "$lama/oracle" "$lama/taalm_s0" "$out/synth_phi_on_lama" \
   "$out/mix_phi_on_lama")
 mapfile -t synth_rows < <(existing "$demo/ckl/finetune" "$demo/ckl/oracle" "$demo/ckl/taalm" \
-  "$out/lama_phi_on_synth" "$out/mix_phi_on_synth")
+  "$out/lama_phi_on_synth" "$out/lama_phi_on_synth_floor" "$out/mix_phi_on_synth")
 {
   echo "## LAMA-CKL rows"; taalm ckl compare "${lama_rows[@]}"
   echo; echo "## synthetic rows"; taalm ckl compare "${synth_rows[@]}"
