@@ -111,14 +111,10 @@ class PeakMemory:
 
 def best_time(fn: Callable[[], object], repeats: int, cuda: bool) -> float:
     """Seconds of the fastest of ``repeats`` calls of ``fn`` after one warm-up call (CUDA synchronised)."""
-    times = []
-    for _ in range(1 + repeats):
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times[1:])
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return interleaved_best_times({"fn": fn}, repeats, cuda)["fn"]
 
 
 def interleaved_best_times(fns: dict[str, Callable[[], object]], repeats: int, cuda: bool) -> dict[str, float]:

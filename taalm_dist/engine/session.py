@@ -154,6 +154,9 @@ class SessionProgram:
     log = property(lambda self: self.session.log, doc="The run's trackers (rank 0; elsewhere they drop everything).")
     mlflow = property(lambda self: self.session.mlflow, doc="The MLflow tracker (rank 0, MLflow on) or None.")
     signals = property(lambda self: self.session.signals, doc="The stop-signal handlers of the run.")
+    distributed = property(lambda self: self.rt.distributed, doc="Whether the run has a process group (DeepSpeed).")
+    world = property(lambda self: self.rt.world, doc="The number of processes (1 without a process group).")
+    rank = property(lambda self: self.rt.rank, doc="This process's rank (0 without a process group).")
 
     def cleanup(self, status: str = "FINISHED") -> None:
         """Close the run with ``status`` (:meth:`RunSession.close`)."""

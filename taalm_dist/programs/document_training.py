@@ -97,7 +97,6 @@ class DocumentTrainer(SessionProgram):
     def _start(self) -> None:
         """The runtime (process group, device), the seed and θ's tokenizer."""
         self.session.start(self.cfg.engine, theta=self.cfg.theta.model)
-        self.distributed, self.world, self.rank = self.rt.distributed, self.rt.world, self.rt.rank
         torch.manual_seed(self.c.seed)
         self.tokenizer = load_tokenizer(self.cfg.theta.model)
         self.pad_id = self.tokenizer.pad_token_id or 0
@@ -182,7 +181,6 @@ class DocumentTrainer(SessionProgram):
                               f"{self.epoch + 1}; {self.out} holds the run {done}; continue with --resume auto")
 
     # ---------------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def accuracy(self, items) -> float:
         """Mean object-token accuracy over the tasks of ``items`` (split over ranks, summed)."""
         return self.theta_learner.accuracy(items, self.pad_id, self.c.eval_batch_size, self.rt.to_device)

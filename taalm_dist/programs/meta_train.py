@@ -125,7 +125,6 @@ class MetaTrainer(SessionProgram):
         and the checkpoint to resume from, if any."""
         cfg = self.cfg
         self.session.start(cfg.engine, theta=cfg.theta.model, phi=cfg.phi.model)
-        self.distributed, self.world, self.rank = self.rt.distributed, self.rt.world, self.rt.rank
         if self.distributed and cfg.train.phi_graph == "keep":
             raise ConfigError("train.phi_graph=keep is for one process: under DeepSpeed φ's forward runs again after "
                               "all ranks agreed on the step ([skip agreement note]); use auto or recompute")
