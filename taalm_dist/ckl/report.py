@@ -49,14 +49,21 @@ def plot_curves(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def benchmark(run: dict) -> str:
+    """The benchmark a run learned (``setup.benchmark``: ``"LAMA-CKL"`` or ``"synthetic"``; runs that predate the
+    field were LAMA-CKL's or the demo's: read as LAMA-CKL)."""
+    return run.get("setup", {}).get("benchmark") or "LAMA-CKL"
+
+
 def summary_table(runs: list[dict]) -> str:
-    """Markdown table of several runs with the paper's row for each method beside it; a run whose directory is not
-    named after its method is labelled ``method (directory)`` (several φs of one method tell apart)."""
+    """Markdown table of several runs with the paper's row for each method beside it (LAMA-CKL runs only: the paper
+    has no row for the synthetic benchmark); a run whose directory is not named after its method is labelled
+    ``method (directory)`` (several φs of one method tell apart)."""
     rows = ["| method | Top Acc | Epoch | NF Acc | Total | paper Top Acc | paper Epoch | paper NF Acc | paper Total |",
             "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         s = run["summary"]
-        paper = PAPER_TABLE1.get(run["method"], ("–",) * 4)
+        paper = PAPER_TABLE1.get(run["method"], ("–",) * 4) if benchmark(run) == "LAMA-CKL" else ("–",) * 4
         name = run.get("run_name")
         label = run["method"] if name in (None, run["method"]) else f"{run['method']} ({name})"
         rows.append(f"| {label} | {s['top_acc']:.3f} | {s['epoch']} | {s['nf_acc']:.3f} | "
@@ -81,12 +88,12 @@ def provenance_table(runs: list[dict]) -> str:
 
 def write_report(out: Path, run: dict) -> None:
     c = run["setup"]
-    text = [f"# LAMA-CKL run: {run['method']}", "",
+    paper_note = ["Paper: Table 1 of the TAALM paper (Llama2-7B θ, QLoRA, 30 epochs, lr 1e-4, 8 GPUs); a different "
+                  "model and benchmark size, so compare the methods' order, not the values.", ""]
+    text = [f"# {benchmark(run)} run: {run['method']}", "",
             f"θ: `{c['theta']}` ({c['trainable']}), {c['epochs']} epochs, lr {c['lr']}, batch {c['batch_size']}; "
             f"{c['to_learn']} To-Learn rows, {c['not_to_forget']} Not-To-Forget rows; {c['date']}, {c['machine']}.",
-            "", summary_table([run]), "",
-            "Paper: Table 1 of the TAALM paper (Llama2-7B θ, QLoRA, 30 epochs, lr 1e-4, 8 GPUs); a different "
-            "model and benchmark size, so compare the methods' order, not the values.", "",
+            "", summary_table([run]), "", *(paper_note if benchmark(run) == "LAMA-CKL" else []),
             "![curves](curves.png)", "", "Token weights of the first documents: [heatmap.html](heatmap.html)", "",
             "![heatmap](heatmap.png)", ""]
     (out / "report.md").write_text("\n".join(text))

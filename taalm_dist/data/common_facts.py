@@ -56,6 +56,10 @@ SCIENCE = [
 ]
 
 
+UUID_PREFIX = "synth-"
+"""Every row `taalm data synth` writes has a ``uuid`` starting with this (LAMA-CKL's are UUIDs)."""
+
+
 def common_facts() -> list[tuple[str, str, str, str]]:
     """All facts as ``(relation label, subject, sentence, object)``; each sentence ends with its object."""
     facts = [("capital", c, f"The capital of {c} is {o}", o) for c, o in CAPITALS]
@@ -71,7 +75,7 @@ def common_fact_rows() -> list[dict]:
     rows = []
     for i, (label, subject, sentence, obj) in enumerate(common_facts()):
         rows.append({
-            "relation_code": "C", "uuid": f"synth-nf-{i}", "task_descriptive": sentence,
+            "relation_code": "C", "uuid": f"{UUID_PREFIX}nf-{i}", "task_descriptive": sentence,
             "task_schematic": f"Guess the object. \n  subject is {subject} , relation is {label} , object is {obj}",
             "subject": subject, "relation_label": label, "object": obj,
             "masked_evidence": sentence[: sentence.rfind(obj)] + "[MASK].", "evidence": sentence + ".",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from taalm_dist.data.common_facts import common_fact_rows
+from taalm_dist.data.common_facts import UUID_PREFIX, common_fact_rows
 from taalm_dist.data.lama_ckl import write_pairs
 from taalm_dist.errors import DataError
 
@@ -109,6 +109,12 @@ def fictional_names(n: int, rng: random.Random) -> list[str]:
     return names
 
 
+def benchmark_of(uids) -> str:
+    """``"synthetic"`` when every one of ``uids`` (row ``uuid``s) is `taalm data synth`'s, else ``"LAMA-CKL"``."""
+    uids = list(uids)
+    return "synthetic" if uids and all(u.startswith(UUID_PREFIX) for u in uids) else "LAMA-CKL"
+
+
 def fact_row(subject: str, rng: random.Random, uid: str, distractors: int) -> dict:
     """One To-Learn-style row about ``subject``: a random relation and object; the evidence words the fact
     with one of the relation's evidence templates, placed at a random position among ``distractors``
@@ -157,8 +163,8 @@ def synth_benchmark(n_to_learn: int = 120, n_meta: int = 400, seed: int = 0, dis
                         f"{len(TYPED_DISTRACTORS)} there are")
     rng = random.Random(seed)
     names = fictional_names(n_to_learn + n_meta, rng)
-    variant = [fact_row(s, rng, f"synth-tl-{seed}-{i}", distractors) for i, s in enumerate(names[:n_to_learn])]
-    meta = [fact_row(s, rng, f"synth-meta-{seed}-{i}", distractors) for i, s in enumerate(names[n_to_learn:])]
+    variant = [fact_row(s, rng, f"{UUID_PREFIX}tl-{seed}-{i}", distractors) for i, s in enumerate(names[:n_to_learn])]
+    meta = [fact_row(s, rng, f"{UUID_PREFIX}meta-{seed}-{i}", distractors) for i, s in enumerate(names[n_to_learn:])]
     common = common_fact_rows()
     return {"variant": variant, "invariant_descriptive": common, "invariant_schematic": common, "meta_train": meta}
 

@@ -23,6 +23,7 @@ from taalm_dist.ckl.report import plot_curves, write_metrics, write_report
 from taalm_dist.config import CklRunConfig, TaalmConfig
 from taalm_dist.data import load_pairs, tokenize_pair
 from taalm_dist.data.jsonl_file import file_sha256
+from taalm_dist.data.synth import benchmark_of
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.preemption import run_to_end
 from taalm_dist.errors import ConfigError, DataError
@@ -77,6 +78,7 @@ class CklRunner(DocumentTrainer):
             if not (d / name).is_file():
                 raise DataError(f"{d / name} does not exist: ckl.data_dir must be a `taalm ckl build` output")
         tl, _ = load_pairs(d / "to_learn.jsonl", field, skip)
+        self.benchmark = benchmark_of(p.uid for p in tl)
         if c.max_evidence_chars is not None:
             kept = [p for p in tl if len(p.document) <= c.max_evidence_chars]
             self.notes.append(f"{len(tl) - len(kept)} To-Learn rows dropped (evidence > {c.max_evidence_chars} chars)")
@@ -93,6 +95,9 @@ class CklRunner(DocumentTrainer):
                                 "with `taalm ckl build`)")
             old, _ = load_pairs(source, field, skip_bad_rows=True)
             self.replay = self._tokenize(old)
+
+    def _setup_facts(self) -> dict:
+        return {**super()._setup_facts(), "benchmark": self.benchmark}
 
     # ------------------------------------------------------------------------- the methods' changes
     def _kadapter_size(self) -> int | None:

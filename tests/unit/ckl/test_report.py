@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from taalm_dist.ckl.report import load_run, provenance_table, summary_table
+from taalm_dist.ckl.report import load_run, provenance_table, summary_table, write_report
 from taalm_dist.errors import DataError
 
 
@@ -40,3 +40,20 @@ def test_provenance_names_date_machine_wall_time_and_phi(tmp_path):
     lines = provenance_table([run, resumed]).splitlines()
     assert lines[2] == "| synth_phi_on_lama | 2026-12-04 | x86_64, 1 threads | 610 | runs/demo/meta_train/phi (floor 0.01) |"
     assert lines[3] == "| finetune | 2026-12-05 | x86_64, 2 threads | 100+ | – |"
+
+
+def test_the_papers_row_stands_beside_lama_ckl_runs_only(tmp_path):
+    lama = load_run(_run(tmp_path / "lama", "taalm", 0.3))
+    synth = load_run(_run(tmp_path / "synth", "taalm", 0.2))
+    synth["setup"] = {"benchmark": "synthetic"}
+    rows = summary_table([lama, synth]).splitlines()
+    assert rows[2].endswith("| 0.429 | 4 | 0.898 | 1.327 |")  # no setup.benchmark (older runs): LAMA-CKL
+    assert rows[3].endswith("| – | – | – | – |")
+    setup = {"theta": "m", "trainable": "lora", "epochs": 2, "lr": 1e-4, "batch_size": 4, "to_learn": 1,
+             "not_to_forget": 1, "date": "2026-12-06", "machine": "x86_64"}
+    for run, name in ((lama, "LAMA-CKL"), (synth, "synthetic")):
+        run["setup"] = {**setup, "benchmark": name}
+        write_report(tmp_path / run["run_name"], run)
+    assert "Paper: Table 1" in (tmp_path / "lama" / "report.md").read_text()
+    report = (tmp_path / "synth" / "report.md").read_text()
+    assert report.startswith("# synthetic run: taalm") and "Paper" not in report

@@ -6,7 +6,7 @@ import pytest
 
 from taalm_dist.data import load_pairs
 from taalm_dist.data.common_facts import common_facts
-from taalm_dist.data.synth import DISTRACTORS, fictional_names, synth_benchmark, write_synth
+from taalm_dist.data.synth import DISTRACTORS, benchmark_of, fictional_names, synth_benchmark, write_synth
 from taalm_dist.errors import DataError
 
 
@@ -70,3 +70,10 @@ def test_fictional_names_are_distinct():
 
     names = fictional_names(500, random.Random(0))
     assert len(set(names)) == 500 and all(len(n.split()) == 2 for n in names)
+
+
+def test_its_rows_are_told_apart_from_lama_ckl_rows():
+    rows = synth_benchmark(n_to_learn=3, n_meta=2)
+    assert all(benchmark_of([r["uuid"] for r in rows[f]]) == "synthetic" for f in rows)
+    assert benchmark_of(["synth-tl-0-0", "0f3c5a2e-1b7d-4c55-9a0e-2d1f6b7c8e90"]) == "LAMA-CKL"
+    assert benchmark_of([]) == "LAMA-CKL"

@@ -44,6 +44,7 @@ def test_every_method_runs_and_writes_outputs(ckl_dir, tmp_path, method):
     for name in ("metrics.json", "epochs.csv", "curves.png", "heatmap.html", "heatmap.png", "report.md"):
         assert (out / name).is_file(), name
     assert [r["epoch"] for r in run["epochs"]] == [0, 1, 2]
+    assert run["setup"]["benchmark"] == "LAMA-CKL"  # rows of LAMA-CKL's schema, not `taalm data synth`'s
     assert json.loads((out / "metrics.json").read_text())["summary"]["epoch"] in (1, 2)
     assert "PUNA" in (out / "heatmap.html").read_text() or "<span" in (out / "heatmap.html").read_text()
 
