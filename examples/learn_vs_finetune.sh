@@ -13,7 +13,7 @@
 # N_DOCS To-Learn evidences written as .txt files, their tasks as qa.jsonl, the Not-To-Forget tasks as
 # retain.jsonl; then `taalm learn` with φ and with --phi none, once per seed (learn.seed: the adapter's
 # initialisation and the order of the windows). Each step's output is kept; WORK_DIR must not exist.
-# About 45 minutes on 2 CPU cores with PHI given (plus about 5 without).
+# About 15 minutes on 2 CPU cores with PHI given (2026-12-06: 2 min per `taalm learn`), plus about 5 without.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-runs/learn_vs_finetune}
