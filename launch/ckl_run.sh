@@ -12,9 +12,8 @@
 source "$(dirname "$0")/deepspeed_self.bash" "CONFIG.yaml [--method M --phi DIR --data-dir DIR --out DIR] [key.sub=value ...]" "$@"
 : <<'#'  the Python part, for bash a here-document that is never run
 '''
-import sys
-
+from taalm_dist.cli import exit_process
 from taalm_dist.launch import run_verb
 
-sys.exit(run_verb("ckl-run"))
+exit_process(run_verb("ckl-run"))
 #

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Run: bash launch/ckl_smollm2_results.sh /path/to/lama_ckl [runs/ckl_smollm2]
-# Reproduces RESULTS.md's LAMA-CKL table on a CPU: tailor LAMA-CKL to SmolLM2-135M and split it (100 To-Learn +
-# 100 Not-To-Forget evaluation rows; in-distribution meta-training pairs + their validation split), meta-train φ
-# with three seeds (taalm_dist/configs/meta_train_smollm2_cpu.yaml: 300 φ updates each, selection by the CKL validation),
-# the two ablation φs (0 updates; the old invariant_schematic pairs), then `ckl run` every row of the table and
-# the comparison. Two levers for the oracle bar are rows too: each seed's φ of its last update instead of the
-# selected one (taalm_last_sN: what the selection's tie rule costs) and seed 0's φ under the do-no-harm weight
-# floor (taalm_floor_s0, ckl.phi_weight_floor=$FLOOR, default 1e-4: what the floor costs in-domain). Each row is run as soon as what it needs exists (finetune and oracle first, then each seed's
-# φ and its `ckl run`), so a stopped run leaves whole rows behind.
+# Reproduces RESULTS.md's LAMA-CKL table on a CPU: tailor LAMA-CKL to SmolLM2-135M and split it (100 To-Learn + 100
+# Not-To-Forget evaluation rows; in-distribution meta-training pairs + their validation split), meta-train φ with
+# three seeds (taalm_dist/configs/meta_train_smollm2_cpu.yaml: 300 φ updates each, selection by the CKL validation),
+# the two ablation φs (0 updates; the old invariant_schematic pairs), then `ckl run` every row of the table and the
+# comparison. Levers for the oracle bar are rows too: each seed's φ of its last update instead of the selected one
+# (taalm_last_sN: what the selection's tie rule costs) and seed 0's φ under the do-no-harm weight floor
+# (taalm_floor_s0, ckl.phi_weight_floor=$FLOOR, default 1e-4: what the floor costs in-domain) and under the
+# scale-free uniform share (taalm_share_s0, ckl.phi_uniform_share=$SHARE, default 0.5). Each row is run as soon
+# as what it needs exists (finetune and oracle first, then each seed's φ and its `ckl run`), so a stopped run leaves
+# whole rows behind.
 # About 4 hours on 2 CPU cores (one job at a time). Refuses to overwrite an existing output directory;
 # RESUME=1 continues where it stopped (a finished step is skipped, an interrupted meta-training resumes).
 # ONLY="finetune oracle taalm_s0" runs just those rows (and what they need).
@@ -57,6 +59,9 @@ done
 if wanted taalm_floor_s0 && [[ -e "$out/phi_new_s0/phi/phi_config.json" ]]; then
   ckl taalm_floor_s0 taalm "$out/phi_new_s0/phi" ckl.phi_weight_floor="${FLOOR:-1e-4}"
 fi
+if wanted taalm_share_s0 && [[ -e "$out/phi_new_s0/phi/phi_config.json" ]]; then
+  ckl taalm_share_s0 taalm "$out/phi_new_s0/phi" ckl.phi_uniform_share="${SHARE:-0.5}"
+fi
 wanted rho1 && ckl rho1 rho1
 if wanted taalm_zero; then
   meta_train phi_zero "$out/tailored" train.max_steps=0 train.val_every=0 train.ckl_val_every=0
@@ -71,7 +76,7 @@ if wanted taalm_old; then
 fi
 rows=()
 for r in finetune oracle rho1 taalm_s0 taalm_s1 taalm_s2 taalm_last_s0 taalm_last_s1 taalm_last_s2 taalm_floor_s0 \
-  taalm_mix_review taalm_zero taalm_old; do
+  taalm_share_s0 taalm_mix_review taalm_zero taalm_old; do
   [[ -e "$out/$r/metrics.json" ]] && rows+=("$out/$r")
 done
 taalm ckl compare "${rows[@]}" --plot "$out/curves.png" | tee "$out/table.md"

@@ -11,9 +11,8 @@
 source "$(dirname "$0")/deepspeed_self.bash" "CONFIG.yaml --model M --phi DIR|none --docs DOCS --out DIR [key.sub=value ...]" "$@"
 : <<'#'  the Python part, for bash a here-document that is never run
 '''
-import sys
-
+from taalm_dist.cli import exit_process
 from taalm_dist.launch import run_verb
 
-sys.exit(run_verb("learn"))
+exit_process(run_verb("learn"))
 #

@@ -9,7 +9,7 @@
 # and the general φ of taalm_dist/configs/meta_train_mixture_smollm2_cpu.yaml (meta-trained on both sources, selected on
 # both) on each, every one against finetune and oracle on the same rows (each benchmark's own `ckl run` config);
 # and the LAMA-trained φ on the synthetic rows under the do-no-harm weight floor (ckl.phi_weight_floor=$FLOOR,
-# default 1e-4).
+# default 1e-4) and under the scale-free uniform share (ckl.phi_uniform_share=$SHARE, default 0.5).
 # About 1.5 hours on 2 CPU cores. RESUME=1 continues where it stopped (a finished row is skipped).
 set -euo pipefail
 lama="${1:?usage: $0 LAMA_RESULTS_DIR DEMO_DIR [OUT_DIR]}"
@@ -31,6 +31,7 @@ lama_phi_on_synth() {
   if [[ -e "$lama/phi_new_s0/phi/phi_config.json" ]]; then
     on_synth lama_phi_on_synth "$lama/phi_new_s0/phi"
     on_synth lama_phi_on_synth_floor "$lama/phi_new_s0/phi" ckl.phi_weight_floor="${FLOOR:-1e-4}"
+    on_synth lama_phi_on_synth_share "$lama/phi_new_s0/phi" ckl.phi_uniform_share="${SHARE:-0.5}"
   fi
   return 0
 }
@@ -57,7 +58,7 @@ existing() { for r in "$@"; do [[ -e "$r/metrics.json" ]] && echo "$r"; done; re
 mapfile -t lama_rows < <(existing "$lama/finetune" "$lama/oracle" "$lama/taalm_s0" "$out/synth_phi_on_lama" \
   "$out/mix_phi_on_lama")
 mapfile -t synth_rows < <(existing "$demo/ckl/finetune" "$demo/ckl/oracle" "$demo/ckl/taalm" \
-  "$out/lama_phi_on_synth" "$out/lama_phi_on_synth_floor" "$out/mix_phi_on_synth")
+  "$out/lama_phi_on_synth" "$out/lama_phi_on_synth_floor" "$out/lama_phi_on_synth_share" "$out/mix_phi_on_synth")
 {
   echo "## LAMA-CKL rows"; taalm ckl compare "${lama_rows[@]}"
   echo; echo "## synthetic rows"; taalm ckl compare "${synth_rows[@]}"

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from taalm_dist.demo import META_SAFETY_TIME_S
 from taalm_dist.errors import TaalmError
@@ -244,7 +246,7 @@ def _cmd_weigh(args) -> int:
     for path in (out, Path(args.html) if args.html else None):
         if path is not None and path.exists() and not args.overwrite:
             raise TaalmError(f"{path} exists; pass --overwrite or choose another path")
-    weigher = TokenWeigher.load(args.phi, device=args.device, floor=args.floor)
+    weigher = TokenWeigher.load(args.phi, device=args.device, floor=args.floor, uniform_share=args.uniform_share)
     weighed = weigh_documents(weigher, args.docs, args.text_field, args.window_tokens, args.window_overlap,
                               args.batch_size)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -409,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--floor", type=float, default=0.0, help="every real token's weight at least this (the weights "
                    "θ learns with under ckl.phi_weight_floor / learn.phi_weight_floor); 0: φ's own")
+    p.add_argument("--uniform-share", type=float, default=0.0, help="share of each window's weight spread uniformly, "
+                   "the rest φ's rescaled to mean 1 (as ckl.phi_uniform_share / learn.phi_uniform_share); 0: φ's own")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_cmd_weigh)
 
@@ -474,5 +478,30 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def exit_process(code: int) -> NoReturn:
+    """Exit this process with ``code`` once a command has returned it.
+
+    A process that ran with a process group (torchrun, the deepspeed launcher) and left it exits at once, after
+    flushing its output, instead of through the interpreter's teardown: there, torch's gloo and DeepSpeed objects
+    that outlive the process group (ZeRO-3's parameters keep their groups) are destroyed in no fixed order, and that
+    was seen to abort one rank (SIGABRT, "terminate called without an active exception") after every rank had
+    finished, written its checkpoint and left the group — which makes the launcher report the finished job failed.
+    Everything a run writes is closed before it leaves the group (its trackers, metrics and checkpoints)."""
+    distributed = sys.modules.get("taalm_dist.engine.distributed")  # imported only by runs that can have a group
+    if distributed is not None and distributed.left_process_group():
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def entry() -> None:
+    """The ``taalm`` command (and ``python -m taalm_dist.cli``): :func:`main`, then :func:`exit_process`."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -447,6 +447,10 @@ class DocumentLearningConfig(RunConfig):
     """Every real token's weight is at least this (0: φ's own weights). A do-no-harm floor for documents unlike φ's
     meta-training data: where φ recognises nothing (weights ≪ floor) θ learns the document about uniformly, as
     fine-tuning; where φ is confident (weights ≫ floor) its focus barely changes."""
+    phi_uniform_share: float = 0.0
+    """This share of every document's weight is spread uniformly, the rest follows φ's weights rescaled to the document
+    (0: φ's own; 1: fine-tuning). Scale-free, unlike the floor: each document's loss is exactly this share of its
+    fine-tuning loss plus the rest of φ's, however small φ's weights are on it. Applied after the floor."""
     epochs: int = 1
     """Passes over the documents."""
     lr: float = 1e-4
@@ -460,7 +464,7 @@ class DocumentLearningConfig(RunConfig):
 
     RANGES: ClassVar[dict] = {**RunConfig.RANGES, "epochs": AT_LEAST_1, "lr": POSITIVE, "batch_size": AT_LEAST_1,
                               "eval_batch_size": AT_LEAST_1, "heatmap_docs": NON_NEGATIVE,
-                              "phi_weight_floor": Range(0, 1)}
+                              "phi_weight_floor": Range(0, 1), "phi_uniform_share": Range(0, 1)}
 
 
 @dataclass

@@ -178,7 +178,7 @@ def run_demo(plan: DemoPlan) -> dict:
 
 
 def _write_outputs(out: Path, plan: DemoPlan, stages: Stages, build: dict, meta: dict, runs: dict) -> dict:
-    from taalm_dist.ckl.report import load_run, plot_curves, summary_table
+    from taalm_dist.ckl.report import benchmark, load_run, plot_curves, summary_table
 
     run_dirs = [out / "ckl" / m for m in runs]
     loaded = [load_run(d) for d in run_dirs]
@@ -190,6 +190,7 @@ def _write_outputs(out: Path, plan: DemoPlan, stages: Stages, build: dict, meta:
             shutil.copyfile(heat_from / name, out / name)
     results = {
         "data": "LAMA-CKL " + str(plan.data_dir) if plan.data_dir else "synthetic (taalm data synth)",
+        "benchmark": benchmark(loaded[0]),  # what the runs recorded they learned (decides the paper columns)
         "build": {k: build[k] for k in ("to_learn", "not_to_forget", "meta_train")},
         "meta_train": {"steps": meta["steps"], "max_steps": meta.get("max_steps"),
                        "stopped_by_time_limit": meta.get("stopped_by_time_limit"),
@@ -218,7 +219,7 @@ def _report(results: dict, table: str) -> str:
         "## Continual knowledge learning", "",
         "Top Acc = best To-Learn object accuracy over the epochs; NF Acc = Not-To-Forget accuracy at that epoch."
         + (" The paper columns are the TAALM paper's Table 1 (LAMA-CKL, Llama2-7B, 30 epochs): another model, for "
-           "orientation only." if results["data"].startswith("LAMA-CKL") else ""), "",
+           "orientation only." if results["benchmark"] == "LAMA-CKL" else ""), "",
         table, "", "![curves](curves.png)", "",
         "## Where φ focuses", "",
         "[heatmap.html](heatmap.html) (open in a browser; hover a token for its weight)", "", "![heatmap](heatmap.png)", "",

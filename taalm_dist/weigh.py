@@ -36,12 +36,16 @@ class WeightedTokens:
 
 class TokenWeigher:
     """A trained φ (a ``phi/`` directory) with its tokenizer, on one device, frozen. ``floor``: every real token's
-    weight is at least this (:func:`~taalm_dist.models.train_attention.floor_weights`; 0: φ's own weights)."""
+    weight is at least this; ``uniform_share``: this share of each text's weight is spread uniformly, the rest is φ's
+    rescaled to mean 1 (:func:`~taalm_dist.models.train_attention.applied_phi_weights`; both 0: φ's own weights)."""
 
-    def __init__(self, phi: torch.nn.Module, tokenizer, device: torch.device | str = "cpu", floor: float = 0.0):
-        if not 0.0 <= floor <= 1.0:
-            raise ModelError(f"floor={floor} must be in [0, 1] (φ's weights are in (0, 1))")
-        self.floor = floor
+    def __init__(self, phi: torch.nn.Module, tokenizer, device: torch.device | str = "cpu", floor: float = 0.0,
+                 uniform_share: float = 0.0):
+        for name, value, why in (("floor", floor, "φ's weights are in (0, 1)"),
+                                 ("uniform_share", uniform_share, "a share of each text's weight")):
+            if not 0.0 <= value <= 1.0:
+                raise ModelError(f"{name}={value} must be in [0, 1] ({why})")
+        self.floor, self.uniform_share = floor, uniform_share
         self.device = torch.device(device)
         self.phi = phi.to(self.device).eval()
         for p in self.phi.parameters():
@@ -50,9 +54,11 @@ class TokenWeigher:
         self.pad_id = tokenizer.pad_token_id or 0
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", floor: float = 0.0) -> "TokenWeigher":
+    def load(cls, path: str | Path, device: str = "auto", floor: float = 0.0,
+             uniform_share: float = 0.0) -> "TokenWeigher":
         """Load the φ saved in ``path`` (``phi.safetensors`` + ``phi_config.json``) and the tokenizer of its backbone;
-        ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; ``floor`` as in the class."""
+        ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; ``floor`` and ``uniform_share``
+        as in the class."""
         from taalm_dist.config import ModelSourceConfig, build
         from taalm_dist.engine.runtime import resolve_device
         from taalm_dist.models import load_phi, load_tokenizer
@@ -61,7 +67,8 @@ class TokenWeigher:
         dev = resolve_device(device) if device in ("auto", "cpu", "cuda") else torch.device(device)
         phi = load_phi(path, device=dev)
         source = json.loads((Path(path) / PHI_CONFIG).read_text())["phi"]["model"]
-        return cls(phi, load_tokenizer(build(ModelSourceConfig, source, "phi.model.")), dev, floor=floor)
+        return cls(phi, load_tokenizer(build(ModelSourceConfig, source, "phi.model.")), dev, floor=floor,
+                   uniform_share=uniform_share)
 
     def to(self, device: torch.device | str) -> "TokenWeigher":
         """Move φ to ``device`` (where the weights are computed); returns self."""
@@ -81,12 +88,13 @@ class TokenWeigher:
 
     @torch.no_grad()
     def weights(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` weights in (0, 1) for a right-padded batch (0 at padding; at least ``floor`` elsewhere), on the
-        inputs' device."""
-        from taalm_dist.models.train_attention import floor_weights
+        """``[B, L]`` weights for a right-padded batch, on the inputs' device: φ's, in (0, 1), with both rules off;
+        at least ``floor`` on real tokens; with a ``uniform_share``, averaging 1 over each text's predicted tokens.
+        0 at padding."""
+        from taalm_dist.models.train_attention import applied_phi_weights
 
         mask = attention_mask.to(self.device)
-        w = floor_weights(self.phi(input_ids.to(self.device), mask), mask, self.floor)
+        w = applied_phi_weights(self.phi(input_ids.to(self.device), mask), mask, self.floor, self.uniform_share)
         return w.to(input_ids.device)
 
     def weigh(self, texts: str | Sequence[str] | Sequence[Sequence[int]], batch_size: int = 8) -> list[WeightedTokens]:

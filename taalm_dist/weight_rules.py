@@ -65,15 +65,15 @@ class Rho1Weights:
 
 
 class PhiWeights:
-    """φ's weights for a document batch (no graph), each real token's at least ``floor``
-    (:func:`~taalm_dist.models.train_attention.floor_weights`; 0: φ's own)."""
+    """φ's weights for a document batch (no graph), each real token's at least ``floor`` and ``uniform_share`` of each
+    document's weight spread uniformly (:func:`~taalm_dist.models.train_attention.applied_phi_weights`; 0: φ's own)."""
 
-    def __init__(self, phi: nn.Module, floor: float = 0.0):
-        self.phi, self.floor = phi.eval(), floor
+    def __init__(self, phi: nn.Module, floor: float = 0.0, uniform_share: float = 0.0):
+        self.phi, self.floor, self.uniform_share = phi.eval(), floor, uniform_share
 
     @torch.no_grad()
     def __call__(self, doc: dict) -> torch.Tensor:
-        from taalm_dist.models.train_attention import floor_weights
+        from taalm_dist.models.train_attention import applied_phi_weights
 
         w = self.phi(doc["input_ids"], doc["attention_mask"]).float()
-        return floor_weights(w, doc["attention_mask"], self.floor)
+        return applied_phi_weights(w, doc["attention_mask"], self.floor, self.uniform_share)

@@ -90,14 +90,25 @@ def any_rank(flag: bool) -> bool:
     return all_reduce_sum([1.0 if flag else 0.0])[0] > 0
 
 
+_left_process_group = False
+
+
 def shutdown(together: bool = True) -> None:
     """Leave the process group: with ``together``, after a barrier (all ranks end the run together; exiting with it
     open can abort a rank); without, at once (this rank failed alone: waiting for the others could hang, and its
     exit makes the launcher stop them)."""
+    global _left_process_group
     if dist.is_available() and dist.is_initialized():
         if together:
             dist.barrier()
         dist.destroy_process_group()
+        _left_process_group = True
+
+
+def left_process_group() -> bool:
+    """Whether this process ran with a process group and left it (:func:`shutdown`): the command line then exits
+    without the interpreter's teardown (:func:`taalm_dist.cli.entry`)."""
+    return _left_process_group
 
 
 def barrier() -> None:

@@ -148,7 +148,8 @@ class DocumentTrainer(SessionProgram):
         phi_source = json.loads((Path(self.c.phi_path) / PHI_CONFIG).read_text())["phi"]["model"]
         check_same_tokenizer(self.tokenizer, load_tokenizer(build(ModelSourceConfig, phi_source, "phi.model.")),
                              f"θ ({self.cfg.theta.model.source})", f"φ ({self.c.phi_path})")
-        return weight_rules.PhiWeights(self.rt.place(phi), floor=self.c.phi_weight_floor)
+        return weight_rules.PhiWeights(self.rt.place(phi), floor=self.c.phi_weight_floor,
+                                       uniform_share=self.c.phi_uniform_share)
 
     # ---------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self) -> Path:
@@ -235,7 +236,8 @@ class DocumentTrainer(SessionProgram):
                 "to_learn": len(self.to_learn), "not_to_forget": len(self.not_to_forget), "processes": self.world,
                 "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                 "wall_s": round(time.monotonic() - self._started, 1), "resumed_at_epoch": self._first_epoch or None,
-                "phi": self.c.phi_path if taalm else None, "phi_weight_floor": self.c.phi_weight_floor if taalm else None}
+                "phi": self.c.phi_path if taalm else None, "phi_weight_floor": self.c.phi_weight_floor if taalm else None,
+                "phi_uniform_share": self.c.phi_uniform_share if taalm else None}
 
     def _write_heatmap(self) -> None:
         """The method's epoch-0 weights on the first documents (every rank computes: the rule may run θ)."""

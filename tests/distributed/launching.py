@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def torchrun(script: str | Path, *args: str, nproc: int = 2, timeout: int = 240, module: bool = False):
     """Run ``script`` (or ``-m module``) on ``nproc`` CPU ranks; returns the CompletedProcess."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "PYTHONFAULTHANDLER": "1"}  # a rank that aborts prints every thread's Python stack into the failure
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd += (["-m", str(script)] if module else [str(script)]) + list(args)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)

@@ -35,6 +35,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys, monkeypat
     report = (out / "report.md").read_text()
     assert "| taalm |" in report and "| oracle |" in report and "heatmap.html" in report
     assert "| – | – | – | – |" in report and "Table 1" not in report  # the paper has no synthetic-benchmark row
+    assert results["benchmark"] == "synthetic"
     for name in ("curves.png", "heatmap.png", "heatmap.html", "mlflow.db", "meta_train/phi/phi.safetensors"):
         assert (out / name).is_file(), name
     assert "<span" in (out / "heatmap.html").read_text()

@@ -84,16 +84,17 @@ def test_lama_results_run_row_by_row_and_resume_where_they_stopped(stub, tmp_pat
     lines = taken()
     assert _rows(lines) == [("meta-train", "phi_new_s1"), ("ckl run", "taalm_s1"), ("meta-train", "phi_new_s2"),
                             ("ckl run", "taalm_s2"), ("ckl run", "taalm_last_s0"), ("ckl run", "taalm_last_s1"),
-                            ("ckl run", "taalm_last_s2"), ("ckl run", "taalm_floor_s0"), ("ckl run", "rho1"),
-                            ("meta-train", "phi_zero"),
+                            ("ckl run", "taalm_last_s2"), ("ckl run", "taalm_floor_s0"), ("ckl run", "taalm_share_s0"),
+                            ("ckl run", "rho1"), ("meta-train", "phi_zero"),
                             ("ckl run", "taalm_zero"), ("ckl run", "taalm_mix_review"), ("ckl build", "tailored_old"),
                             ("meta-train", "phi_old"), ("ckl run", "taalm_old"), ("ckl compare", None)]
-    assert "train.ckl_val_baselines=false" in lines[0] and "train.max_steps=0" in lines[9]
+    assert "train.ckl_val_baselines=false" in lines[0] and "train.max_steps=0" in lines[10]
     assert f"--phi {out}/phi_new_s1/phi_last" in lines[5]  # the last update's φ, not the selected one
     assert lines[7].endswith(f"--phi {out}/phi_new_s0/phi --out {out}/taalm_floor_s0 ckl.progress=false "
                              "ckl.phi_weight_floor=1e-4")
-    assert "--meta-source invariant_schematic" in lines[12]
-    assert lines[-1].count(str(out) + "/") == 14  # the compare has every row of the table (and the plot)
+    assert lines[8].endswith("ckl.phi_uniform_share=0.5") and "ckl.phi_weight_floor" not in lines[8]
+    assert "--meta-source invariant_schematic" in lines[13]
+    assert lines[-1].count(str(out) + "/") == 15  # the compare has every row of the table (and the plot)
     assert "| table of" in r.stdout and (out / "table.md").is_file()
 
 
@@ -126,8 +127,9 @@ def test_transfer_rows_use_each_benchmarks_config_and_wait_for_the_lama_phi(stub
     assert r.returncode == 0, r.stderr
     lines = taken()
     assert _rows(lines) == [("ckl run", "lama_phi_on_synth"), ("ckl run", "lama_phi_on_synth_floor"),
-                            ("ckl compare", None), ("ckl compare", None)]
+                            ("ckl run", "lama_phi_on_synth_share"), ("ckl compare", None), ("ckl compare", None)]
     assert lines[1].endswith("ckl.phi_weight_floor=1e-4") and "ckl.phi_weight_floor" not in lines[0]
+    assert lines[2].endswith("ckl.phi_uniform_share=0.5") and "ckl.phi_weight_floor" not in lines[2]
     assert "## LAMA-CKL rows" in r.stdout and "## synthetic rows" in r.stdout
 
 

@@ -56,3 +56,15 @@ def test_the_floor_raises_only_the_weights_below_it(phi_dir):
     assert (floored > w).any() and (floored == w).any()
     with pytest.raises(ModelError, match="floor=1.5 must be in"):
         TokenWeigher.load(path, device="cpu", floor=1.5)
+
+
+def test_the_uniform_share_mixes_each_texts_weights_with_uniform_ones(phi_dir):
+    path, _ = phi_dir
+    text = f"the code of {ENTITIES[0]} is {ANSWERS[0]} ."
+    w = torch.tensor(TokenWeigher.load(path, device="cpu").weigh([text])[0].weights)
+    mixed = torch.tensor(TokenWeigher.load(path, device="cpu", uniform_share=0.5).weigh([text])[0].weights)
+    n = len(w) - 1  # position 0 is never predicted
+    torch.testing.assert_close(mixed[1:], 0.5 + 0.5 * n * w[1:] / w[1:].sum())
+    assert mixed[0] == 0.5
+    with pytest.raises(ModelError, match="uniform_share=-0.1 must be in"):
+        TokenWeigher.load(path, device="cpu", uniform_share=-0.1)

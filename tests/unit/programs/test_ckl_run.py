@@ -49,7 +49,7 @@ def test_every_method_runs_and_writes_outputs(ckl_dir, tmp_path, method):
     assert "PUNA" in (out / "heatmap.html").read_text() or "<span" in (out / "heatmap.html").read_text()
 
 
-def test_a_weight_floor_of_one_is_finetune_and_a_small_floor_changes_taalm(ckl_dir, tmp_path):
+def test_a_weight_floor_or_uniform_share_of_one_is_finetune_and_smaller_ones_change_taalm(ckl_dir, tmp_path):
     finetune = _run(ckl_dir, tmp_path, "finetune")["epochs"]
     (tmp_path / "taalm").mkdir()
     floored = _run(ckl_dir, tmp_path / "taalm", "taalm", "ckl.phi_weight_floor=1.0")["epochs"]
@@ -57,6 +57,11 @@ def test_a_weight_floor_of_one_is_finetune_and_a_small_floor_changes_taalm(ckl_d
     plain = _run(ckl_dir, tmp_path / "plain", "taalm")["epochs"]
     small = _run(ckl_dir, tmp_path / "small", "taalm", "ckl.phi_weight_floor=0.999")["epochs"]
     assert [r["train_loss"] for r in small] != [r["train_loss"] for r in plain]
+    mixed = _run(ckl_dir, tmp_path / "mixed", "taalm", "ckl.phi_uniform_share=1.0")
+    assert mixed["epochs"] == finetune  # all the weight uniform: fine-tuning's weights exactly
+    assert mixed["setup"]["phi_uniform_share"] == 1.0
+    half = _run(ckl_dir, tmp_path / "half", "taalm", "ckl.phi_uniform_share=0.5")["epochs"]
+    assert [r["train_loss"] for r in half] not in ([r["train_loss"] for r in plain], [r["train_loss"] for r in finetune])
 
 
 def test_oracle_learns_the_facts(ckl_dir, tmp_path):
