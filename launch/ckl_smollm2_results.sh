@@ -12,7 +12,8 @@
 # whole rows behind.
 # About 4 hours on 2 CPU cores (one job at a time). Refuses to overwrite an existing output directory;
 # RESUME=1 continues where it stopped (a finished step is skipped, an interrupted meta-training resumes).
-# ONLY="finetune oracle taalm_s0" runs just those rows (and what they need).
+# ONLY="finetune oracle taalm_s0" runs just those rows (and what they need); SEEDS="0 1 2 3" meta-trains more seeds
+# (default "0 1 2"; the compare shows the seeds named).
 set -euo pipefail
 data_dir="${1:?usage: $0 LAMA_CKL_DIR [OUT_DIR]}"
 out="${2:-runs/ckl_smollm2}"
@@ -42,7 +43,8 @@ ckl() {  # RUN_NAME METHOD [PHI [OVERRIDES...]]: skipped when its metrics.json e
 }
 wanted finetune && ckl finetune finetune
 wanted oracle && ckl oracle oracle
-for seed in 0 1 2; do
+read -ra seeds <<< "${SEEDS:-0 1 2}"
+for seed in "${seeds[@]}"; do
   if wanted "taalm_s$seed"; then
     # The uniform and oracle baselines of the CKL validation do not depend on φ's seed: measured once, on seed 0.
     baselines=()
@@ -51,7 +53,7 @@ for seed in 0 1 2; do
     ckl "taalm_s$seed" taalm "$out/phi_new_s$seed/phi"
   fi
 done
-for seed in 0 1 2; do  # φ of the last update (phi_last/, exported by every run) instead of the selected one
+for seed in "${seeds[@]}"; do  # φ of the last update (phi_last/, exported by every run) instead of the selected one
   if wanted "taalm_last_s$seed" && [[ -e "$out/phi_new_s$seed/phi_last/phi_config.json" ]]; then
     ckl "taalm_last_s$seed" taalm "$out/phi_new_s$seed/phi_last"
   fi
@@ -75,8 +77,8 @@ if wanted taalm_old; then
   ckl taalm_old taalm "$out/phi_old/phi"
 fi
 rows=()
-for r in finetune oracle rho1 taalm_s0 taalm_s1 taalm_s2 taalm_last_s0 taalm_last_s1 taalm_last_s2 taalm_floor_s0 \
-  taalm_share_s0 taalm_mix_review taalm_zero taalm_old; do
+for r in finetune oracle rho1 "${seeds[@]/#/taalm_s}" "${seeds[@]/#/taalm_last_s}" taalm_floor_s0 taalm_share_s0 \
+  taalm_mix_review taalm_zero taalm_old; do
   [[ -e "$out/$r/metrics.json" ]] && rows+=("$out/$r")
 done
 taalm ckl compare "${rows[@]}" --plot "$out/curves.png" | tee "$out/table.md"

@@ -104,6 +104,12 @@ def test_only_runs_the_named_rows(stub, tmp_path):
     assert r.returncode == 0, r.stderr
     assert _rows(taken()) == [("ckl build", "tailored"), ("ckl run", "oracle"), ("meta-train", "phi_new_s1"),
                               ("ckl run", "taalm_s1"), ("ckl compare", None)]
+    r = run("ckl_smollm2_results.sh", "/data/lama", tmp_path / "r", ONLY="taalm_s3", SEEDS="0 1 2 3", RESUME="1")
+    assert r.returncode == 0, r.stderr
+    lines = taken()
+    assert _rows(lines) == [("meta-train", "phi_new_s3"), ("ckl run", "taalm_s3"), ("ckl compare", None)]
+    assert "train.seed=3 train.ckl_val_baselines=false" in lines[0]
+    assert f"{tmp_path}/r/taalm_s1 " in lines[-1] and f"{tmp_path}/r/taalm_s3 " in lines[-1]  # every seed named
 
 
 def test_transfer_rows_use_each_benchmarks_config_and_wait_for_the_lama_phi(stub, tmp_path):
