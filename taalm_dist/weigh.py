@@ -37,7 +37,7 @@ class WeightedTokens:
 class TokenWeigher:
     """A trained φ (a ``phi/`` directory) with its tokenizer, on one device, frozen. ``floor``: every real token's
     weight is at least this; ``uniform_share``: this share of each text's weight is spread uniformly, the rest is φ's
-    rescaled to mean 1 (:func:`~taalm_dist.models.train_attention.applied_phi_weights`; both 0: φ's own weights)."""
+    rescaled to mean 1 (:func:`~taalm_dist.weight_rules.applied_phi_weights`; both 0: φ's own weights)."""
 
     def __init__(self, phi: torch.nn.Module, tokenizer, device: torch.device | str = "cpu", floor: float = 0.0,
                  uniform_share: float = 0.0):
@@ -91,7 +91,7 @@ class TokenWeigher:
         """``[B, L]`` weights for a right-padded batch, on the inputs' device: φ's, in (0, 1), with both rules off;
         at least ``floor`` on real tokens; with a ``uniform_share``, averaging 1 over each text's predicted tokens.
         0 at padding."""
-        from taalm_dist.models.train_attention import applied_phi_weights
+        from taalm_dist.weight_rules import applied_phi_weights
 
         mask = attention_mask.to(self.device)
         w = applied_phi_weights(self.phi(input_ids.to(self.device), mask), mask, self.floor, self.uniform_share)

@@ -1,7 +1,7 @@
 """Token-weight rules: ``rule(doc_batch) -> [B, L]`` weights of θ's per-token loss (no graph).
 
 uniform (fine-tuning), oracle (the object's tokens only), RHO-1 (highest excess loss against θ₀) and φ (a
-meta-trained Train-Attention model). ``taalm ckl run`` learns with them (:mod:`taalm_dist.ckl.methods`), φ's CKL
+meta-trained Train-Attention model, with the do-no-harm rules applied to its weights: a floor and a uniform share). ``taalm ckl run`` learns with them (:mod:`taalm_dist.ckl.methods`), φ's CKL
 validation compares φ against the first two.
 """
 
@@ -64,16 +64,45 @@ class Rho1Weights:
         return top_fraction_mask(current - reference, valid, self.keep)
 
 
+def mix_uniform(weights: torch.Tensor, attention_mask: torch.Tensor, share: float) -> torch.Tensor:
+    """φ's ``[B, L]`` weights with a fixed ``share`` of each document's weight moved to uniform, whatever φ's scale.
+
+    The token-weighted loss divides by each document's Σw, so only the shape of φ's weights counts, and that scale
+    varies by orders of magnitude between documents; an absolute floor therefore takes most of the weight of some
+    documents and none of others. This mix does not: over the positions the loss counts (token and predecessor real),
+    ``w'_i = share + (1 - share) · n · w_i / Σ_j w_j`` (``n`` of them), so the weights average 1 (a fine-tuning token's
+    weight) and the document's loss is exactly ``share`` × its uniform-weight loss + ``(1 - share)`` × φ's (up to the
+    loss's Σw epsilon). ``share`` = 0 returns ``weights`` unchanged; 1 gives the attention mask, fine-tuning's weights.
+    Position 0 (which the loss never counts) gets ``share``, padding 0.
+    """
+    if not share:
+        return weights
+    mask = attention_mask.to(weights.dtype)
+    valid = next_token_valid_mask(attention_mask).to(weights.dtype)
+    phi = weights * valid
+    n = valid.sum(dim=1, keepdim=True)
+    shape = phi * n / phi.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    return share * mask + (1.0 - share) * shape
+
+
+def applied_phi_weights(weights: torch.Tensor, attention_mask: torch.Tensor, floor: float = 0.0,
+                        uniform_share: float = 0.0) -> torch.Tensor:
+    """The ``[B, L]`` weights θ learns with from φ's: :func:`~taalm_dist.models.train_attention.floor_weights`, then
+    :func:`mix_uniform` (both 0: φ's own). The one rule ``ckl run``, ``learn``, ``taalm weigh`` and
+    :class:`~taalm_dist.weigh.TokenWeigher` apply."""
+    from taalm_dist.models.train_attention import floor_weights
+
+    return mix_uniform(floor_weights(weights, attention_mask, floor), attention_mask, uniform_share)
+
+
 class PhiWeights:
     """φ's weights for a document batch (no graph), each real token's at least ``floor`` and ``uniform_share`` of each
-    document's weight spread uniformly (:func:`~taalm_dist.models.train_attention.applied_phi_weights`; 0: φ's own)."""
+    document's weight spread uniformly (:func:`applied_phi_weights`; 0: φ's own)."""
 
     def __init__(self, phi: nn.Module, floor: float = 0.0, uniform_share: float = 0.0):
         self.phi, self.floor, self.uniform_share = phi.eval(), floor, uniform_share
 
     @torch.no_grad()
     def __call__(self, doc: dict) -> torch.Tensor:
-        from taalm_dist.models.train_attention import applied_phi_weights
-
         w = self.phi(doc["input_ids"], doc["attention_mask"]).float()
         return applied_phi_weights(w, doc["attention_mask"], self.floor, self.uniform_share)

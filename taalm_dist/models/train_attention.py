@@ -80,36 +80,6 @@ def floor_weights(weights: torch.Tensor, attention_mask: torch.Tensor, floor: fl
     return weights.clamp_min(floor) * attention_mask.to(weights.dtype)
 
 
-def mix_uniform(weights: torch.Tensor, attention_mask: torch.Tensor, share: float) -> torch.Tensor:
-    """φ's ``[B, L]`` weights with a fixed ``share`` of each document's weight moved to uniform, whatever φ's scale.
-
-    The token-weighted loss divides by each document's Σw, so only the shape of φ's weights counts, and that scale
-    varies by orders of magnitude between documents; an absolute floor therefore takes most of the weight of some
-    documents and none of others. This mix does not: over the positions the loss counts (token and predecessor real),
-    ``w'_i = share + (1 - share) · n · w_i / Σ_j w_j`` (``n`` of them), so the weights average 1 (a fine-tuning token's
-    weight) and the document's loss is exactly ``share`` × its uniform-weight loss + ``(1 - share)`` × φ's (up to the
-    loss's Σw epsilon). ``share`` = 0 returns ``weights`` unchanged; 1 gives the attention mask, fine-tuning's weights.
-    Position 0 (which the loss never counts) gets ``share``, padding 0.
-    """
-    if not share:
-        return weights
-    from taalm_dist.losses.token_weighted_ce import next_token_valid_mask
-
-    mask = attention_mask.to(weights.dtype)
-    valid = next_token_valid_mask(attention_mask).to(weights.dtype)
-    phi = weights * valid
-    n = valid.sum(dim=1, keepdim=True)
-    shape = phi * n / phi.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
-    return share * mask + (1.0 - share) * shape
-
-
-def applied_phi_weights(weights: torch.Tensor, attention_mask: torch.Tensor, floor: float = 0.0,
-                        uniform_share: float = 0.0) -> torch.Tensor:
-    """The ``[B, L]`` weights θ learns with from φ's: :func:`floor_weights` then :func:`mix_uniform` (both 0: φ's
-    own). The one rule ``ckl run``, ``learn``, ``taalm weigh`` and :class:`~taalm_dist.weigh.TokenWeigher` apply."""
-    return mix_uniform(floor_weights(weights, attention_mask, floor), attention_mask, uniform_share)
-
-
 def build_phi(cfg: PhiConfig, vocab_size: int | None = None, seed: int = 0,
               device: torch.device | None = None) -> TrainAttention:
     """Build φ from its config: load the backbone, truncate, add the head, mark what trains (on the CPU

@@ -109,31 +109,6 @@ def test_bad_sources_and_lora_targets_are_clear(tmp_path):
         make_trainable(model, "lora", LoraConfig(target_modules=["qkv"]))
 
 
-def test_mix_uniform_gives_the_share_of_each_documents_loss_to_uniform_whatever_phis_scale():
-    from taalm_dist.losses.token_weighted_ce import next_token_valid_mask, token_weighted_mean
-    from taalm_dist.models.train_attention import applied_phi_weights, mix_uniform
-
-    g = torch.Generator().manual_seed(0)
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
-    valid = next_token_valid_mask(mask)
-    w = torch.rand(2, 6, generator=g, dtype=torch.float64) * mask
-    w[1] *= 1e-5  # a document φ barely weights: its shape counts, not its scale
-    nll = torch.rand(2, 6, generator=g, dtype=torch.float64) * valid
-    assert mix_uniform(w, mask, 0.0) is w
-    torch.testing.assert_close(mix_uniform(w, mask, 1.0), mask.double(), rtol=0, atol=0)  # fine-tuning's weights
-    for share in (0.25, 0.5, 0.9):
-        mixed = mix_uniform(w, mask, share)
-        torch.testing.assert_close(mix_uniform(w * 1e3, mask, share), mixed)  # scale-free
-        torch.testing.assert_close((mixed * valid).sum(1), valid.sum(1).double())  # mean weight 1
-        assert (mixed[mask == 0] == 0).all() and (mixed[:, 0] == share).all()
-        for b in range(2):  # each document's loss: share × its uniform-weight mean NLL + the rest × φ's weighted mean
-            mean = lambda x: (x[b] * valid[b] * nll[b]).sum() / (x[b] * valid[b]).sum()
-            got = token_weighted_mean(nll[b : b + 1], mixed[b : b + 1], valid[b : b + 1])
-            torch.testing.assert_close(got, share * mean(mask.double()) + (1 - share) * mean(w), rtol=1e-6, atol=0)
-    torch.testing.assert_close(applied_phi_weights(w, mask, 0.5, 0.5), mix_uniform(w.clamp_min(0.5) * mask, mask, 0.5))
-    assert applied_phi_weights(w, mask) is w
-
-
 def test_floor_weights_raises_real_tokens_below_the_floor_and_keeps_padding_zero():
     from taalm_dist.models.train_attention import floor_weights
 
