@@ -107,7 +107,7 @@ def shutdown(together: bool = True) -> None:
 
 def left_process_group() -> bool:
     """Whether this process ran with a process group and left it (:func:`shutdown`): the command line then exits
-    without the interpreter's teardown (:func:`taalm_dist.cli.entry`)."""
+    without the interpreter's teardown (:func:`taalm_dist.cli.exit_process`)."""
     return _left_process_group
 
 

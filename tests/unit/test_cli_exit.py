@@ -1,7 +1,6 @@
 """`taalm_dist.cli`: how the process exits once a command returned."""
 
 import os
-import sys
 
 import pytest
 
