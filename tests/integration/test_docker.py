@@ -1,8 +1,10 @@
 """docker/: the Dockerfile passes hadolint and installs under the lock; the compose file is a valid Compose file
 (the Compose specification's JSON schema) whose references resolve.
 
-No Docker daemon here: the image build itself (with its import smoke test) runs where Docker is, and so does
-`docker compose config` (run below when a docker CLI with the compose plugin is on PATH). The schema is the
+The image build itself (with its import smoke test), a run of it and of the compose stack are the slow release
+check tests/integration/test_image.py (`make image-check`); `docker compose config` runs below when a docker CLI
+with the compose plugin is on PATH. Every RUN line is also run here under /bin/sh with stubbed installers, as
+podman's OCI format runs it. The schema is the
 compose-spec.json that check-jsonschema (test extra) vendors for its compose hook."""
 
 import copy
@@ -111,9 +113,61 @@ def test_dockerfile_installs_under_the_lock():
     for i, cmd in pip_cmds:
         if "-c constraints.txt" in cmd:
             assert i > copied_lock, f"{cmd!r} runs before constraints.txt is copied in"
-        else:  # only torch from its CUDA index, pinned by a build arg equal to the lock
+        else:  # only torch from its index (and optional extra wheels), pinned by a build arg equal to the lock
             assert re.fullmatch(r'pip install "torch==\$\{TORCH_VERSION\}" --index-url "\$\{TORCH_INDEX_URL\}"', cmd), \
                 f"{cmd!r} installs outside the lock"
+
+
+def _run_lines(text: str) -> list[str]:
+    """Each RUN's shell text, its --mount/--network flags dropped."""
+    out = []
+    for kind, a in _instructions(text):
+        if kind == "RUN":
+            while a.startswith("--"):
+                a = a.split(None, 1)[1]
+            out.append(a)
+    return out
+
+
+def _simulate_build(tmp_path: Path, **build_args: str) -> tuple[int, list[str]]:
+    """Every RUN line of the Dockerfile run as the builder runs it (`/bin/sh -c`, dash here as under podman's OCI
+    format, which ignores SHELL), with the ARG defaults overridden by ``build_args`` in the environment and each
+    command that would change the system replaced by a stub that records its arguments. (exit code, calls)."""
+    text = DOCKERFILE.read_text()
+    env_args = {k: v.strip('"') for k, v in (a.split("=", 1) for kind, a in _instructions(text)
+                                             if kind == "ARG" and "=" in a)} | build_args
+    stubs = tmp_path / "stubs"
+    stubs.mkdir(parents=True, exist_ok=True)
+    log = tmp_path / "calls.log"
+    for cmd in ("pip", "apt-get", "python3", "python", "taalm", "mkdir", "chmod", "rm"):
+        (stubs / cmd).write_text(f'#!/bin/sh\necho "{cmd} $*${{PIP_FIND_LINKS:+ [find-links $PIP_FIND_LINKS]}}" >> {log}\n')
+        (stubs / cmd).chmod(0o755)
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", **env_args}
+    for line in _run_lines(text):
+        res = subprocess.run(["/bin/sh", "-c", line], env=env, capture_output=True, text=True)
+        if res.returncode:
+            return res.returncode, log.read_text().splitlines() if log.exists() else []
+    return 0, log.read_text().splitlines()
+
+
+def test_dockerfile_runs_in_a_posix_shell_and_honours_the_flash_attn_flag(tmp_path):
+    """podman/buildah's default format ignores SHELL: a bash test ([[ ... ]]) read as false in dash and skipped
+    flash-attn and its import check silently. Every RUN must mean the same in any POSIX sh."""
+    assert not [a for kind, a in _instructions(DOCKERFILE.read_text()) if kind == "SHELL"]
+    rc, calls = _simulate_build(tmp_path / "on", INSTALL_FLASH_ATTN="1")
+    assert rc == 0, calls
+    assert any(c.startswith("pip install") and "flash-attn==" in c for c in calls), calls
+    assert any(c.startswith("python -c import flash_attn") for c in calls), calls
+    assert any(c.startswith("pip install torch==") and "find-links" not in c for c in calls), calls
+    rc, calls = _simulate_build(tmp_path / "off", INSTALL_FLASH_ATTN="0", TORCH_FIND_LINKS="http://127.0.0.1:1/")
+    assert rc == 0 and not any("flash" in c for c in calls), calls
+    assert any(c.startswith("pip install torch==") and c.endswith("[find-links http://127.0.0.1:1/]") for c in calls)
+
+
+@pytest.mark.parametrize("value", ["yes", "true", ""])
+def test_dockerfile_refuses_a_flash_attn_flag_that_is_neither_0_nor_1(tmp_path, value):
+    rc, calls = _simulate_build(tmp_path, INSTALL_FLASH_ATTN=value)
+    assert rc == 2 and calls == [], calls  # stopped before anything was installed
 
 
 def test_everything_the_dockerfile_copies_is_in_the_build_context():
@@ -191,6 +245,51 @@ def test_compose_references_resolve():
     port = int(re.search(r"--port\s+(\d+)", server["command"])[1])
     assert uri.port == port and any(str(p).split(":")[-1] == str(port) for p in server["ports"])
     assert f"localhost:{port}/" in " ".join(server["healthcheck"]["test"])
+
+
+def test_compose_services_run_as_the_invoking_user_and_each_start_writes_a_new_run():
+    """Files on the host are the invoking user's (docker/compose.sh sets TAALM_UID/GID), and a second `up` of the
+    trainer writes a new directory instead of refusing (demo: --out exists) or overwriting the first."""
+    services = _compose()["services"]
+    for name in ("mlflow", "trainer"):
+        assert services[name]["user"] == "${TAALM_UID:-1000}:${TAALM_GID:-1000}", name
+        assert services[name]["image"] == "taalm_dist:latest", name
+    shell = services["trainer"]["command"]
+    assert shell[:2] == ["sh", "-c"] and "taalm demo --out" in shell[2] and "$$(date" in shell[2], shell
+    assert "--overwrite" not in shell[2]
+    compose_sh = (ROOT / "docker" / "compose.sh").read_text()
+    assert 'TAALM_UID="${TAALM_UID:-$(id -u)}"' in compose_sh and 'mkdir -p "$first/../runs" "$first/../mlruns"' \
+        in compose_sh
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose's merge tags: `!reset` drops the key it is on when files are merged."""
+
+
+_RESET = object()
+_ComposeLoader.add_constructor("!reset", lambda loader, node: _RESET)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if value is _RESET:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def test_cpu_override_drops_only_the_gpu_reservation(compose_validator):
+    over = yaml.load((COMPOSE.parent / "compose.cpu.yaml").read_text(), Loader=_ComposeLoader)
+    merged = _merge(_compose(), over)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in compose_validator.iter_errors(merged)]
+    assert not errors, "\n".join(errors)
+    assert "deploy" in _compose()["services"]["trainer"] and "deploy" not in merged["services"]["trainer"]
+    without_deploy = {k: v for k, v in _compose()["services"]["trainer"].items() if k != "deploy"}
+    assert merged["services"]["trainer"] == without_deploy and merged["services"]["mlflow"] == _compose()["services"]["mlflow"]
 
 
 def _docker_compose() -> list[str] | None:

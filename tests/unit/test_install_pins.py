@@ -1,9 +1,12 @@
 """constraints.txt (the lock `make install` uses) vs the running environment and vs pyproject.toml's ranges.
 
 Fails when the environment drifts from the lock (a package upgraded by hand, a lock not regenerated after an
-install) and when a pin falls outside a range that pyproject.toml promises to library users."""
+install), when a pin falls outside a range that pyproject.toml promises to library users, and when the lock
+cannot install beside the pinned torch's Linux CUDA wheel (tools/lock_check.py reads its requirements from PyPI)."""
 
 import importlib.metadata
+import importlib.util
+import io
 import re
 import sys
 from pathlib import Path
@@ -124,3 +127,91 @@ def test_make_installs_every_pip_command_under_the_lock():
 def test_torch_pin_of_the_makefile_matches_the_lock():
     torch_cpu = re.search(r"^TORCH_CPU\s*:?=\s*(\S+)\s*$", (ROOT / "Makefile").read_text(), re.M)[1]
     assert Requirement(torch_cpu).specifier == SpecifierSet(f"=={_pins()['torch'][1]}")
+
+
+# ---------------------------------------------------------------- the lock on GPU machines (tools/lock_check.py)
+
+
+def _lock_check():
+    spec = importlib.util.spec_from_file_location("lock_check", ROOT / "tools" / "lock_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_conflicts_apply_torchs_linux_markers_per_python():
+    lc = _lock_check()
+    reqs = [Requirement(r) for r in ['triton==3.7.1; platform_system == "Linux" and python_version < "3.12"',
+                                     'pywin32==1.0; sys_platform == "win32"', "sympy>=1.13.3",
+                                     'nvidia-nccl-cu13==2.29.7; platform_system == "Linux"',
+                                     'opt-einsum>=3.3; extra == "opt-einsum"']]
+    pins = {"triton": Version("3.9.0"), "pywin32": Version("2.0"), "sympy": Version("1.14.0"),
+            "opt-einsum": Version("1.0")}
+    assert lc.conflicts(pins, reqs, "3.11") == [
+        'triton==3.9.0 (lock) but the wheel requires triton==3.7.1; platform_system == "Linux" and '
+        'python_version < "3.12"']
+    assert lc.conflicts(pins, reqs, "3.12") == []  # the marker excludes 3.12; Windows, extras, unpinned CUDA: not ours
+    assert lc.conflicts({**pins, "triton": Version("3.7.1")}, reqs, "3.11") == []
+
+
+def test_wheel_metadata_is_read_through_byte_ranges(tmp_path):
+    """The reader on a local HTTP server: a wheel's METADATA from its central directory, without the whole file."""
+    import functools
+    import http.server
+    import threading
+    import zipfile
+
+    lc = _lock_check()
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("demo/big.bin", bytes(range(256)) * 4096)  # 1 MiB the reader must not fetch
+        z.writestr("demo-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n"
+                   "Requires-Dist: triton==3.7.1; platform_system == \"Linux\"\nRequires-Dist: sympy>=1.13\n\n")
+    served = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def send_head(self):  # byte ranges (http.server serves whole files only)
+            rng = self.headers.get("Range")
+            data = wheel.read_bytes()
+            if self.command == "HEAD" or rng is None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                return io.BytesIO(b"" if self.command == "HEAD" else data)
+            start, end = (int(x) for x in rng.removeprefix("bytes=").split("-"))
+            served.append(end + 1 - start)
+            self.send_response(206)
+            self.send_header("Content-Length", str(end + 1 - start))
+            self.end_headers()
+            return io.BytesIO(data[start:end + 1])
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reqs = lc.wheel_requirements(f"http://127.0.0.1:{server.server_address[1]}/{wheel.name}")
+    finally:
+        server.shutdown()
+    assert [str(r) for r in reqs] == ['triton==3.7.1; platform_system == "Linux"', "sympy>=1.13"]
+    assert served and sum(served) < wheel.stat().st_size / 4
+
+
+def test_lock_installs_with_the_pinned_torchs_linux_cuda_wheel():
+    """PyPI's Linux x86-64 torch wheel (the CUDA build GPU nodes get) requires exact versions of some locked
+    distributions (triton); the CPU wheel frozen here does not, so only this check sees a disagreement."""
+    found = _lock_check().check_lock(ROOT / "constraints.txt")
+    assert not found, "\n".join(found)
+
+
+def test_lock_check_refuses_a_triton_pin_torch_does_not_require(tmp_path):
+    """The 2026-12-06 lock pinned triton 3.9.0 where torch 2.13.0's wheel requires 3.7.1: the check must say so."""
+    name, pinned = _pins()["triton"]
+    other = f"{pinned.major}.{pinned.minor + 2}.0"
+    lock = tmp_path / "constraints.txt"
+    lock.write_text((ROOT / "constraints.txt").read_text().replace(f"{name}=={pinned}\n", f"{name}=={other}\n"))
+    found = _lock_check().check_lock(lock)
+    assert len(found) == 2 and all(f"triton=={other} (lock) but the wheel requires triton==" in f for f in found), found
+    assert any("-cp311-" in f for f in found) and any("-cp312-" in f for f in found)
