@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -19,6 +20,24 @@ from taalm_dist.errors import TaalmError
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults after every option; the epilog (the config fields) printed as written."""
 
+
+def _count(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (argparse names the option and exits 2 otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+OVERRIDE_TOKEN = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)+=")
+"""A ``key.sub=value`` config override on the command line."""
 
 OVERRIDES_HELP = "config overrides as key.sub=value (values parsed as YAML), e.g. meta.inner=adamw train.max_steps=50"
 
@@ -236,6 +255,7 @@ def _cmd_learn(args) -> int:
 
 
 def _cmd_weigh(args) -> int:
+    from taalm_dist.integrity import write_atomic
     from taalm_dist.tracking.heatmap import heatmap_html
     from taalm_dist.weigh import TokenWeigher, weigh_documents
 
@@ -243,22 +263,30 @@ def _cmd_weigh(args) -> int:
     if not 0 <= args.window_overlap < args.window_tokens or args.window_tokens < 2:
         raise TaalmError(f"--window-tokens {args.window_tokens} must be >= 2 and --window-overlap {args.window_overlap} "
                          "in [0, window tokens)")
-    for path in (out, Path(args.html) if args.html else None):
-        if path is not None and path.exists() and not args.overwrite:
+    docs = Path(args.docs).resolve()
+    for flag, path in (("--out", out), ("--html", Path(args.html) if args.html else None)):
+        if path is None:
+            continue
+        if path.resolve() == docs or docs in path.resolve().parents:
+            raise TaalmError(f"{flag} {path} is (inside) --docs {args.docs}: your documents are never written over; "
+                             "choose another path")
+        if path.exists() and not args.overwrite:
             raise TaalmError(f"{path} exists; pass --overwrite or choose another path")
     weigher = TokenWeigher.load(args.phi, device=args.device, floor=args.floor, uniform_share=args.uniform_share)
     weighed = weigh_documents(weigher, args.docs, args.text_field, args.window_tokens, args.window_overlap,
                               args.batch_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
-        for w in weighed:
-            f.write(json.dumps(w.as_dict(), ensure_ascii=False) + "\n")
+    try:  # strict JSON: a NaN weight is an error, never a token in the file
+        rows = "".join(json.dumps(w.as_dict(), ensure_ascii=False, allow_nan=False) + "\n" for w in weighed)
+    except ValueError:
+        raise TaalmError(f"φ ({args.phi}) gave non-finite weights; nothing was written. Check φ (taalm weigh on a "
+                         "known-good export)") from None
+    write_atomic(out, rows)  # an interrupted weigh leaves no partial file
     print(f"φ's weights for {len(weighed)} windows written to {out}")
     if args.html:
         shown = weighed[: args.html_docs]
         page = heatmap_html([(w.tokens, w.weights, [0] * len(w.tokens)) for w in shown],
                             f"φ ({args.phi}): token weights of {len(shown)} windows of {args.docs}")
-        Path(args.html).write_text(page, encoding="utf-8")
+        write_atomic(args.html, page)
         print(f"heatmap of the first {len(shown)} windows written to {args.html}")
     return 0
 
@@ -317,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = data_verbs.add_parser("toy", help="write the toy task (one answer token per document) as jsonl",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--out", required=True, help="directory for train.jsonl and val.jsonl")
-    t.add_argument("--n", type=int, default=200, help="training pairs")
-    t.add_argument("--n-val", type=int, default=16, help="validation pairs (disjoint entities)")
+    t.add_argument("--n", type=_count(1), default=200, help="training pairs")
+    t.add_argument("--n-val", type=_count(1), default=16, help="validation pairs (disjoint entities)")
     t.add_argument("--seed", type=int, default=0, help="RNG seed")
     t.add_argument("--overwrite", action="store_true", help="replace existing files")
     t.set_defaults(func=_cmd_data_toy)
@@ -326,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "facts not to forget, meta-training pairs) in the LAMA-CKL file layout",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--out", required=True, help="directory for variant.jsonl, invariant_*.jsonl, meta_train.jsonl")
-    t.add_argument("--n-to-learn", type=int, default=120, help="To-Learn rows (facts about fictional people)")
-    t.add_argument("--n-meta", type=int, default=400, help="meta-training rows (disjoint fictional people)")
+    t.add_argument("--n-to-learn", type=_count(1), default=120, help="To-Learn rows (facts about fictional people)")
+    t.add_argument("--n-meta", type=_count(1), default=400, help="meta-training rows (disjoint fictional people)")
     t.add_argument("--distractors", type=int, default=4, help="distractor sentences around each fact")
     t.add_argument("--seed", type=int, default=0, help="RNG seed (same seed, same files)")
     t.add_argument("--overwrite", action="store_true", help="replace existing files")
@@ -403,11 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="jsonl written: one row per window (id, window, context, tokens, ids, "
                    "weights)")
     p.add_argument("--html", default=None, help="also write a heatmap of the first windows to this .html file")
-    p.add_argument("--html-docs", type=int, default=20, help="windows shown in the heatmap")
+    p.add_argument("--html-docs", type=_count(0), default=20, help="windows shown in the heatmap")
     p.add_argument("--text-field", default="text", help="the jsonl field / dataset column with the text")
     p.add_argument("--window-tokens", type=int, default=512, help="longest window weighed at once (as learn.window_tokens)")
     p.add_argument("--window-overlap", type=int, default=64, help="tokens a window repeats from the previous one")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per φ forward")
+    p.add_argument("--batch-size", type=_count(1), default=8, help="windows per φ forward")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--floor", type=float, default=0.0, help="every real token's weight at least this (the weights "
                    "θ learns with under ckl.phi_weight_floor / learn.phi_weight_floor); 0: φ's own")
@@ -464,7 +492,15 @@ def main(argv: list[str] | None = None) -> int:
     writing a checkpoint (``--resume auto`` continues), 130 interrupted at once (a second Ctrl-C)."""
     from taalm_dist.engine.preemption import EXIT_PREEMPTED, Preempted
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        given = list(sys.argv[1:] if argv is None else argv)
+        hint = ""
+        if any(OVERRIDE_TOKEN.match(a) for a in given) and any(OVERRIDE_TOKEN.match(a) or a.startswith("-") for a in unknown):
+            hint = ("; put every key=value override after the options, together (e.g. `taalm learn --phi P --docs D "
+                    "learn.lr=1e-4 learn.seed=1`): overrides split by an option are not read")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     try:
         return args.func(args)
     except Preempted as e:

@@ -105,7 +105,9 @@ def model_shape(spec: ModelSourceConfig, name: str | None = None) -> Shape:
         else:
             from transformers import AutoConfig
 
-            c = AutoConfig.from_pretrained(spec.source).to_dict()
+            from taalm_dist.models.loading import from_pretrained
+
+            c = from_pretrained(AutoConfig, spec.source).to_dict()
         return Shape(c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"],
                      c.get("num_key_value_heads") or c["num_attention_heads"], c["vocab_size"],
                      bool(c.get("tie_word_embeddings", False)))

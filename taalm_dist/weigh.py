@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +15,7 @@ from typing import Sequence
 import torch
 
 from taalm_dist.data import pad_batch
-from taalm_dist.errors import ModelError
+from taalm_dist.errors import ConfigError, ModelError
 
 
 @dataclass
@@ -59,16 +58,19 @@ class TokenWeigher:
         """Load the φ saved in ``path`` (``phi.safetensors`` + ``phi_config.json``) and the tokenizer of its backbone;
         ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; ``floor`` and ``uniform_share``
         as in the class."""
-        from taalm_dist.config import ModelSourceConfig, build
         from taalm_dist.engine.runtime import resolve_device
-        from taalm_dist.models import load_phi, load_tokenizer
-        from taalm_dist.models.train_attention import PHI_CONFIG
+        from taalm_dist.models import load_phi
+        from taalm_dist.models.train_attention import load_phi_tokenizer
 
-        dev = resolve_device(device) if device in ("auto", "cpu", "cuda") else torch.device(device)
+        if device in ("auto", "cpu", "cuda"):
+            dev = resolve_device(device)
+        else:
+            try:
+                dev = torch.device(device)
+            except RuntimeError:
+                raise ConfigError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N") from None
         phi = load_phi(path, device=dev)
-        source = json.loads((Path(path) / PHI_CONFIG).read_text())["phi"]["model"]
-        return cls(phi, load_tokenizer(build(ModelSourceConfig, source, "phi.model.")), dev, floor=floor,
-                   uniform_share=uniform_share)
+        return cls(phi, load_phi_tokenizer(path), dev, floor=floor, uniform_share=uniform_share)
 
     def to(self, device: torch.device | str) -> "TokenWeigher":
         """Move φ to ``device`` (where the weights are computed); returns self."""

@@ -109,6 +109,14 @@ def load_run(path: str | Path) -> dict:
         from taalm_dist.errors import DataError
 
         raise DataError(f"{path}: no metrics.json (is it a `taalm ckl run` directory?)")
-    run = json.loads(f.read_text())
+    from taalm_dist.errors import DataError
+
+    try:
+        run = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{f} is not readable JSON ({e}); it was damaged or written by something else: rerun "
+                        "`taalm ckl run --resume auto` in its directory, or leave it out of the comparison") from None
+    if not isinstance(run, dict) or not isinstance(run.get("summary"), dict):
+        raise DataError(f"{f}: not a `taalm ckl run` metrics file (no summary); leave it out of the comparison")
     run["run_name"] = f.parent.name  # the run's directory: labels its row in summary_table
     return run

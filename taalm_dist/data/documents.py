@@ -77,11 +77,34 @@ def _from_dataset(path: Path, text_field: str) -> list[Document]:
     return [Document(f"{path.name}[{i}]", str(t)) for i, t in enumerate(ds[text_field])]
 
 
+def _folder_files(p: Path) -> tuple[list[Path], list[Path]]:
+    """The documents of a folder (not a ``save_to_disk`` dataset), by one rule that drops no file silently: every
+    file under it, hidden ones (a name starting with ".") and those in hidden folders aside, must be a text
+    document (.txt, .md) or a dataset file (.parquet, .arrow), and all of one kind. Returns (text files, dataset
+    files), sorted, one of them empty; anything else is a :class:`DataError` naming the files."""
+    files = sorted(q for q in p.rglob("*") if q.is_file()
+                   and not any(part.startswith(".") for part in q.relative_to(p).parts))
+    text = [q for q in files if q.suffix in TEXT_SUFFIXES]
+    data = [q for q in files if q.suffix in DATASET_SUFFIXES]
+    other = [q for q in files if q.suffix not in TEXT_SUFFIXES + DATASET_SUFFIXES]
+    names = lambda qs: ", ".join(str(q.relative_to(p)) for q in qs[:3]) + (f" and {len(qs) - 3} more" if len(qs) > 3 else "")
+    if other:
+        raise DataError(f"{p}: {len(other)} file(s) that are neither documents (.txt, .md) nor dataset files "
+                        f"(.parquet, .arrow): {names(other)}; move them out of the folder (or rename them with a "
+                        "leading '.'), so that no file is skipped unseen")
+    if text and data:
+        raise DataError(f"{p} mixes {len(text)} text document(s) ({names(text)}) and {len(data)} dataset file(s) "
+                        f"({names(data)}); one folder holds one kind: move one kind elsewhere")
+    if not files:
+        raise DataError(f"{p} holds no .txt or .md files and no datasets dataset: nothing to learn")
+    return text, data
+
+
 def load_documents(path: str | Path, text_field: str = "text") -> list[Document]:
     """Documents from ``path``: a ``.jsonl`` file (``text_field`` of every row), a directory of ``.txt`` / ``.md``
     files (one document each, sorted by path), or a `datasets` dataset (a ``save_to_disk`` directory, or
-    ``.parquet`` / ``.arrow`` files: column ``text_field``). Empty documents are refused, as is an input
-    without any document."""
+    ``.parquet`` / ``.arrow`` files: column ``text_field``). A folder's files follow :func:`_folder_files` (all of
+    one kind, none skipped). Empty documents are refused, as is an input without any document."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p} does not exist: give a .jsonl file, a directory of .txt/.md files or a datasets dataset")
@@ -94,14 +117,11 @@ def load_documents(path: str | Path, text_field: str = "text") -> list[Document]
     elif p.is_file():
         raise DataError(f"{p}: unknown kind of file {p.suffix or '(no suffix)'}; give a .jsonl, .txt, .md, .parquet or "
                         ".arrow file, or a directory")
-    elif (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file() or any(
-            q.suffix in DATASET_SUFFIXES for q in p.rglob("*")):
+    elif (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file():
         docs = _from_dataset(p, text_field)
     else:
-        files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in TEXT_SUFFIXES)
-        if not files:
-            raise DataError(f"{p} holds no .txt or .md files and no datasets dataset: nothing to learn")
-        docs = [Document(str(f.relative_to(p)), _read_text(f)) for f in files]
+        text, data = _folder_files(p)
+        docs = _from_dataset(p, text_field) if data else [Document(str(f.relative_to(p)), _read_text(f)) for f in text]
     if not docs:
         raise DataError(f"{p} is empty: it holds no document")
     empty = [d.id for d in docs if not d.text.strip()]

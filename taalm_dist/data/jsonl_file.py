@@ -9,12 +9,12 @@ UTF-16 — are a :class:`~taalm_dist.errors.DataError` at once, never skippable.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from taalm_dist import integrity
 from taalm_dist.errors import DataError
 
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -22,13 +22,7 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 def file_sha256(path: str | Path | None) -> str | None:
     """Hex SHA-256 of a file's bytes (streamed), or None without a path."""
-    if not path:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return integrity.file_sha256(path) if path else None
 
 
 def require_file(path: str | Path, expected: str) -> Path:

@@ -2,9 +2,11 @@
 
 Layout: ``<out_dir>/checkpoints/step-000123/`` with ``phi/`` (φ and its optimizer; a ZeRO-3 checkpoint
 under DeepSpeed), ``trainer_state.json``, ``rng-rank<r>.safetensors`` and, written last, ``COMPLETE``.
-A checkpoint is first written to ``.tmp-step-000123`` by all ranks, then renamed by rank 0 after a
-barrier, then marked complete, then ``latest`` is replaced atomically. A directory without
-``COMPLETE`` (a save that was killed) is never resumed from.
+A checkpoint is first written to ``.tmp-step-000123`` by all ranks, then its integrity record (``integrity.json``:
+size and SHA-256 of every file) is written, then it is renamed by rank 0 after a barrier, then marked complete, then
+``latest`` is replaced atomically. A directory without ``COMPLETE`` (a save that was killed) is never resumed from;
+``--resume auto`` passes over a complete one whose files differ from its record (named on stderr) to the newest
+intact one.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from taalm_dist import integrity
 from taalm_dist.engine import distributed as D
 from taalm_dist.errors import ConfigError
 
@@ -63,17 +67,47 @@ def complete_checkpoints(out_dir: str | Path) -> list[Path]:
     return [d for _, d in sorted(found)]
 
 
+def damage(directory: Path) -> list[str]:
+    """What is wrong with a complete checkpoint: files that differ from its integrity record
+    (:mod:`taalm_dist.integrity`), or an unreadable ``trainer_state.json``; empty when it can be resumed from."""
+    problems = integrity.verify_record(directory)
+    if not problems:
+        try:
+            state = read_state(directory)
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            problems = [f"{STATE} is unreadable ({type(e).__name__}: {e})"]
+    return problems
+
+
+def newest_intact(done: list[Path]) -> Path | None:
+    """The newest of the complete checkpoints ``done`` (oldest first) that is not damaged (:func:`damage`); each
+    newer damaged one is named on stderr with what is wrong. None when there is none."""
+    for d in reversed(done):
+        problems = damage(d)
+        if not problems:
+            return d
+        print(f"taalm: warning: checkpoint {d} is damaged ({'; '.join(problems[:3])}); it is not resumed from, "
+              "an earlier one is tried", file=sys.stderr, flush=True)
+    return None
+
+
 def resolve_resume(resume: str | None, out_dir: str | Path) -> Path | None:
-    """``auto`` → newest complete checkpoint or None; a path → that checkpoint (must be complete)."""
+    """``auto`` → newest intact complete checkpoint or None; a path → that checkpoint (must be complete and
+    intact)."""
     if not resume:
         return None
     if resume == "auto":
-        done = complete_checkpoints(out_dir)
-        return done[-1] if done else None
+        return newest_intact(complete_checkpoints(out_dir))
     p = Path(resume)
     if not (p / COMPLETE).is_file():
         raise ConfigError(f"train.resume={resume}: not a complete checkpoint (no {COMPLETE} file); "
                           "use --resume auto to pick the newest complete one")
+    problems = damage(p)
+    if problems:
+        raise ConfigError(f"train.resume={resume}: the checkpoint is damaged ({'; '.join(problems[:3])}); resume "
+                          "from another one (--resume auto picks the newest intact one)")
     return p
 
 
@@ -205,6 +239,7 @@ def commit(out_dir: str | Path, tmp: Path, step: int, state: dict, keep: int) ->
     final = checkpoints_dir(out_dir) / step_dir_name(step)
     if D.is_main():
         (tmp / STATE).write_text(json.dumps(state, indent=2))
+        integrity.write_record(tmp)  # every rank's files are in: the record covers them all
         if final.exists():
             _discard(final)
         os.replace(tmp, final)
@@ -216,6 +251,25 @@ def commit(out_dir: str | Path, tmp: Path, step: int, state: dict, keep: int) ->
             _discard(old)
     D.barrier()
     return final
+
+
+FULL_DISK_FREE_BYTES = 64 << 20
+"""Below this many free bytes, a failed write is read as a full disk (torch and safetensors report a failed write
+as ``RuntimeError: unexpected pos ...`` or a bare OSError, not always with ``ENOSPC``)."""
+
+
+def disk_full(error: BaseException, out_dir: str | Path) -> str | None:
+    """Whether ``error``, raised while writing into ``out_dir``, is a full disk: a description (the errno, or the free
+    bytes left) when it is, else None."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return os.strerror(error.errno)
+    try:
+        free = shutil.disk_usage(out_dir).free
+    except OSError:
+        return None
+    return f"{free} bytes free" if free < FULL_DISK_FREE_BYTES else None
 
 
 def read_state(directory: Path) -> dict:

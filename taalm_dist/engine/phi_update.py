@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
 from taalm_dist.meta.functional import eval_mode
 from taalm_dist.models.train_attention import TrainAttention, phi_state
@@ -59,7 +60,7 @@ class LocalPhi:
         from safetensors.torch import load_file
 
         self.module.load_state_dict(load_file(str(directory / "phi_trainable.safetensors")), strict=False)
-        self.opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        self.opt.load_state_dict(ckpt.weights_only_load(directory / "optimizer.pt"))
 
 
 class DeepSpeedPhi:

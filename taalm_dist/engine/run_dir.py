@@ -40,48 +40,67 @@ OVERWRITE_FLAG = {"meta-train": "train.overwrite=true", "ckl run": "--overwrite"
 
 
 def lock_path(out_dir: str | Path) -> Path:
-    """The lock file of a run directory: ``.<name>.lock`` in its parent (it survives the directory being moved)."""
-    out = Path(out_dir).absolute()
+    """The lock file of a run directory: ``.<name>.lock`` in its parent (it survives the directory being moved),
+    for the directory's resolved path: a symlink to a run directory, or a path through one, names the same lock."""
+    out = Path(out_dir).resolve()
     return out.with_name(f".{out.name}{LOCK_SUFFIX}")
 
 
 class RunDirLock:
-    """An exclusive, non-blocking ``flock`` on :func:`lock_path` (held until :meth:`release` or process exit)."""
+    """An exclusive, non-blocking ``flock`` on :func:`lock_path` and, when the directory exists, on the directory
+    itself (its identity: the same directory reached by any path, a bind mount included, is one lock); held until
+    :meth:`release` or process exit."""
 
     def __init__(self, out_dir: str | Path):
+        self.directory = Path(out_dir).resolve()
         self.path = lock_path(out_dir)
-        self._fd: int | None = None
+        self._fds: list[int] = []
 
     def acquire(self, command: str) -> "RunDirLock":
         """Take the lock, or raise :class:`ConfigError` naming the run that holds it."""
-        import fcntl
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise ConfigError(f"{self.path.with_name(self.path.name[1:-len(LOCK_SUFFIX)])} is in use by another run "
-                              f"({holder}); wait for it to end, or choose another output directory") from None
-        except OSError as e:  # e.g. a network filesystem without flock support
-            os.close(fd)
-            print(f"taalm: warning: cannot lock {self.path} ({e}); two runs on this directory would not be "
-                  "detected", file=sys.stderr)
+        if not self._lock(fd, self.path):
             return self
+        self._fds.append(fd)
+        if self.directory.is_dir():
+            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if self._lock(dir_fd, self.directory):
+                    self._fds.append(dir_fd)
+            except ConfigError:
+                self.release()
+                raise
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "command": f"taalm {command}",
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        self._fd = fd
         return self
+
+    def _lock(self, fd: int, what: Path) -> bool:
+        """``flock`` ``fd`` (non-blocking): True when held; False (fd closed, a warning printed) where the
+        filesystem has no flock. Raises :class:`ConfigError` naming the holder when another run holds it."""
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:  # the lock file holds its holder's line; the directory says nothing
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() if what == self.path else ""
+            os.close(fd)
+            raise ConfigError(f"{self.directory} is in use by another run ({holder or 'another process'}); wait "
+                              "for it to end, or choose another output directory") from None
+        except OSError as e:  # e.g. a network filesystem without flock support
+            os.close(fd)
+            print(f"taalm: warning: cannot lock {what} ({e}); two runs on this directory would not be "
+                  "detected", file=sys.stderr)
+            return False
 
     def release(self) -> None:
         """Let go of the lock (the file stays; it is empty of meaning without a holder)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
 
 
 @dataclass
@@ -115,6 +134,27 @@ class RunDir:
         or refuse); every rank may call it, rank 0 removes."""
         if self.fresh and D.is_main():
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def directory_identity(path: str | Path) -> dict:
+    """What tells a run directory from a copy of it: its resolved path and its inode (device, inode number). A
+    moved directory keeps its inode, a copy or fork (``cp -r``, ``rsync``) gets a new one at a new path."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return {"path": str(p), "device": st.st_dev, "inode": st.st_ino}
+
+
+def is_same_directory(recorded: dict, path: str | Path) -> bool:
+    """Whether ``path`` is the directory :func:`directory_identity` recorded (same inode, or same resolved path:
+    moved, or restored in place), not a copy of it elsewhere."""
+    now = directory_identity(path)
+    same_inode = (recorded.get("device"), recorded.get("inode")) == (now["device"], now["inode"])
+    return same_inode or recorded.get("path") == now["path"]
+
+
+def is_run_directory(path: Path) -> bool:
+    """Whether ``path`` holds a run of any taalm command (a run mark, or a complete checkpoint)."""
+    return any(path.glob("*_run.json")) or bool(ckpt.complete_checkpoints(path))
 
 
 def mark_name(command: str) -> str:
@@ -170,6 +210,10 @@ def _open_on_main(out: Path, command: str, overwrite: bool, resume: str | None, 
         holds = out.is_dir() and any(out.iterdir())
         run.fresh = not holds or overwrite
         if holds and overwrite:
+            if not is_run_directory(out):
+                raise ConfigError(f"{out} holds files but no taalm run (no *_run.json mark, no complete checkpoint): "
+                                  f"{OVERWRITE_FLAG.get(command, '--overwrite')} moves only runs aside, so nothing was "
+                                  "moved; choose another output directory")
             run.moved_aside = ckpt.move_aside(out)
             print(f"taalm: {out} held another run; moved it to {run.moved_aside}")
         elif holds:
@@ -184,7 +228,11 @@ def _open_on_main(out: Path, command: str, overwrite: bool, resume: str | None, 
                                   "checkpoint), so it is not resumed into: choose another output directory, or pass "
                                   f"{OVERWRITE_FLAG.get(command, '--overwrite')} to move them aside")
             if resume == "auto" and done:
-                run.resume_from = done[-1]
+                run.resume_from = ckpt.newest_intact(done)
+                if run.resume_from is None:
+                    raise ConfigError(f"{out}: every complete checkpoint is damaged (named above); nothing is "
+                                      f"resumed or deleted: move {ckpt.checkpoints_dir(out)} aside to start anew, "
+                                      f"or pass {OVERWRITE_FLAG.get(command, '--overwrite')}")
         if resume not in (None, "auto"):
             run.resume_from = ckpt.resolve_resume(resume, out)
         if run.resume_from is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -27,8 +28,10 @@ from taalm_dist.config import save_config, to_dict
 from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.preemption import Preempted, StopSignals, report_stopped
-from taalm_dist.engine.run_dir import RunDir, open_run_dir, truncate_metrics
+from taalm_dist.engine.run_dir import (RunDir, directory_identity, is_same_directory, open_run_dir,
+                                      truncate_metrics)
 from taalm_dist.engine.runtime import Runtime
+from taalm_dist.errors import TrainingError
 from taalm_dist.tracking import MultiTracker, NullLogger, open_run_trackers
 
 
@@ -97,6 +100,11 @@ class RunSession:
         run_id = self.resume_state.get("mlflow_run_id")
         save_config(cfg, self.out / "config.yaml")
         tags = {"taalm.command": self.command, **({"taalm.method": method} if method else {})}
+        recorded = self.resume_state.get("run_dir")
+        if run_id is not None and recorded is not None and not is_same_directory(recorded, self.out):
+            print(f"taalm: {self.out} is a copy of the run directory {recorded['path']}: it continues in a new MLflow "
+                  f"run (tag taalm.copied_from_run={run_id}); the original's run is left as it is", flush=True)
+            tags["taalm.copied_from_run"], run_id = run_id, None
         self.log, self.mlflow = open_run_trackers(self.out, cfg.tracking, run_id, tags=tags, method=method)
         if run_id is None:
             self.log.log_params({**to_dict(cfg), **(params or {})})
@@ -126,10 +134,20 @@ class RunSession:
         """An atomic checkpoint ``checkpoints/step-<step>`` (:mod:`taalm_dist.engine.checkpoint`): ``write(tmp)`` writes
         the models' part, then every RNG (and ``rng``), then ``state`` with the MLflow run id; returns its path."""
         tmp = ckpt.begin(self.out, step)
-        write(tmp)
-        ckpt.save_rng(tmp, rng)
-        state = {**state, "mlflow_run_id": self.mlflow.wait_ready() if self.mlflow else None}
-        return ckpt.commit(self.out, tmp, step, state, keep)
+        try:
+            write(tmp)
+            ckpt.save_rng(tmp, rng)
+            state = {**state, "mlflow_run_id": self.mlflow.wait_ready() if self.mlflow else None,
+                     "run_dir": directory_identity(self.out)}
+            return ckpt.commit(self.out, tmp, step, state, keep)
+        except (OSError, RuntimeError) as e:
+            full = ckpt.disk_full(e, self.out)
+            if full is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the half-written save; the complete ones are untouched
+            raise TrainingError(f"no space left on the disk of {self.out} while writing checkpoint step {step} "
+                                f"({full}); the earlier complete checkpoints are intact: free space, then run the "
+                                "same command with --resume auto") from None
 
     # ------------------------------------------------------------------------------------- close
     def close(self, status: str = "FINISHED") -> None:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from taalm_dist.data import TokenizedPair, pad_batch
+from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.run_dir import load_on_every_rank
 from taalm_dist.errors import ConfigError
@@ -137,7 +138,7 @@ class LocalTheta(_Learner):
         with torch.no_grad():
             for n, p in named.items():
                 p.copy_(saved[n])
-        self.opt.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        self.opt.load_state_dict(ckpt.weights_only_load(directory / "optimizer.pt"))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """θ's trainable tensors, cloned onto the CPU."""

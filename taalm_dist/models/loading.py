@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +23,28 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64":
 
 
 PKG_PREFIX = "pkg:"
+CUSTOM_CODE_FILES = ("config.json", "tokenizer_config.json")
+"""The files of a model directory where transformers finds ``auto_map`` (code the directory ships)."""
+
+
+def from_pretrained(auto_class, source: str, **kwargs):
+    """The one way a model, config or tokenizer is loaded from a directory or hub id: ``auto_class.from_pretrained``
+    with ``trust_remote_code=False``, after refusing a local source that ships its own code (an ``auto_map`` in
+    :data:`CUSTOM_CODE_FILES`), which transformers would otherwise offer to run on a terminal. Raises
+    :class:`ModelError` naming the file."""
+    directory = Path(source)
+    for name in CUSTOM_CODE_FILES:
+        path = directory / name
+        if directory.is_dir() and path.is_file():
+            try:
+                declares = "auto_map" in json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, ValueError, TypeError):
+                declares = False  # transformers reports an unreadable file itself
+            if declares:
+                raise ModelError(f"{path} declares custom code (auto_map): taalm_dist never runs code shipped with a "
+                                 "model; use a model whose architecture transformers has built in")
+    return auto_class.from_pretrained(source, trust_remote_code=False, **kwargs)
+
 
 
 def resolve_source(source: str) -> str:
@@ -97,8 +120,8 @@ def _convert_gguf(path: Path, target: Path) -> None:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tok = from_pretrained(AutoTokenizer, str(path.parent), gguf_file=path.name)
+        model = from_pretrained(AutoModelForCausalLM, str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"cannot load GGUF file {path}: {e}") from None
     _drop_quantizer(model)
@@ -118,7 +141,7 @@ def load_tokenizer(spec: ModelSourceConfig):
 
     src = str(converted_gguf_dir(src) or src)
     try:
-        tok = AutoTokenizer.from_pretrained(src)
+        tok = from_pretrained(AutoTokenizer, src)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load a tokenizer from {src!r}: {e}. Pass a local directory, a .gguf file, "
                          "or a hub id reachable from this machine.") from None
@@ -237,7 +260,7 @@ def load_causal_lm(spec: ModelSourceConfig, vocab_size: int | None = None, devic
             kwargs["quantization_config"] = _quantization_config(spec, device)
             kwargs["device_map"] = {"": str(device or torch.device("cuda", torch.cuda.current_device()))}
         try:
-            model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation=attn, **kwargs)
+            model = from_pretrained(AutoModelForCausalLM, src, dtype=dtype, attn_implementation=attn, **kwargs)
         except (OSError, ValueError, KeyError) as e:
             raise ModelError(f"cannot load a causal LM from {spec.source!r}: {e}") from None
     if dtype == torch.float64:

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from taalm_dist import integrity
 from taalm_dist.config import PhiConfig, build, to_dict
-from taalm_dist.errors import ModelError
+from taalm_dist.errors import ConfigError, ModelError
 from taalm_dist.models.loading import load_causal_lm
 from taalm_dist.models.lora import make_trainable
 
@@ -104,35 +105,103 @@ def phi_state(phi: TrainAttention) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in phi.named_parameters() if p.requires_grad}
 
 
-def save_phi(phi: TrainAttention | dict, cfg: PhiConfig, out_dir: str | Path) -> Path:
-    """Write ``phi.safetensors`` (trainable tensors) and ``phi_config.json`` into ``out_dir``.
+PHI_FORMAT = 1
+"""The ``format`` of ``phi_config.json`` this version writes and reads."""
 
-    ``phi`` is the module or an already gathered :func:`phi_state` (e.g. from a ZeRO-3 engine)."""
+
+def save_phi(phi: TrainAttention | dict, cfg: PhiConfig, out_dir: str | Path,
+             extra: dict[str, str] | None = None) -> Path:
+    """Write ``phi.safetensors`` (trainable tensors), ``phi_config.json``, the text files ``extra`` (name → text,
+    e.g. ``selection.json``) and their integrity record (``integrity.json``, :mod:`taalm_dist.integrity`) into
+    ``out_dir``.
+
+    ``phi`` is the module or an already gathered :func:`phi_state` (e.g. from a ZeRO-3 engine). A state with a NaN
+    or an infinity is refused (:class:`ModelError`): a φ that cannot weigh is never exported."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = phi if isinstance(phi, dict) else phi_state(phi)
+    integrity.require_finite(state, f"φ to be saved in {out}", "it is not written; lower the learning rates "
+                             "(train.lr, meta.inner_lr) or check the data", ModelError)
+    out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / PHI_WEIGHTS))
-    (out / PHI_CONFIG).write_text(json.dumps({"format": 1, "phi": to_dict(cfg)}, indent=2))
+    (out / PHI_CONFIG).write_text(json.dumps({"format": PHI_FORMAT, "phi": to_dict(cfg)}, indent=2))
+    for name, text in (extra or {}).items():
+        (out / name).write_text(text)
+    integrity.write_record(out)
     return out
+
+
+def phi_fingerprint(path: str | Path) -> dict[str, str]:
+    """SHA-256 of the files that define a saved φ (``{"phi.safetensors": ..., "phi_config.json": ...}``): what a
+    resumed ``learn`` or ``ckl run`` compares, so a φ changed in place (weights or config) is not resumed with."""
+    p = Path(path)
+    return {name: integrity.file_sha256(p / name) for name in (PHI_WEIGHTS, PHI_CONFIG) if (p / name).is_file()}
+
+
+def read_phi_config(path: str | Path) -> dict:
+    """The ``phi`` section of a saved φ's ``phi_config.json``, checked: a readable JSON object of the format this
+    version writes. Raises :class:`ModelError` naming the file and what is wrong."""
+    p = Path(path)
+    if not (p / PHI_CONFIG).is_file() or not (p / PHI_WEIGHTS).is_file():
+        raise ModelError(f"{p} is not a saved φ: expected {PHI_CONFIG} and {PHI_WEIGHTS} in it")
+    try:
+        meta = json.loads((p / PHI_CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"{p / PHI_CONFIG} is not readable JSON ({e}); re-export φ (`taalm meta-train` writes "
+                         "phi/) or restore the file") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("phi"), dict):
+        raise ModelError(f"{p / PHI_CONFIG}: expected an object with a \"phi\" section; re-export φ")
+    if meta.get("format") != PHI_FORMAT:
+        raise ModelError(f"{p / PHI_CONFIG}: format {meta.get('format')!r} is not one this version reads "
+                         f"({PHI_FORMAT}); export φ with this version of taalm_dist")
+    return meta["phi"]
+
+
+def load_phi_tokenizer(path: str | Path):
+    """The tokenizer of a saved φ's backbone (what θ's tokenizer must equal for φ's weights to line up)."""
+    from taalm_dist.config import ModelSourceConfig
+    from taalm_dist.models.loading import load_tokenizer
+
+    return load_tokenizer(build(ModelSourceConfig, read_phi_config(path).get("model", {}), "phi.model."))
 
 
 def load_phi(path: str | Path, device: torch.device | None = None) -> TrainAttention:
     """Rebuild φ saved by :func:`save_phi` (in a single process, no DeepSpeed); ``device`` as in :func:`build_phi`
-    (the caller moves φ there)."""
+    (the caller moves φ there).
+
+    Raises:
+        ModelError: naming the file and the fix, for a directory that is not a φ, a damaged file (its integrity
+            record, a truncated or unreadable safetensors, an invalid config), tensors of other names or shapes
+            than its config builds, and non-finite values.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     p = Path(path)
-    if not (p / PHI_CONFIG).is_file() or not (p / PHI_WEIGHTS).is_file():
-        raise ModelError(f"{p} is not a saved φ: expected {PHI_CONFIG} and {PHI_WEIGHTS} in it")
-    meta = json.loads((p / PHI_CONFIG).read_text())
-    cfg = build(PhiConfig, meta["phi"], "phi.")
+    phi_cfg = read_phi_config(p)
+    damaged = integrity.verify_record(p)
+    if damaged:
+        raise ModelError(f"{p} is damaged: {'; '.join(damaged[:3])}; re-export φ or restore it from a copy")
+    try:
+        state = load_file(str(p / PHI_WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"{p / PHI_WEIGHTS} is not a readable safetensors file ({e}); re-export φ or restore "
+                         "it from a copy") from None
+    integrity.require_finite(state, str(p / PHI_WEIGHTS), "this φ cannot weigh tokens; use an earlier export "
+                             "(best_phi/, a checkpoint) or meta-train again", ModelError)
+    try:
+        cfg = build(PhiConfig, phi_cfg, "phi.")
+    except ConfigError as e:
+        raise ModelError(f"{p / PHI_CONFIG}: {e}") from None
     phi = build_phi(cfg, device=device)
-    state = load_file(str(p / PHI_WEIGHTS))
-    expected = set(phi_state(phi))
-    if set(state) != expected:
+    expected = {k: tuple(v.shape) for k, v in phi_state(phi).items()}
+    if set(state) != set(expected):
         raise ModelError(f"{p / PHI_WEIGHTS} does not match its config: missing "
-                         f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]}")
+                         f"{sorted(set(expected) - set(state))[:3]}, unexpected {sorted(set(state) - set(expected))[:3]}")
+    shapes = [f"{k} {tuple(v.shape)} (config builds {expected[k]})" for k, v in state.items()
+              if tuple(v.shape) != expected[k]]
+    if shapes:
+        raise ModelError(f"{p / PHI_WEIGHTS} does not match its config: {', '.join(shapes[:3])}")
     phi.load_state_dict(state, strict=False)
     return phi

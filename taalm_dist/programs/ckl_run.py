@@ -56,8 +56,6 @@ class CklRunner(DocumentTrainer):
         d = Path(self.c.data_dir)
         files = {"ckl.data_dir/to_learn.jsonl": d / "to_learn.jsonl",
                  "ckl.data_dir/not_to_forget.jsonl": d / "not_to_forget.jsonl"}
-        if self.c.phi_path and M.base_rule(self.c.method) == "taalm":
-            files["ckl.phi_path/phi.safetensors"] = Path(self.c.phi_path) / "phi.safetensors"
         return {k: file_sha256(v) for k, v in files.items() if v.is_file()}
 
     def _tracker_params(self) -> dict:

@@ -12,7 +12,6 @@ epoch checkpoints, stop requests and the heatmap of the weights θ learns with. 
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 from taalm_dist import weight_rules
 from taalm_dist.ckl import methods as M
-from taalm_dist.config import ModelSourceConfig, build, for_program
+from taalm_dist.config import for_program
 from taalm_dist.data import collate
 from taalm_dist.data.order import epoch_rng
 from taalm_dist.engine import checkpoint as ckpt
@@ -29,11 +28,11 @@ from taalm_dist.engine import distributed as D
 from taalm_dist.engine.run_dir import resume_settings
 from taalm_dist.engine.session import RunSession, SessionProgram
 from taalm_dist.engine.theta import LocalTheta, Zero3Theta
-from taalm_dist.errors import ConfigError
+from taalm_dist.errors import ConfigError, TrainingError
 from taalm_dist.losses.lm_head import per_token_loss_fn, token_weighted_loss
 from taalm_dist.models import check_same_tokenizer, load_phi, load_tokenizer
 from taalm_dist.models.theta import build_theta
-from taalm_dist.models.train_attention import PHI_CONFIG
+from taalm_dist.models.train_attention import load_phi_tokenizer, phi_fingerprint
 from taalm_dist.tracking.heatmap import heatmap
 
 
@@ -80,7 +79,7 @@ class DocumentTrainer(SessionProgram):
         self._start()
         self._load_data()
         # what a checkpoint must share with the run that resumes it (the data hashed once, not at every checkpoint)
-        self.settings, self.data_sha256 = self._settings(self.cfg), self._data_sha256()
+        self.settings, self.data_sha256 = self._settings(self.cfg), {**self._data_sha256(), **self._phi_sha256()}
         self.session.open(self.c.out_dir, overwrite=self.c.overwrite, resume=self.c.resume, settings=self.settings,
                           data_sha256=self.data_sha256, defaults=self._settings(self.CONFIG()))
         with self.session.building():
@@ -89,6 +88,13 @@ class DocumentTrainer(SessionProgram):
                 self._load_checkpoint(self.session.resume_from)
         self.session.open_trackers(self.cfg, metrics_step=self._metrics_step(), params=self._tracker_params(),
                                    method=self.method)
+
+    def _phi_sha256(self) -> dict:
+        """Content hashes of φ's files when the method weighs with it (``<section>.phi_path/phi.safetensors`` and
+        ``.../phi_config.json``): a φ changed in place, weights or config, is not resumed with."""
+        if not (self.c.phi_path and M.base_rule(self.method) == "taalm"):
+            return {}
+        return {f"{self.SECTION}.phi_path/{name}": digest for name, digest in phi_fingerprint(self.c.phi_path).items()}
 
     def _settings(self, cfg) -> dict:
         """The settings a resumed run must share, of config ``cfg``."""
@@ -145,8 +151,7 @@ class DocumentTrainer(SessionProgram):
             raise ConfigError(f"{self.SECTION}.method={self.method} needs {self.SECTION}.phi_path (a meta-trained φ's "
                               "phi/ directory)")
         phi = load_phi(self.c.phi_path, device=self.rt.device)
-        phi_source = json.loads((Path(self.c.phi_path) / PHI_CONFIG).read_text())["phi"]["model"]
-        check_same_tokenizer(self.tokenizer, load_tokenizer(build(ModelSourceConfig, phi_source, "phi.model.")),
+        check_same_tokenizer(self.tokenizer, load_phi_tokenizer(self.c.phi_path),
                              f"θ ({self.cfg.theta.model.source})", f"φ ({self.c.phi_path})")
         return weight_rules.PhiWeights(self.rt.place(phi), floor=self.c.phi_weight_floor,
                                        uniform_share=self.c.phi_uniform_share)
@@ -198,6 +203,10 @@ class DocumentTrainer(SessionProgram):
         w = self.rule(doc) * (1.0 if factor else 0.0)
         self.theta.train()
         loss = self._adjust_loss(token_weighted_loss(self.theta_learner.model, doc, w, self.per_token_loss))
+        if D.any_rank(not bool(torch.isfinite(loss.detach()))):  # [finiteness policy] in taalm_dist.integrity
+            raise TrainingError(f"θ update {self.step + 1} (epoch {self.epoch + 1}): the token-weighted loss is not "
+                                f"finite; nothing more is learned or written. Lower {self.SECTION}.lr, or check φ "
+                                f"({self.c.phi_path or 'none'}) and the documents")
         value = self.theta_learner.update(loss * factor)
         self.step += 1
         self.losses.append(value)

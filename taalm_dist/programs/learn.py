@@ -31,13 +31,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from taalm_dist import integrity
 from taalm_dist.config import LearnRunConfig, TaalmConfig
 from taalm_dist.data.documents import load_documents, load_questions, qa_text, token_windows
 from taalm_dist.data.tokenize import TokenizedPair, encode_marked
 from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.preemption import run_to_end
-from taalm_dist.errors import ConfigError, DataError
+from taalm_dist.errors import ConfigError, DataError, TrainingError
 from taalm_dist.programs.document_training import DocumentTrainer
 
 
@@ -158,6 +159,10 @@ class Learner(DocumentTrainer):
     def export(self) -> dict:
         """Write ``adapter/`` (LoRA) or ``model/`` (full) and, with ``learn.merge``, ``merged/``; returns their paths."""
         state = self.theta_learner.trainable_state()
+        bad = D.broadcast_object(integrity.nonfinite(state) if D.is_main() else None)
+        if bad:  # [finiteness policy] in taalm_dist.integrity: a NaN θ is never exported
+            raise TrainingError(f"θ's learned tensors are not finite ({', '.join(bad[:3])}); nothing was exported. "
+                                "Lower learn.lr, or check φ and the documents")
         if not D.is_main():
             D.barrier()
             return {}
@@ -187,7 +192,7 @@ def merge_adapter(cfg: LearnRunConfig, adapter_dir: str | Path, tokenizer):
 
     spec = dataclasses.replace(cfg.theta.model, quantization="none", attn_implementation="auto")
     base = load_causal_lm(spec, vocab_size=len(tokenizer), device=torch.device("cpu"))
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()  # our adapter: weights, no code
 
 
 def plot_learn_curves(rows: list[dict], path: Path, label: str) -> None:

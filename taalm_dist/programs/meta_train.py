@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from taalm_dist import weight_rules
+from taalm_dist import integrity, weight_rules
 from taalm_dist.config import MetaTrainConfig, TaalmConfig, config_hash, for_program, to_dict
 from taalm_dist.data import collate
 from taalm_dist.data.jsonl_file import file_sha256
@@ -380,11 +380,8 @@ class MetaTrainer(SessionProgram):
         self.best = {"step": self.step, "score": score, "metric": metric}
         state = self.phi.export_state()
         if D.is_main():
-            def write(tmp: Path) -> None:
-                save_phi(state, self.cfg.phi, tmp)
-                (tmp / "selection.json").write_text(json.dumps(self.best, indent=2))
-
-            ckpt.replace_dir(self.out / "best_phi", write)
+            selection = {"selection.json": json.dumps(self.best, indent=2)}
+            ckpt.replace_dir(self.out / "best_phi", lambda tmp: save_phi(state, self.cfg.phi, tmp, selection))
         D.barrier()
 
     # -------------------------------------------------------------------------------------- train
@@ -465,17 +462,21 @@ class MetaTrainer(SessionProgram):
         path = self.out / "phi"
         if D.is_main():
             last = {"rule": "last", "step": self.step}
-            save_phi(state, self.cfg.phi, self.out / "phi_last")
-            (self.out / "phi_last" / "selection.json").write_text(json.dumps(last, indent=2))
+            save_phi(state, self.cfg.phi, self.out / "phi_last", {"selection.json": json.dumps(last, indent=2)})
             best = self.out / "best_phi"
             if self.select != "last" and best.is_dir():
+                damaged = integrity.verify_record(best)
+                if damaged:
+                    raise TrainingError(f"{best} is damaged ({'; '.join(damaged[:3])}); the last φ is in "
+                                        f"{self.out / 'phi_last'}")
+                chosen = {"rule": self.select, **self.best}
                 shutil.rmtree(path, ignore_errors=True)
                 shutil.copytree(best, path)
-                chosen = {"rule": self.select, **self.best}
+                (path / "selection.json").write_text(json.dumps(chosen, indent=2))
+                integrity.write_record(path)  # the copy with its own selection.json
             else:
-                save_phi(state, self.cfg.phi, path)
                 chosen = last
-            (path / "selection.json").write_text(json.dumps(chosen, indent=2))
+                save_phi(state, self.cfg.phi, path, {"selection.json": json.dumps(chosen, indent=2)})
             print(f"φ exported to {path} ({chosen['rule']}: step {chosen['step']}"
                   + (f", {chosen['metric']} {chosen['score']:.4f})" if chosen.get("metric") else ")"))
         D.barrier()
@@ -494,6 +495,11 @@ class MetaTrainer(SessionProgram):
         """Restore φ, its optimizer, the data position and every rank's RNG from ``directory``."""
         state = ckpt.read_state(directory)  # its settings, data and world size were checked by open_run_dir
         load_on_every_rank(directory, lambda: self.phi.load(directory / "phi"))
+        state_now = self.phi.export_state()
+        bad = D.broadcast_object(integrity.nonfinite(state_now) if D.is_main() else None)
+        if bad:  # [finiteness policy] in taalm_dist.integrity
+            raise ConfigError(f"checkpoint {directory} holds a φ with non-finite values ({', '.join(bad[:3])}); it is "
+                              "not resumed: resume from an earlier checkpoint (--resume PATH) or start a new run")
         ckpt.load_rng(directory, self.rng)
         self.order.load_state_dict(state["order"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]

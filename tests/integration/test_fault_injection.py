@@ -107,3 +107,46 @@ def test_two_runs_started_together_on_one_directory_one_is_refused(toy, tmp_path
     assert "is in use by another run" in refused and '"command": "taalm meta-train"' in refused
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if "train/objective" in x]
     assert steps == list(range(1, 31))  # one writer: every step once
+
+
+def test_two_runs_through_a_symlink_one_is_refused_and_nothing_is_deleted(toy, tmp_path):
+    # before (second probe): the lock was by path as typed; `--resume auto` through a symlink to a running run's
+    # directory took its own lock, deleted the first run's in-progress save as a leftover, and both crashed
+    out = tmp_path / "run"
+    (tmp_path / "alias").symlink_to(out, target_is_directory=True)
+    out.mkdir()
+    procs = [_start(toy, out, "--resume", "auto", "train.max_steps=30"),
+             _start(toy, tmp_path / "alias", "--resume", "auto", "train.max_steps=30")]
+    codes = [p.wait(timeout=600) for p in procs]
+    errs = [p.stderr.read() for p in procs]
+    assert sorted(codes) == [0, 2], (codes, errs)
+    assert "is in use by another run" in errs[codes.index(2)]
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if "train/objective" in x]
+    assert steps == list(range(1, 31))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 512 KiB (a toy run needs about 1 MiB with every checkpoint kept) at tmp_path/disk (root only; skipped where mounting is not allowed), unmounted after."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode})")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_during_a_checkpoint_is_named_and_resume_after_freeing_space_is_exact(toy, reference,
+                                                                                         small_disk):
+    # before (second probe): a full disk during a meta-train checkpoint ended with `RuntimeError: unexpected pos ...`
+    want, _ = reference
+    out = small_disk / "run"
+    proc = _start(toy, out, "--resume", "auto", "train.keep_checkpoints=100")
+    assert proc.wait(timeout=600) == 2
+    err = proc.stderr.read()
+    assert "no space left on the disk of" in err and "--resume auto" in err and "Traceback" not in err, err[-3000:]
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
+    resumed = _start(toy, out, "--resume", "auto")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    assert _same(want, _phi(out))

@@ -68,3 +68,64 @@ def test_the_uniform_share_mixes_each_texts_weights_with_uniform_ones(phi_dir):
     assert mixed[0] == 0.5
     with pytest.raises(ModelError, match="uniform_share=-0.1 must be in"):
         TokenWeigher.load(path, device="cpu", uniform_share=-0.1)
+
+
+# ------------------------------------------------------------- `taalm weigh`: nothing silently wrong (second probe)
+
+
+@pytest.fixture
+def docs(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(f'{{"text": "{e} likes {a}"}}\n' for e, a in zip(ENTITIES[:3], ANSWERS[:3])))
+    return path
+
+
+def _weigh(phi_path, docs, out, *extra):
+    from taalm_dist.cli import main
+
+    return main(["weigh", "--phi", str(phi_path), "--docs", str(docs), "--out", str(out), "--device", "cpu", *extra])
+
+
+def test_weigh_never_writes_over_its_input(phi_dir, docs, capsys):
+    # before: --overwrite with --out equal to --docs replaced the user's input file
+    before = docs.read_text()
+    assert _weigh(phi_dir[0], docs, docs, "--overwrite") == 2
+    assert "is (inside) --docs" in capsys.readouterr().err and docs.read_text() == before
+    assert _weigh(phi_dir[0], docs.parent, docs.parent / "w.jsonl", "--overwrite") == 2  # inside a --docs folder
+    assert docs.read_text() == before
+
+
+def test_an_interrupted_weigh_leaves_no_partial_file(phi_dir, docs, tmp_path, monkeypatch):
+    # before: weigh wrote its output in place; SIGINT left a partial file that blocked the rerun
+    import taalm_dist.integrity as integrity
+
+    out = tmp_path / "w.jsonl"
+    real = integrity.write_atomic
+
+    def interrupted(path, text):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(integrity, "write_atomic", interrupted)
+    assert _weigh(phi_dir[0], docs, out) == 130  # Ctrl-C while the output is written
+    monkeypatch.setattr(integrity, "write_atomic", real)
+    assert not out.exists() and not list(tmp_path.glob(".w.jsonl*"))
+    assert _weigh(phi_dir[0], docs, out) == 0 and len(out.read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "argument --batch-size: 0 must be >= 1"),
+    (["--batch-size", "-1"], "argument --batch-size: -1 must be >= 1"),
+    (["--html-docs", "-1"], "argument --html-docs: -1 must be >= 0"),
+])
+def test_weigh_options_out_of_range_are_named(phi_dir, docs, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        _weigh(phi_dir[0], docs, tmp_path / "w.jsonl", *args)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_unknown_device_is_named(phi_dir, docs, tmp_path, capsys):
+    from taalm_dist.cli import main
+
+    assert main(["weigh", "--phi", str(phi_dir[0]), "--docs", str(docs), "--out", str(tmp_path / "w.jsonl"),
+                 "--device", "bogus"]) == 2
+    assert "device 'bogus' is not one of auto, cpu, cuda, cuda:N" in capsys.readouterr().err

@@ -17,7 +17,9 @@ def test_the_three_formats_give_the_same_documents(tmp_path):
     (folder / "sub").mkdir(parents=True)
     (folder / "a.txt").write_text(TEXTS[0])
     (folder / "sub" / "b.md").write_text(TEXTS[1])
-    (folder / "ignored.bin").write_bytes(b"\x00\x01")
+    (folder / ".DS_Store").write_bytes(b"\x00\x01")  # hidden files are not documents
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: main")
     import datasets
 
     datasets.Dataset.from_dict({"body": TEXTS}).save_to_disk(str(tmp_path / "saved"))
@@ -44,8 +46,10 @@ def test_bad_input_is_named(tmp_path, make, message):
 
 
 def test_a_directory_without_text_files_and_a_missing_path(tmp_path):
-    (tmp_path / "notes.pdf").write_bytes(b"%PDF")
     with pytest.raises(DataError, match="holds no .txt or .md files and no datasets dataset"):
+        load_documents(tmp_path)
+    (tmp_path / "notes.pdf").write_bytes(b"%PDF")
+    with pytest.raises(DataError, match=r"1 file\(s\) that are neither documents .* notes.pdf; move them out"):
         load_documents(tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         load_documents(tmp_path / "nope.jsonl")
@@ -79,3 +83,19 @@ def test_a_directory_for_a_question_file_is_called_a_directory(tmp_path):
     assert f"{tmp_path} is a directory, not a file: give a jsonl file of" in str(e.value)
     (tmp_path / "qa.jsonl").write_bytes(b'\xef\xbb\xbf{"question": "Who?", "answer": "Mira"}\n')
     assert [q.answer for q in load_questions(tmp_path / "qa.jsonl")] == ["Mira"]
+
+
+def test_a_stray_dataset_file_among_text_documents_is_refused_not_read_alone(tmp_path):
+    # before (second probe): one .parquet anywhere under a folder of .txt documents made `learn` and `weigh` read only
+    # that file ("learned 1 documents", exit 0), dropping every text document
+    import datasets
+
+    for i, t in enumerate(TEXTS):
+        (tmp_path / f"{i}.txt").write_text(t)
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    datasets.Dataset.from_dict({"text": ["stray"]}).to_parquet(str(tmp_path / "deep" / "er" / "cache.parquet"))
+    with pytest.raises(DataError, match=r"mixes 2 text document\(s\) \(0.txt, 1.txt\) and 1 dataset file\(s\) "
+                                        r"\(deep/er/cache.parquet\)"):
+        load_documents(tmp_path)
+    (tmp_path / "deep" / "er" / "cache.parquet").unlink()
+    assert [d.text for d in load_documents(tmp_path)] == TEXTS

@@ -95,6 +95,7 @@ def test_a_field_added_since_the_checkpoint_reads_as_its_default(tmp_path):
             state = json.loads(f.read_text())
             assert state["settings"].pop("train.weight_decay", 0.0) == 0.0
             f.write_text(json.dumps(state))
+            (f.parent / "integrity.json").unlink(missing_ok=True)  # earlier versions wrote no integrity record
 
     _run(_config(tmp_path, *SHORT, "train.max_steps=2"))
     forget_the_field()
@@ -116,6 +117,7 @@ def test_a_checkpoint_of_the_one_config_resumes_without_the_other_programs_secti
         assert not any(k.startswith(("ckl.", "learn.")) for k in state["settings"])
         state["settings"].update({"ckl.epochs": 7, "learn.lr": 0.5})
         f.write_text(json.dumps(state))
+        (f.parent / "integrity.json").unlink()  # as that version wrote them: without an integrity record
     _, summary = _run(_config(tmp_path, *SHORT, "train.max_steps=3", "train.resume=auto"))
     assert summary["steps"] == 3 and _steps(out) == [1, 2, 3]
 
@@ -241,3 +243,138 @@ def test_a_stop_file_stops_like_sigterm_and_is_answered(tmp_path, monkeypatch):
     assert stop.read_text().startswith("stopped: stopped by stop file")
     _, summary = _run(_config(tmp_path, *base, "train.resume=auto"))  # the answered file is not a new request
     assert summary["steps"] == 4
+
+
+# ------------------------------------------------------------- nothing silently wrong (second reliability probe)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {
+    "missing safetensors": lambda d: (d / "phi" / "phi_trainable.safetensors").unlink(),
+    "truncated safetensors": lambda d: _truncate(d / "phi" / "phi_trainable.safetensors"),
+    "zero-byte optimizer state": lambda d: (d / "phi" / "optimizer.pt").write_bytes(b""),
+    "half-written trainer_state.json": lambda d: _truncate(d / ckpt.STATE),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_intact_one(tmp_path, damage, capsys):
+    # before: a newest checkpoint marked COMPLETE but damaged gave a raw traceback (exit 1) on --resume auto
+    out = tmp_path / "run"
+    _run(_config(tmp_path, *SHORT, "train.max_steps=3", "train.keep_checkpoints=3"))
+    reference = _phi(out / "phi")
+    newest = ckpt.complete_checkpoints(out)[-1]
+    assert newest.name == "step-000003" and (newest / "integrity.json").is_file()
+    DAMAGE[damage](newest)
+    (out / "phi").rename(tmp_path / "phi_before")  # the export is rewritten by the resumed run
+    _run(_config(tmp_path, *SHORT, "train.max_steps=3", "train.keep_checkpoints=3", "train.resume=auto"))
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest} is damaged" in err and "an earlier one is tried" in err
+    again = _phi(out / "phi")
+    assert all(torch.equal(reference[k], again[k]) for k in reference)  # step 3 redone from step 2: the same φ
+
+
+def test_when_every_checkpoint_is_damaged_nothing_is_resumed_or_deleted(tmp_path):
+    out = tmp_path / "run"
+    _run(_config(tmp_path, *SHORT, "train.max_steps=2"))
+    for d in ckpt.complete_checkpoints(out):
+        (d / "phi" / "optimizer.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="every complete checkpoint is damaged .* nothing is resumed or deleted"):
+        _run(_config(tmp_path, *SHORT, "train.max_steps=3", "train.resume=auto"))
+    assert len(ckpt.complete_checkpoints(out)) == 2
+    with pytest.raises(ConfigError, match="the checkpoint is damaged .*optimizer.pt has 0 bytes"):
+        ckpt.resolve_resume(str(ckpt.complete_checkpoints(out)[-1]), out)
+
+
+def test_a_crafted_optimizer_pickle_is_refused_without_a_traceback(tmp_path):
+    # before: refused by torch, but the traceback ended with torch's advice to pass weights_only=False
+    import pickle
+
+    from taalm_dist import integrity
+
+    out = tmp_path / "run"
+    _run(_config(tmp_path, *SHORT, "train.max_steps=2"))
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    newest = ckpt.complete_checkpoints(out)[-1]
+    (newest / "phi" / "optimizer.pt").write_bytes(pickle.dumps({"state": Exploit()}))
+    integrity.write_record(newest)  # an attacker rewrites the record too: the loader itself must refuse
+    with pytest.raises(ConfigError, match="could run code") as e:
+        _run(_config(tmp_path, *SHORT, "train.max_steps=3", "train.resume=auto"))
+    assert "weights_only=False" not in str(e.value) and not marker.exists()
+
+
+def test_a_checkpoint_with_a_non_finite_phi_is_not_resumed(tmp_path):
+    # before: a checkpointed φ with head.bias=inf resumed and exported silently
+    from safetensors.torch import load_file, save_file
+
+    from taalm_dist import integrity
+
+    out = tmp_path / "run"
+    _run(_config(tmp_path, *SHORT, "train.max_steps=2"))
+    newest = ckpt.complete_checkpoints(out)[-1]
+    path = newest / "phi" / "phi_trainable.safetensors"
+    state = load_file(str(path))
+    state["head.bias"].fill_(float("inf"))
+    save_file(state, str(path))
+    integrity.write_record(newest)
+    with pytest.raises(ConfigError, match=r"holds a φ with non-finite values \(head.bias \(inf"):
+        _run(_config(tmp_path, *SHORT, "train.max_steps=3", "train.resume=auto"))
+
+
+def test_a_full_disk_during_a_checkpoint_is_named_and_the_run_resumes(tmp_path, monkeypatch):
+    # before: RuntimeError: unexpected pos ... (no mention of disk space)
+    import errno
+
+    from taalm_dist.errors import TrainingError
+    from taalm_dist.engine import phi_update
+
+    out = tmp_path / "run"
+    real_save, calls = phi_update.torch.save, {"n": 0}
+
+    def fills_the_disk(obj, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(phi_update.torch, "save", fills_the_disk)
+    with pytest.raises(TrainingError, match="no space left on the disk of .* checkpoint step 2 .*--resume auto"):
+        _run(_config(tmp_path, *SHORT, "train.max_steps=3"))
+    monkeypatch.setattr(phi_update.torch, "save", real_save)
+    assert [d.name for d in ckpt.complete_checkpoints(out)] == ["step-000001"]
+    assert not list(ckpt.checkpoints_dir(out).glob(".tmp-*"))
+    _run(_config(tmp_path, *SHORT, "train.max_steps=3", "train.resume=auto"))
+    assert _steps(out) == [1, 2, 3]
+
+
+def test_overwrite_moves_only_runs_aside(tmp_path):
+    # before: --overwrite moved any non-empty folder aside, one that was not a run included
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    with pytest.raises(ConfigError, match="moves only runs aside, so nothing was moved"):
+        _run(_config(tmp_path, *SHORT, "train.max_steps=1", "train.overwrite=true"))
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_the_lock_holds_the_directory_itself_whatever_path_reaches_it(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (tmp_path / "link").symlink_to(out)
+    assert lock_path(tmp_path / "link") == lock_path(out)
+    held = RunDirLock(out).acquire("meta-train")
+    try:
+        other = RunDirLock(out)
+        other.path = tmp_path / ".elsewhere.lock"  # another path to the same directory (e.g. a bind mount)
+        with pytest.raises(ConfigError, match="in use by another run"):
+            other.acquire("meta-train")
+    finally:
+        held.release()

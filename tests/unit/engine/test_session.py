@@ -9,6 +9,7 @@ import yaml
 from taalm_dist.config import CklRunConfig, EngineConfig, TrackingConfig, to_dict
 from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine.preemption import STOP_FILE_ENV, Preempted
+from taalm_dist.engine.run_dir import directory_identity
 from taalm_dist.engine.session import RunSession
 
 CHECKS = dict(overwrite=False, resume=None, settings={"ckl.lr": 1e-3}, data_sha256={}, defaults={"ckl.lr": 1e-4})
@@ -41,7 +42,9 @@ def test_trackers_config_and_checkpoints_of_a_session(tmp_path):
     rng = random.Random(5)
     rng.random()
     path = s.checkpoint(1, lambda tmp: (tmp / "model.bin").write_bytes(b"x"), {"epoch": 1}, keep=2, rng=rng)
-    assert ckpt.read_state(path) == {"epoch": 1, "mlflow_run_id": None} and (path / "model.bin").is_file()
+    state = ckpt.read_state(path)
+    assert state == {"epoch": 1, "mlflow_run_id": None, "run_dir": directory_identity(s.out)}
+    assert (path / "model.bin").is_file() and (path / "integrity.json").is_file()
     expected, restored = rng.random(), random.Random()
     ckpt.load_rng(path, restored)
     assert restored.random() == expected
@@ -64,3 +67,40 @@ def test_a_stop_request_stops_with_an_answer_in_the_stop_file(tmp_path, monkeypa
             s.stop("stopped after epoch 1")
     assert stop_file.read_text() == "stopped: stopped after epoch 1\n"
     s.close("KILLED")
+
+
+@pytest.mark.parametrize("how", ["copy", "move"])
+def test_a_copied_run_directory_continues_in_a_new_mlflow_run_and_a_moved_one_in_its_own(tmp_path, monkeypatch, how,
+                                                                                        capsys):
+    # before (second probe): four copies of a run directory resumed into the original MLflow run (four
+    # train.objective values at one step in one run)
+    import shutil
+
+    import taalm_dist.engine.session as session_module
+
+    s = _session(tmp_path)
+    s.checkpoint(1, lambda tmp: None, {"epoch": 1, "settings": CHECKS["settings"], "data_sha256": {}}, keep=2)
+    state = ckpt.read_state(ckpt.complete_checkpoints(s.out)[-1])
+    state["mlflow_run_id"] = "run-of-the-original"  # as a tracked run records it
+    (ckpt.complete_checkpoints(s.out)[-1] / ckpt.STATE).write_text(json.dumps(state))
+    s.close()
+    (ckpt.complete_checkpoints(tmp_path / "run")[-1] / "integrity.json").unlink()
+    other = tmp_path / "other"
+    (shutil.copytree if how == "copy" else shutil.move)(tmp_path / "run", other)
+    opened = {}
+
+    def fake_trackers(out, tracking, run_id, *, tags, method):
+        opened.update(run_id=run_id, tags=tags)
+        return session_module.MultiTracker(), None
+
+    monkeypatch.setattr(session_module, "open_run_trackers", fake_trackers)
+    resumed = RunSession("ckl run")
+    resumed.start(EngineConfig(backend="single", device="cpu"))
+    resumed.open(other, **{**CHECKS, "resume": "auto"})
+    resumed.open_trackers(CklRunConfig(tracking=TrackingConfig(mlflow=False)), metrics_step=1)
+    if how == "copy":
+        assert opened["run_id"] is None and opened["tags"]["taalm.copied_from_run"] == "run-of-the-original"
+        assert "is a copy of the run directory" in capsys.readouterr().out
+    else:
+        assert opened["run_id"] == "run-of-the-original" and "taalm.copied_from_run" not in opened["tags"]
+    resumed.close()

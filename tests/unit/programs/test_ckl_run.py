@@ -134,3 +134,42 @@ def test_an_interrupted_run_resumes_exactly(ckl_dir, tmp_path, method):
     assert run["epochs"] == whole["epochs"]  # every epoch's mean loss and accuracies, bit for bit
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["epochs"]] == [0, 1, 2, 3]
+
+
+def test_a_phi_whose_config_changed_in_place_is_not_resumed_with(ckl_dir, tmp_path):
+    # before (second probe): ckl run hashed phi.safetensors but not phi_config.json, so a φ re-exported with another
+    # backbone seed at the same path resumed silently
+    import shutil
+
+    from taalm_dist import integrity
+    from taalm_dist.errors import ConfigError
+
+    phi = tmp_path / "phi"
+    shutil.copytree(ckl_dir / "phi", phi)
+    _run(ckl_dir, tmp_path, "taalm", f"ckl.phi_path={phi}")
+    meta = json.loads((phi / "phi_config.json").read_text())
+    meta["phi"]["model"]["tiny"]["seed"] = 7
+    (phi / "phi_config.json").write_text(json.dumps(meta))
+    integrity.write_record(phi)
+    with pytest.raises(ConfigError, match="the content of ckl.phi_path/phi_config.json changed"):
+        _run(ckl_dir, tmp_path, "taalm", f"ckl.phi_path={phi}", "ckl.epochs=3", "ckl.resume=auto")
+
+
+def test_a_phi_with_a_nan_never_reaches_theta(ckl_dir, tmp_path):
+    # before (second probe): a φ with one NaN in its head made ckl run write NaN θ with exit 0 and report 0.000
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from taalm_dist import integrity
+    from taalm_dist.errors import ModelError
+
+    phi = tmp_path / "phi"
+    shutil.copytree(ckl_dir / "phi", phi)
+    state = load_file(str(phi / "phi.safetensors"))
+    state["head.weight"][0, 0] = float("nan")
+    save_file(state, str(phi / "phi.safetensors"))
+    integrity.write_record(phi)
+    with pytest.raises(ModelError, match=r"non-finite values in head.weight \(nan in 1 of"):
+        _run(ckl_dir, tmp_path, "taalm", f"ckl.phi_path={phi}")
+    assert not (tmp_path / "taalm").exists()

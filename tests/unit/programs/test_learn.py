@@ -6,11 +6,13 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from taalm_dist.cli import main as cli_main
 from taalm_dist.config import LoraConfig, ModelSourceConfig, PhiConfig, TinyModelConfig, load_config
 from taalm_dist.data import toy_rows, write_pairs
-from taalm_dist.errors import ConfigError, DataError, ModelError
+from taalm_dist import integrity
+from taalm_dist.errors import ConfigError, DataError, ModelError, TrainingError
 from taalm_dist.programs.learn import Learner, run_learn
 from taalm_dist.models import build_phi, save_phi
 
@@ -186,9 +188,13 @@ def test_a_run_directory_is_never_overwritten_or_mixed(data, tmp_path):
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="holds files but no `taalm learn` run"):
         run_learn(_cfg(data, foreign, "learn.resume=auto"))
-    run_learn(_cfg(data, foreign, "learn.epochs=1", "learn.overwrite=true"))
-    [aside] = tmp_path.glob("foreign.replaced-*")
-    assert (aside / "notes.txt").read_text() == "mine" and (foreign / "adapter").is_dir()
+    # before (second probe): --overwrite moved any non-empty folder aside, a user's own included
+    with pytest.raises(ConfigError, match="holds files but no taalm run .* moves only runs aside, so nothing was moved"):
+        run_learn(_cfg(data, foreign, "learn.epochs=1", "learn.overwrite=true"))
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"] and not list(tmp_path.glob("foreign.replaced-*"))
+    run_learn(_cfg(data, out, "learn.epochs=1", "learn.overwrite=true"))  # a run is moved aside, not deleted
+    [aside] = tmp_path.glob("run.replaced-*")
+    assert (aside / "adapter").is_dir() and (out / "adapter").is_dir()
 
 
 def test_changed_documents_are_not_resumed(data, tmp_path):
@@ -206,9 +212,8 @@ def test_a_phi_with_another_tokenizer_is_refused(data, tmp_path, monkeypatch):
 
     import taalm_dist.programs.document_training as runner
 
-    real, calls = runner.load_tokenizer, []
     other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
-    monkeypatch.setattr(runner, "load_tokenizer", lambda spec: calls.append(spec) or (real(spec) if len(calls) == 1 else other))
+    monkeypatch.setattr(runner, "load_phi_tokenizer", lambda path: other)
     with pytest.raises(ModelError, match=r"do not share a tokenizer.*") as e:
         run_learn(_cfg(data, tmp_path / "run"))
     assert str(data / "phi") in str(e.value)
@@ -241,3 +246,71 @@ def test_cli_learn_and_weigh(data, tmp_path, capsys):
     rows = [json.loads(x) for x in weights.read_text().splitlines()]
     assert len(rows) == 6 and rows[0]["id"] == "to_learn.jsonl:1" and len(rows[0]["tokens"]) == len(rows[0]["weights"])
     assert page.read_text().count("<span") == sum(len(r["tokens"]) for r in rows)
+
+
+# ------------------------------------------------------------- nothing silently wrong (second reliability probe)
+
+
+def test_a_learning_rate_that_diverges_stops_with_an_error_and_exports_nothing(data, tmp_path):
+    # before: `learn --phi none learn.lr=1e30` reported "learned N documents" with every adapter tensor NaN, exit 0
+    with pytest.raises(TrainingError, match=r"θ update \d+ \(epoch \d\): the token-weighted loss is not finite"):
+        run_learn(_cfg(data, tmp_path / "run", "learn.lr=1e30", "learn.epochs=3", phi=False))
+    assert not (tmp_path / "run" / "adapter").exists()
+    assert cli_main([*_cli_learn(data, tmp_path / "cli"), "learn.lr=1e30", "learn.epochs=3"]) == 2
+
+
+def _cli_learn(data, out):
+    return ["learn", "--phi", "none", "--docs", str(data / "to_learn.jsonl"), "--out", str(out), *TINY, "learn.text_field=evidence",
+            "learn.progress=false", "tracking.mlflow=false", "learn.batch_size=2"]
+
+
+def test_a_phi_with_a_nan_is_refused_before_learning(data, tmp_path):
+    # before: a φ with one NaN in its head made `learn` and `ckl run` write NaN θ with exit 0
+    phi = tmp_path / "phi"
+    shutil.copytree(data / "phi", phi)
+    state = load_file(str(phi / "phi.safetensors"))
+    state["head.bias"][0] = float("nan")
+    save_file(state, str(phi / "phi.safetensors"))
+    integrity.write_record(phi)
+    with pytest.raises(ModelError, match=r"non-finite values in head.bias \(nan"):
+        run_learn(_cfg(data, tmp_path / "run", f"learn.phi_path={phi}"))
+
+
+@pytest.mark.parametrize("change", ["weights", "config"])
+def test_a_phi_changed_in_place_is_not_resumed_with(data, tmp_path, change):
+    # before: learn recorded no hash of φ (a φ with flipped signs at the same path resumed silently), and ckl run
+    # hashed phi.safetensors but not phi_config.json (another backbone seed resumed)
+    phi = tmp_path / "phi"
+    shutil.copytree(data / "phi", phi)
+    run_learn(_cfg(data, tmp_path / "run", f"learn.phi_path={phi}", "learn.epochs=1"))
+    if change == "weights":
+        state = load_file(str(phi / "phi.safetensors"))
+        save_file({k: -v for k, v in state.items()}, str(phi / "phi.safetensors"))
+    else:
+        meta = json.loads((phi / "phi_config.json").read_text())
+        meta["phi"]["model"]["tiny"]["seed"] = 7
+        (phi / "phi_config.json").write_text(json.dumps(meta))
+    integrity.write_record(phi)  # re-exported as a whole: intact, yet another φ
+    name = "phi.safetensors" if change == "weights" else "phi_config.json"
+    with pytest.raises(ConfigError, match=f"the content of learn.phi_path/{name} changed"):
+        run_learn(_cfg(data, tmp_path / "run", f"learn.phi_path={phi}", "learn.epochs=2", "learn.resume=auto"))
+
+
+def test_a_run_directory_reached_through_a_symlink_is_the_same_locked_directory(data, tmp_path):
+    # before: the lock was taken on the path as typed: a second `learn --resume auto` through a symlink took its own
+    # lock and deleted the first run's in-progress save as a leftover
+    from taalm_dist.engine.run_dir import RunDirLock
+
+    out = tmp_path / "run"
+    run_learn(_cfg(data, out, "learn.epochs=1"))
+    (tmp_path / "alias").symlink_to(out)
+    held = RunDirLock(out).acquire("learn")
+    try:
+        with pytest.raises(ConfigError, match="is in use by another run"):
+            run_learn(_cfg(data, tmp_path / "alias", "learn.epochs=2", "learn.resume=auto"))
+        with pytest.raises(ConfigError, match="is in use by another run"):  # a path through a linked parent
+            (tmp_path / "parent_alias").symlink_to(tmp_path)
+            run_learn(_cfg(data, tmp_path / "parent_alias" / "run", "learn.epochs=2", "learn.resume=auto"))
+    finally:
+        held.release()
+    run_learn(_cfg(data, tmp_path / "alias", "learn.epochs=2", "learn.resume=auto"))
