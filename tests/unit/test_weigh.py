@@ -129,3 +129,18 @@ def test_an_unknown_device_is_named(phi_dir, docs, tmp_path, capsys):
     assert main(["weigh", "--phi", str(phi_dir[0]), "--docs", str(docs), "--out", str(tmp_path / "w.jsonl"),
                  "--device", "bogus"]) == 2
     assert "device 'bogus' is not one of auto, cpu, cuda, cuda:N" in capsys.readouterr().err
+
+
+def test_weigh_with_a_nan_phi_exits_2_and_writes_nothing(phi_dir, docs, tmp_path, capsys):
+    # before: `taalm weigh` with a φ holding one NaN wrote `NaN` into its JSON (not valid JSON), exit 0
+    from safetensors.torch import load_file, save_file
+
+    from taalm_dist import integrity
+
+    path = phi_dir[0]
+    state = load_file(str(path / "phi.safetensors"))
+    state["head.bias"][0] = float("nan")
+    save_file(state, str(path / "phi.safetensors"))
+    integrity.write_record(path)
+    assert _weigh(path, docs, tmp_path / "w.jsonl") == 2
+    assert "non-finite values in head.bias" in capsys.readouterr().err and not (tmp_path / "w.jsonl").exists()
