@@ -303,3 +303,32 @@ def _docker_compose() -> list[str] | None:
 def test_docker_compose_config_accepts_the_file():
     res = subprocess.run([*_docker_compose(), "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_the_trainer_waits_for_the_tracking_server_it_names():
+    """podman-compose 4.x ignores `condition: service_healthy`: the trainer's command waits for the server itself
+    (launch/wait_for_http.py, copied into the image with launch/)."""
+    import functools
+    import http.server
+    import importlib.util
+    import socket
+    import threading
+
+    shell = _compose()["services"]["trainer"]["command"][2]
+    assert shell.startswith('python /opt/taalm_dist/launch/wait_for_http.py "$${MLFLOW_TRACKING_URI}/health"')
+    assert shell.index("wait_for_http.py") < shell.index("exec taalm demo")
+    spec = importlib.util.spec_from_file_location("wait_for_http", ROOT / "launch" / "wait_for_http.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert module.wait(f"http://127.0.0.1:{port}/health", 1.5) is False
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(ROOT / "launch")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert module.wait(f"http://127.0.0.1:{server.server_address[1]}/wait_for_http.py", 5) is True
+    finally:
+        server.shutdown()
+

@@ -108,13 +108,15 @@ def test_compose_stack_logs_the_trainers_runs_to_its_mlflow_server_and_starts_tw
                "-f", str(stack / "docker" / "compose.cpu.yaml")]
     try:
         start = time.monotonic()
-        _run([*compose, "up", "--no-build", "--exit-code-from", "trainer"], 900, env=env)
+        res = _run([*compose, "up", "--no-build", "--exit-code-from", "trainer"], 900, env=env)
         print(f"\ncompose up (MLflow server + toy demo): {time.monotonic() - start:.0f} s")
+        assert "continuing with metrics.jsonl only" not in res.stdout + res.stderr, "the trainer did not reach MLflow"
         first = sorted((stack / "runs").glob("demo-*"))
         assert len(first) == 1, first
         before = _tree_digest(first[0])
         time.sleep(1.5)  # the run directory is named by the second it starts
-        _run([*compose, "up", "--no-build", "--exit-code-from", "trainer"], 900, env=env)
+        res = _run([*compose, "up", "--no-build", "--exit-code-from", "trainer"], 900, env=env)
+        assert "continuing with metrics.jsonl only" not in res.stdout + res.stderr, "the trainer did not reach MLflow"
         both = sorted((stack / "runs").glob("demo-*"))
         assert len(both) == 2 and both[0] == first[0], both
         assert _tree_digest(first[0]) == before, "the second start changed the first run's files"
