@@ -9,6 +9,7 @@ from taalm_dist.errors import ConfigError
 def _complete(root: Path, step: int) -> Path:
     d = ckpt.checkpoints_dir(root) / ckpt.step_dir_name(step)
     d.mkdir(parents=True)
+    (d / ckpt.STATE).write_text('{"step": %d}' % step)  # a complete checkpoint has its state (else: damaged)
     (d / ckpt.COMPLETE).write_text("ok")
     return d
 
