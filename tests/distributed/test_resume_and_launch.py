@@ -68,6 +68,9 @@ def test_a_crafted_zero3_state_file_is_refused_not_executed(toy_data, tmp_path):
 
     [target] = (out / "checkpoints" / "step-000001").rglob("zero_pp_rank_0_mp_rank_00_optim_states.pt")
     target.write_bytes(pickle.dumps({"optimizer_state_dict": Exploit()}))
+    from taalm_dist import integrity
+
+    integrity.write_record(out / "checkpoints" / "step-000001")  # records rewritten too: the loader itself refuses
     with pytest.raises(AssertionError, match="could run code") as e:
         _meta_train(toy_data, out, "train.max_steps=2", flags=("--resume", "auto"))
     assert "taalm: error:" in str(e.value)  # the one-line refusal of the CLI, on the rank that read the file
