@@ -497,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         given = list(sys.argv[1:] if argv is None else argv)
         hint = ""
-        if any(OVERRIDE_TOKEN.match(a) for a in given) and any(OVERRIDE_TOKEN.match(a) or a.startswith("-") for a in unknown):
+        split = any(OVERRIDE_TOKEN.match(a) or a.startswith("-") for a in unknown)
+        if split and any(OVERRIDE_TOKEN.match(a) for a in given):
             hint = ("; put every key=value override after the options, together (e.g. `taalm learn --phi P --docs D "
                     "learn.lr=1e-4 learn.seed=1`): overrides split by an option are not read")
         parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")

@@ -55,14 +55,15 @@ def _from_jsonl(path: Path, text_field: str) -> list[Document]:
     return docs
 
 
-def _from_dataset(path: Path, text_field: str) -> list[Document]:
+def _from_dataset(path: Path, text_field: str, files: list[Path] | None = None) -> list[Document]:
+    """A ``save_to_disk`` directory, or the dataset ``files`` (default: ``path`` itself, a .parquet/.arrow file)."""
     import datasets
 
     try:
         if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
             ds = datasets.load_from_disk(str(path))
         else:
-            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in DATASET_SUFFIXES)
+            files = files or [path]
             kind = "parquet" if files[0].suffix == ".parquet" else "arrow"
             ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
     except (OSError, ValueError, FileNotFoundError) as e:
@@ -87,7 +88,10 @@ def _folder_files(p: Path) -> tuple[list[Path], list[Path]]:
     text = [q for q in files if q.suffix in TEXT_SUFFIXES]
     data = [q for q in files if q.suffix in DATASET_SUFFIXES]
     other = [q for q in files if q.suffix not in TEXT_SUFFIXES + DATASET_SUFFIXES]
-    names = lambda qs: ", ".join(str(q.relative_to(p)) for q in qs[:3]) + (f" and {len(qs) - 3} more" if len(qs) > 3 else "")
+
+    def names(qs: list[Path]) -> str:
+        return ", ".join(str(q.relative_to(p)) for q in qs[:3]) + (f" and {len(qs) - 3} more" if len(qs) > 3 else "")
+
     if other:
         raise DataError(f"{p}: {len(other)} file(s) that are neither documents (.txt, .md) nor dataset files "
                         f"(.parquet, .arrow): {names(other)}; move them out of the folder (or rename them with a "
@@ -121,7 +125,8 @@ def load_documents(path: str | Path, text_field: str = "text") -> list[Document]
         docs = _from_dataset(p, text_field)
     else:
         text, data = _folder_files(p)
-        docs = _from_dataset(p, text_field) if data else [Document(str(f.relative_to(p)), _read_text(f)) for f in text]
+        docs = _from_dataset(p, text_field, data) if data else [Document(str(f.relative_to(p)), _read_text(f))
+                                                                 for f in text]
     if not docs:
         raise DataError(f"{p} is empty: it holds no document")
     empty = [d.id for d in docs if not d.text.strip()]

@@ -224,9 +224,10 @@ def _open_on_main(out: Path, command: str, overwrite: bool, resume: str | None, 
                                   f"output directory, or pass {OVERWRITE_FLAG.get(command, '--overwrite')} (the old "
                                   "directory is moved aside, not deleted)")
             if not mark.is_file() and not done:
+                aside = (f", or pass {OVERWRITE_FLAG.get(command, '--overwrite')} to move that run aside"
+                         if is_run_directory(out) else "")  # another command's run; a user's folder is never moved
                 raise ConfigError(f"{out} holds files but no `taalm {command}` run (no {mark.name}, no complete "
-                                  "checkpoint), so it is not resumed into: choose another output directory, or pass "
-                                  f"{OVERWRITE_FLAG.get(command, '--overwrite')} to move them aside")
+                                  f"checkpoint), so it is not resumed into: choose another output directory{aside}")
             if resume == "auto" and done:
                 run.resume_from = ckpt.newest_intact(done)
                 if run.resume_from is None:

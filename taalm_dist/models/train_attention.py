@@ -197,8 +197,8 @@ def load_phi(path: str | Path, device: torch.device | None = None) -> TrainAtten
     phi = build_phi(cfg, device=device)
     expected = {k: tuple(v.shape) for k, v in phi_state(phi).items()}
     if set(state) != set(expected):
-        raise ModelError(f"{p / PHI_WEIGHTS} does not match its config: missing "
-                         f"{sorted(set(expected) - set(state))[:3]}, unexpected {sorted(set(state) - set(expected))[:3]}")
+        missing, unexpected = sorted(set(expected) - set(state))[:3], sorted(set(state) - set(expected))[:3]
+        raise ModelError(f"{p / PHI_WEIGHTS} does not match its config: missing {missing}, unexpected {unexpected}")
     shapes = [f"{k} {tuple(v.shape)} (config builds {expected[k]})" for k, v in state.items()
               if tuple(v.shape) != expected[k]]
     if shapes:

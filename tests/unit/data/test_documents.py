@@ -99,3 +99,14 @@ def test_a_stray_dataset_file_among_text_documents_is_refused_not_read_alone(tmp
         load_documents(tmp_path)
     (tmp_path / "deep" / "er" / "cache.parquet").unlink()
     assert [d.text for d in load_documents(tmp_path)] == TEXTS
+
+
+def test_a_folder_of_dataset_files_is_read_as_one_dataset_hidden_files_aside(tmp_path):
+    import datasets
+
+    (tmp_path / "part").mkdir()
+    datasets.Dataset.from_dict({"text": TEXTS[:1]}).to_parquet(str(tmp_path / "a.parquet"))
+    datasets.Dataset.from_dict({"text": TEXTS[1:]}).to_parquet(str(tmp_path / "part" / "b.parquet"))
+    (tmp_path / ".cache").mkdir()
+    datasets.Dataset.from_dict({"text": ["hidden"]}).to_parquet(str(tmp_path / ".cache" / "c.parquet"))
+    assert [d.text for d in load_documents(tmp_path)] == TEXTS
