@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 RECORD = "integrity.json"
+RECORD_FORMAT = 1
+"""The ``format`` of the integrity records this version writes and reads."""
 
 
 def file_sha256(path: str | Path) -> str:
@@ -43,10 +45,8 @@ def nonfinite(tensors: Mapping[str, "object"]) -> list[str]:
             continue
         finite = torch.isfinite(t)
         if not bool(finite.all()):
-            kinds = sorted({"nan" if bool(torch.isnan(t).any()) else "", "inf" if bool(torch.isinf(t).any()) else ""}
-                           - {""})
-            out_of = int((~finite).sum())
-            bad.append(f"{name} ({'/'.join(kinds)} in {out_of} of {t.numel()} values)")
+            kinds = [kind for kind, test in (("inf", torch.isinf), ("nan", torch.isnan)) if bool(test(t).any())]
+            bad.append(f"{name} ({'/'.join(kinds)} in {int((~finite).sum())} of {t.numel()} values)")
     return bad
 
 
@@ -84,7 +84,7 @@ def write_record(directory: str | Path) -> Path:
         if p.is_file() and p.name != RECORD and not p.is_symlink():
             files[p.relative_to(root).as_posix()] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
     path = root / RECORD
-    path.write_text(json.dumps({"format": 1, "files": files}, indent=1) + "\n")
+    path.write_text(json.dumps({"format": RECORD_FORMAT, "files": files}, indent=1) + "\n")
     return path
 
 
@@ -99,7 +99,7 @@ def verify_record(directory: str | Path) -> list[str]:
     try:
         record = json.loads(path.read_text())
         files = record["files"]
-        if record.get("format") != 1 or not isinstance(files, dict):
+        if record.get("format") != RECORD_FORMAT or not isinstance(files, dict):
             raise ValueError(f"format {record.get('format')!r}")
     except (OSError, ValueError, KeyError, TypeError) as e:
         return [f"{RECORD} is unreadable ({type(e).__name__}: {e})"]
