@@ -18,18 +18,12 @@
 # Prints each step, the build's wall time and the image's size; exits non-zero with the reason on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/docker/podman/containers.conf}"
+source docker/engine.sh
 
 die() { echo "make image: $*" >&2; exit 2; }
 arg_default() { sed -n "s/^ARG $1=\"\{0,1\}\([^\"]*\)\"\{0,1\}$/\1/p" docker/Dockerfile; }
 
 TAG="${TAG:-taalm_dist:latest}"
-if [ -z "${ENGINE:-}" ]; then
-    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then ENGINE=docker
-    elif command -v podman >/dev/null; then ENGINE=podman
-    else die "neither a running Docker daemon nor podman found: install one (Debian: apt-get install podman runc)"; fi
-fi
-command -v "$ENGINE" >/dev/null || die "ENGINE=$ENGINE is not on PATH"
 
 CUDA_IMAGE="$(arg_default CUDA_IMAGE)"
 TORCH_VERSION="$(arg_default TORCH_VERSION)"

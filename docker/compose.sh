@@ -4,10 +4,10 @@
 #   - ./runs and ./mlruns created first by that user (a missing bind-mount source would be made root-owned);
 #   - podman's settings for this project's machines (docker/podman/containers.conf) unless CONTAINERS_CONF is set.
 # Usage: docker/compose.sh [-f FILE]... COMPOSE-ARGS...   (no -f: docker/compose.yaml). Environment:
-#   ENGINE=docker|podman (default as docker/build_image.sh), COMPOSE_PROJECT_NAME, TAALM_DEMO_ARGS, TAALM_MLFLOW_PORT.
+#   ENGINE=docker|podman (docker/engine.sh), COMPOSE_PROJECT_NAME, TAALM_DEMO_ARGS, TAALM_MLFLOW_PORT.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/podman/containers.conf}"
+source "$here/engine.sh"
 export TAALM_UID="${TAALM_UID:-$(id -u)}" TAALM_GID="${TAALM_GID:-$(id -g)}"
 
 files=()
@@ -17,9 +17,6 @@ while [ "${1:-}" = -f ]; do files+=(-f "$2"); shift 2; done
 first="$(cd "$(dirname "${files[1]}")" && pwd)"
 mkdir -p "$first/../runs" "$first/../mlruns"
 
-if [ -z "${ENGINE:-}" ]; then
-    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then ENGINE=docker; else ENGINE=podman; fi
-fi
 if [ "$ENGINE" = docker ]; then
     exec docker compose "${files[@]}" "$@"
 fi
