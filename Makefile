@@ -2,6 +2,8 @@
 # `make demo`  — create .venv if missing, install, run the main job on the embedded default.
 # `make test-gpu` — the GPU acceptance suite (tests/gpu, marked gpu): ≤ 8 min on one H100, every test skipped
 #                with its reason without CUDA. TAALM_GPU_OUT=dir keeps its JSON results (benchmarks).
+# `make gpu-kit` — the offline kit for the GPU check (.gpu-kit/: DeepSpeed without ops and the small wheels a GPU
+#                machine without network lacks, for its CPython 3.12; ≤ 60 MiB). There: `bash launch/gpu_check.sh OUT`.
 # `make lock`  — re-freeze .venv into constraints.txt (the exact versions every `make install` installs); refused
 #                when a pin disagrees with the pinned torch's Linux CUDA wheel (tools/lock_check.py).
 # `make image` — build the container image taalm_dist:latest (docker/build_image.sh: Docker or podman; a local
@@ -22,7 +24,7 @@ TORCH_CPU := torch==2.13.0
 CONSTRAINTS := constraints.txt
 PIP_INSTALL := $(PY) -m pip install -q -c $(CONSTRAINTS)
 
-.PHONY: install test test-all test-gpu demo lock image compose-up image-check clean
+.PHONY: install test test-all test-gpu gpu-kit demo lock image compose-up image-check clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +44,10 @@ test-all: install
 
 test-gpu: install
 	$(PY) -m pytest -q -rs -m gpu tests/gpu
+
+GPU_KIT_PYTHON ?= 3.12
+gpu-kit: install
+	$(PY) tools/gpu_kit.py --out .gpu-kit --python $(GPU_KIT_PYTHON)
 
 demo: install
 	$(VENV)/bin/taalm demo --out runs/demo

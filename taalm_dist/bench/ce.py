@@ -9,8 +9,8 @@ inputs are built; CUDA, ``max_memory_allocated`` minus the allocated after the i
 the case's loss and gradients are compared with the eager spec evaluated in fp32 on the same inputs.
 
 "liger" is Liger-Kernel's fused linear CE: a plain token mean (it has no per-token weights), so it is
-compared with the spec under uniform weights. "triton" and "liger" need CUDA; elsewhere they are
-reported with ``"skipped"``.
+compared with the spec under uniform weights. "triton" and "liger" need CUDA (triton also runs on the CPU under
+``TRITON_INTERPRET=1``, slowly: for checking, not timing); elsewhere they are reported with ``"skipped"``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from taalm_dist.bench.common import PeakMemory, best_time, machine_info, peak_rss_mb, run_case_subprocess
 from taalm_dist.losses import token_weighted_ce
-from taalm_dist.losses.fused_ce import fused_token_weighted_ce
+from taalm_dist.losses.fused_ce import fused_token_weighted_ce, triton_interpreted
 
 IMPLS = ("eager", "chunked", "triton", "liger")
 
@@ -93,10 +93,12 @@ def _loss_fn(impl):
         return lambda h, W, ids, w, m: token_weighted_ce(h @ W.T, ids, w, m).loss
     if impl == "chunked":
         return lambda h, W, ids, w, m: fused_token_weighted_ce(h, W, ids, w, m, impl="chunked")
+    if impl == "triton":
+        if not (torch.cuda.is_available() or triton_interpreted()):
+            return "triton needs CUDA (or TRITON_INTERPRET=1: its interpreter on the CPU)"
+        return lambda h, W, ids, w, m: fused_token_weighted_ce(h, W, ids, w, m, impl="triton")
     if not torch.cuda.is_available():
         return f"{impl} needs CUDA"
-    if impl == "triton":
-        return lambda h, W, ids, w, m: fused_token_weighted_ce(h, W, ids, w, m, impl="triton")
     try:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
     except ImportError as e:

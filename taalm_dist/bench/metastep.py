@@ -68,10 +68,11 @@ def _build(case: dict, device: str):
     lora = LoraConfig(rank=16, alpha=32)
     torch.manual_seed(0)  # LoRA's initialisation draws from the global generator: the same θ and φ in every case
     spec, vocab = _source(case["theta"], case["real_weights"], attn, case["dtype"])
-    theta = build_theta(ThetaConfig(model=spec, trainable="lora", lora=lora), vocab, seed=0,
-                        gradient_checkpointing=case["method"].endswith("-ckpt")).to(device)
     phi_spec, phi_vocab = _source(case["phi"], case["real_weights"], "sdpa", case["dtype"])
-    phi = build_phi(PhiConfig(model=phi_spec, trainable="lora", lora=lora), vocab_size=phi_vocab).to(device)
+    with torch.device(device):  # random weights are drawn where they run (a 7B θ drawn on a CPU takes minutes)
+        theta = build_theta(ThetaConfig(model=spec, trainable="lora", lora=lora), vocab, seed=0,
+                            gradient_checkpointing=case["method"].endswith("-ckpt")).to(device)
+        phi = build_phi(PhiConfig(model=phi_spec, trainable="lora", lora=lora), vocab_size=phi_vocab).to(device)
     vocab = theta.get_output_embeddings().weight.shape[0]
     g = torch.Generator().manual_seed(0)
     doc = {"input_ids": torch.randint(5, vocab, (1, case["tokens"]), generator=g),

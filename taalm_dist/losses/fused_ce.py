@@ -151,6 +151,12 @@ def triton_available() -> bool:
     return True
 
 
+def triton_interpreted() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks for Triton's interpreter (kernels on CPU tensors; set before triton is
+    imported)."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes")
+
+
 def _resolve(impl, chunk, hidden, weight, labels, attention_mask) -> tuple[str, int]:
     """The concrete back-end and chunk size for these inputs."""
     if impl == "auto":
@@ -158,8 +164,7 @@ def _resolve(impl, chunk, hidden, weight, labels, attention_mask) -> tuple[str, 
     elif impl == "triton":
         if not triton_available():
             raise ValueError("impl='triton' needs the triton package: pip install -e '.[kernels]'")
-        interpreted = os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes")
-        if hidden.device.type != "cuda" and not interpreted:
+        if hidden.device.type != "cuda" and not triton_interpreted():
             raise ValueError(
                 f"impl='triton' needs CUDA tensors (hidden is on {hidden.device}) or TRITON_INTERPRET=1 "
                 "set before triton is imported"

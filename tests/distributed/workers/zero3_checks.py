@@ -8,13 +8,10 @@ called with came out of the runtime's placement function.
 
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: the placement helper
-from placement import PlacementRecorder  # noqa: E402
-
+from taalm_dist.bench.placement import PlacementRecorder
 from taalm_dist.cli import exit_process
 from taalm_dist.config import load_config
 from taalm_dist.engine import distributed as D

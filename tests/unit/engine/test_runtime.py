@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from placement import PlacementRecorder
+from taalm_dist.bench.placement import PlacementRecorder
 from taalm_dist.programs.ckl_run import CklRunner
 from taalm_dist.config import EngineConfig, ModelSourceConfig, load_config
 from taalm_dist.data import toy_rows, write_pairs

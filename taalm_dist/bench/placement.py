@@ -1,4 +1,4 @@
-"""Test helper: prove that every batch reaching θ or φ went through the runtime's placement function."""
+"""Prove that every batch reaching θ or φ went through the runtime's placement function."""
 
 from __future__ import annotations
 
