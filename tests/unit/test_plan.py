@@ -55,6 +55,25 @@ def test_terms_scale_as_the_tensors_do():
     assert plan_memory(ckpt, 1, **kw).theta_activations_mb < a512 / 5
 
 
+def test_a_bf16_base_computing_in_float32_plans_its_heads_float32_copy_and_shapes_truncate():
+    kw = dict(theta_shape="llama2-7b@2", phi_shape="tinyllama-1.1b", tokens=512, docs=1)
+    bf16 = load_config(None, ["theta.model.dtype=bfloat16"])
+    s = SHAPES["llama2-7b"]
+    head = s.vocab * s.hidden * 4 / 2**20
+    upcast, kept = (plan_memory(load_config(None, ["theta.model.dtype=bfloat16", f"meta.compute_float32={c}"]), 1, **kw)
+                    for c in ("true", "false"))
+    assert upcast.loss_mb == pytest.approx(kept.loss_mb + head)
+    assert plan_memory(load_config(None, []), 1, **kw).loss_mb == pytest.approx(kept.loss_mb)  # float32: nothing to copy
+    two, four = (plan_memory(bf16, 1, **{**kw, "theta_shape": f"llama2-7b@{n}"}) for n in (2, 4))
+    assert four.theta_activations_mb == pytest.approx(2 * two.theta_activations_mb)
+    assert model_shape(bf16.theta.model, "llama2-7b@2").hidden == 4096
+    from taalm_dist.errors import ConfigError
+
+    for bad in ("llama2-7b@0", "llama2-7b@two", "llama3@2"):
+        with pytest.raises(ConfigError, match="NAME@N|layers ≥ 1"):
+            model_shape(bf16.theta.model, bad)
+
+
 def test_report_finds_the_limits_it_states():
     cfg = load_config("taalm_dist/configs/meta_train_llama2_tinyllama.yaml")
     rep = plan_report(cfg, 1, 80, 0.1, "llama2-7b", "tinyllama-1.1b")

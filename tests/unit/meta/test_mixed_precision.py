@@ -81,3 +81,33 @@ def test_the_fused_loss_keeps_the_float32_head_it_finds():
 def test_the_retired_precision_key_names_its_replacement():
     with pytest.raises(ConfigError, match="engine.precision' was removed: .*theta.model.dtype"):
         load_config(None, ["engine.precision=bf16"])
+
+
+def test_a_frozen_low_precision_linear_computes_in_float32_without_keeping_a_float32_weight():
+    """float32_compute's linear: the output, input gradient, double backward and forward-mode tangent of
+    F.linear(x, W.float()) in float64-checked float32, with only the bf16 W itself saved for the backward."""
+    from taalm_dist.models.precision import _float32_linear
+
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(48, 40, bias=True).to(torch.bfloat16).requires_grad_(False)
+    x = torch.randn(3, 7, 48, generator=g, requires_grad=True)
+    ref_w, ref_b = layer.weight.double(), layer.bias.double()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, t.numel())) or t, lambda t: t):
+        y = _float32_linear(layer, x)
+    assert y.dtype == torch.float32
+    assert (torch.float32, layer.weight.numel()) not in saved and (torch.bfloat16, layer.weight.numel()) in saved
+    want = torch.nn.functional.linear(x.double(), ref_w, ref_b)
+    torch.testing.assert_close(y.double(), want, rtol=1e-6, atol=1e-6)
+    v = torch.randn(y.shape, generator=g, requires_grad=True)
+    (gx,) = torch.autograd.grad(y, x, v, create_graph=True)
+    torch.testing.assert_close(gx.double(), v.double() @ ref_w, rtol=1e-6, atol=1e-6)
+    (ggv,) = torch.autograd.grad((gx * x).sum(), v)  # through the backward itself: x @ Wᵀ
+    torch.testing.assert_close(ggv.double(), x.detach().double() @ ref_w.T, rtol=1e-6, atol=1e-6)
+    t = torch.randn(x.shape, generator=g)
+    _, tangent = torch.func.jvp(lambda a: _float32_linear(layer, a), (x.detach(),), (t,))
+    torch.testing.assert_close(tangent.double(), t.double() @ ref_w.T, rtol=1e-6, atol=1e-6)
+    layer.weight.requires_grad_(True)  # a trainable low-precision weight gets its gradient the plain way
+    y = _float32_linear(layer, x)
+    y.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.bfloat16
