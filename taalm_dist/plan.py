@@ -18,7 +18,7 @@ whole run (:func:`plan_memory`). Every term is a count of tensors the code creat
   eager spec all T × V of them; with a bf16/fp16 base computing in float32 also the LM head's weight in float32
   (the loss reads it whole; the decoder layers' frozen weights are upcast one call at a time and not kept:
   :func:`taalm_dist.models.precision.float32_compute`); with checkpointing the larger of this and one layer's
-  recomputation (they come one after the other);
+  recomputation with its backward's two MLP-sized gradients (they come one after the other);
 - **φ**: its backbone's first ``phi.num_layers`` layers and embeddings in its dtype, its trainable tensors in float32
   with their gradient and AdamW's two moments (under ZeRO-3 also DeepSpeed's float32 partition, 1/N each), and,
   when φ's graph is kept through θ's side (``train.phi_graph`` keep, one process), its activations.
@@ -224,8 +224,9 @@ def plan_memory(cfg: TaalmConfig, world: int, tokens: int | None = None, docs: i
     loss = 2 * chunk * theta.vocab * 4  # a chunk's logits and logsumexp's temporary of the same size (float32)
     if cfg.meta.compute_float32 and DTYPE_BYTES[cfg.theta.model.dtype] < 4:
         loss += theta.vocab * theta.hidden * 4  # the low-precision head's float32 copy, read whole by the loss
-    if cfg.engine.gradient_checkpointing:  # after the loss, a layer's recomputation: the larger of the two transients
-        loss = max(loss, D * T * recompute_bytes_per_token(theta, T, compute_b, attention, rank, targets))
+    if cfg.engine.gradient_checkpointing:  # after the loss, a layer's recomputation and backward: the larger of the two
+        backward = 2 * theta.intermediate * compute_b  # the gradients of the MLP's gate and up outputs, held together
+        loss = max(loss, D * T * (recompute_bytes_per_token(theta, T, compute_b, attention, rank, targets) + backward))
     phi_lora = cfg.phi.trainable == "lora"
     k = cfg.phi.num_layers or phi.layers
     phi_trainable = (lora_params(phi, cfg.phi.lora.rank, cfg.phi.lora.target_modules, k) if phi_lora

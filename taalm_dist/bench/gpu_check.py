@@ -32,7 +32,7 @@ import torch
 STAGES = {  # name → budget in seconds on one H100 (the whole check, kit install included, fits 8 minutes)
     "meta_bf16": 60,
     "loss": 80,
-    "metastep_7b": 150,
+    "metastep_7b": 140,
     "zero3_nccl": 60,
     "placement": 45,
     "flash_attn": 30,

@@ -25,6 +25,9 @@ from taalm_dist.bench.common import machine_info, run_case_or_failure
 from taalm_dist.bench.metastep import SMOLLM2
 METHODS = ("fd", "fd1", "fd-ckpt", "fd1-ckpt", "double_backward")
 """``double_backward`` (the official approach, which the plan does not model) is measured for the ratio only."""
+CATEGORIES = ("parameter", "optimizer_state", "input", "temporary", "activation", "gradient", "autograd_detail",
+              "unknown")
+"""The profiler's memory categories in its timeline's order (``peak_by_category_mb``: each one's growth at the peak)."""
 
 
 def _plan_overrides(case: dict) -> list[str]:
@@ -74,6 +77,9 @@ def _measure(case: dict) -> dict:
         timeline = json.load(open(f.name))
     totals = [sum(sizes) for sizes in timeline[1]]
     live = (max(totals) - totals[0]) / 2**20
+    at_peak = timeline[1][totals.index(max(totals))]
+    over = [(a - b) / 2**20 for a, b in zip(at_peak, timeline[1][0])]  # index 0 is unused; then the categories
+    case = {**case, "peak_by_category_mb": {name: round(mb, 1) for name, mb in zip(CATEGORIES, over[1:]) if mb}}
     static = totals[0] / 2**20
     if method == "double_backward":
         return {**case, "live_peak_mb": live, "static_mb": static, "plan_mb": None, "plan_error": None,

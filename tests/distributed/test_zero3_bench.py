@@ -15,3 +15,17 @@ def test_two_ranks_hold_half_the_parameters_and_report_throughput():
     assert 0.45 <= two["ratio_param_mem_vs_1_rank"] <= 0.6
     assert two["ratio_param_and_optimizer_mem_vs_1_rank"] <= 0.6
     assert one["docs_per_s"] > 0 and two["ratio_throughput_vs_1_rank"] > 0
+    for c in (one, two):  # taalm plan's per-rank figures for the same config
+        assert c["plan_theta_param_mb"] == pytest.approx(c["theta_param_mb"], rel=0.02)
+        assert c["plan_phi_param_mb"] == pytest.approx(c["phi_param_mb"], rel=0.02)
+
+
+def test_a_named_shape_sets_both_models_widths_and_depth():
+    from taalm_dist.bench.zero3 import _overrides
+
+    o = _overrides({"shape": "llama2-7b@2", "dtype": "bfloat16", "theta_trainable": "lora", "data": "d", "out": "o",
+                    "docs_per_step": 2, "steps": 1})
+    for m in ("theta", "phi"):
+        assert {f"{m}.model.tiny.hidden_size=4096", f"{m}.model.tiny.intermediate_size=11008",
+                f"{m}.model.tiny.num_layers=2", f"{m}.model.tiny.num_kv_heads=32", f"{m}.model.dtype=bfloat16"} <= set(o)
+    assert "theta.trainable=lora" in o
