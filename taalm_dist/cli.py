@@ -254,6 +254,17 @@ def _cmd_learn(args) -> int:
     return 0
 
 
+def _familiarity_caption(meta: dict) -> str:
+    """One line over a window in the heatmap: its document and window, and whether φ abstained there."""
+    where = f"{meta.get('id', '')} window {meta.get('window', 0)}"
+    if "abstain_share" not in meta:
+        return where
+    share = meta["abstain_share"]
+    verdict = ("φ's weights" if share == 0 else "φ abstained: uniform weights" if share >= 1
+               else f"φ abstained on {share:.0%}: that share of the weight is uniform")
+    return f"{where} — familiarity distance {meta['familiarity_distance']:.2f}: {verdict}"
+
+
 def _cmd_weigh(args) -> int:
     from taalm_dist.integrity import write_atomic
     from taalm_dist.tracking.heatmap import heatmap_html
@@ -272,7 +283,8 @@ def _cmd_weigh(args) -> int:
                              "choose another path")
         if path.exists() and not args.overwrite:
             raise TaalmError(f"{path} exists; pass --overwrite or choose another path")
-    weigher = TokenWeigher.load(args.phi, device=args.device, floor=args.floor, uniform_share=args.uniform_share)
+    weigher = TokenWeigher.load(args.phi, device=args.device, floor=args.floor, uniform_share=args.uniform_share,
+                                abstain=not args.no_abstain)
     weighed = weigh_documents(weigher, args.docs, args.text_field, args.window_tokens, args.window_overlap,
                               args.batch_size)
     try:  # strict JSON: a NaN weight is an error, never a token in the file
@@ -285,9 +297,30 @@ def _cmd_weigh(args) -> int:
     if args.html:
         shown = weighed[: args.html_docs]
         page = heatmap_html([(w.tokens, w.weights, [0] * len(w.tokens)) for w in shown],
-                            f"φ ({args.phi}): token weights of {len(shown)} windows of {args.docs}")
+                            f"φ ({args.phi}): token weights of {len(shown)} windows of {args.docs}",
+                            [_familiarity_caption(w.meta) for w in shown])
         write_atomic(args.html, page)
         print(f"heatmap of the first {len(shown)} windows written to {args.html}")
+    return 0
+
+
+def _cmd_phi_familiarity(args) -> int:
+    from taalm_dist.familiarity import RECORD, document_ids, make_familiarity
+    from taalm_dist.models.train_attention import load_phi_tokenizer, read_phi_config
+
+    read_phi_config(args.phi)  # a saved φ, or a clear error
+    if (Path(args.phi) / RECORD).exists() and not args.overwrite:
+        raise TaalmError(f"{Path(args.phi) / RECORD} exists; pass --overwrite to replace it")
+    tok = load_phi_tokenizer(args.phi)
+    train, heldout = (document_ids(p, tok, args.kind, args.text_field, args.max_tokens) for p in (args.train, args.heldout))
+    rec = make_familiarity(args.phi, train, heldout, {"train": str(args.train), "heldout": str(args.heldout),
+                                                      "kind": args.kind, "max_tokens": args.max_tokens})
+    path = rec.save(args.phi)
+    own, shuffled = rec.source["own_kind"], rec.source["shuffled"]
+    print(f"{path}: from {rec.source['train_docs']} meta-training and {rec.source['heldout_docs']} held-out documents; "
+          f"distances of unseen documents of φ's kind: median {own['median']:.3f}, 90 % ≤ {own['q90']:.3f}; of them "
+          f"shuffled: median {shuffled['median']:.3f}. φ's own weights up to {rec.known:.3f}, uniform from "
+          f"{rec.unknown:.3f}")
     return 0
 
 
@@ -441,8 +474,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "θ learns with under ckl.phi_weight_floor / learn.phi_weight_floor); 0: φ's own")
     p.add_argument("--uniform-share", type=float, default=0.0, help="share of each window's weight spread uniformly, "
                    "the rest φ's rescaled to mean 1 (as ckl.phi_uniform_share / learn.phi_uniform_share); 0: φ's own")
+    p.add_argument("--no-abstain", action="store_true", help="φ's weights on every window, also where its familiarity "
+                   "record says it does not know the text (as ckl.phi_abstain / learn.phi_abstain false)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_cmd_weigh)
+
+    p = verbs.add_parser("phi", help="a trained φ's own records")
+    phi_verbs = p.add_subparsers(dest="phi_verb", required=True)
+    t = phi_verbs.add_parser("familiarity", help="write φ's familiarity record (PHI/familiarity.json): from its "
+                             "meta-training documents and held-out ones of the same kind, how far a document may lie from "
+                             "them before φ gives up its weights there (taalm_dist/familiarity.py)",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("phi", help="a meta-trained φ's phi/ directory")
+    t.add_argument("--train", required=True, help="φ's meta-training documents")
+    t.add_argument("--heldout", required=True, help="held-out documents of the same kind (e.g. its validation pairs)")
+    t.add_argument("--kind", choices=["pairs", "docs"], default="pairs", help="pairs: meta-training files (each row's "
+                   "evidence); docs: what `taalm learn --docs` reads")
+    t.add_argument("--text-field", default="text", help="with --kind docs: the jsonl field / dataset column")
+    t.add_argument("--max-tokens", type=_count(2), default=512, help="tokens of each document's first window measured")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing record")
+    t.set_defaults(func=_cmd_phi_familiarity)
 
     p = verbs.add_parser("bench", help="performance harnesses; each prints one JSON object (`taalm bench NAME --help`)",
                          description="ce: eager vs fused token-weighted CE (time, peak memory); metastep: the "

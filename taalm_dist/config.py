@@ -451,6 +451,12 @@ class DocumentLearningConfig(RunConfig):
     """This share of every document's weight is spread uniformly, the rest follows φ's weights rescaled to the document
     (0: φ's own; 1: fine-tuning). Scale-free, unlike the floor: each document's loss is exactly this share of its
     fine-tuning loss plus the rest of φ's, however small φ's weights are on it. Applied after the floor."""
+    phi_abstain: bool = True
+    """φ gives up its weights on documents unlike its meta-training data: each document's (window's) familiarity
+    distance from them, measured on φ's own features, earns it a share of uniform weights, up to all of it
+    (:mod:`taalm_dist.familiarity`; needs φ's ``familiarity.json``, which meta-training exports and ``taalm phi
+    familiarity`` makes). Applied with the uniform share (the larger of the two counts). false: φ's weights
+    everywhere."""
     epochs: int = 1
     """Passes over the documents."""
     lr: float = 1e-4

@@ -3,28 +3,35 @@
 A meta-trained φ is only as good as the documents it was meta-trained on: on another kind of document it can be
 confidently wrong (RESULTS.md: the LAMA-trained φ puts 92–100 % of its weight on one distractor per synthetic
 paragraph, as sharply as on LAMA documents — the shape of its weights cannot tell). What can tell is what φ's
-backbone sees: the **familiarity distance** of a document (or window) is how far its mean φ feature — the last
-hidden state of φ's backbone averaged over the document's real tokens, computed in the same pass as the weights —
-lies from those of φ's meta-training documents, as a root-mean-square z-score over the feature dimensions
-(``d = sqrt(mean_k ((f_k − μ_k) / σ_k)²)``; μ, σ over the meta-training documents). A document like them has
-``d`` near 1.
+backbone sees. The **familiarity distance** of a document (or window) is the Mahalanobis distance of its φ feature
+— the last hidden state of φ's backbone averaged over the document's real tokens, computed in the same pass as the
+weights (:func:`~taalm_dist.models.train_attention.pooled_features`) — from the features of φ's meta-training
+documents: ``d = sqrt((f − μ)ᵀ P (f − μ) / H)`` with μ their mean and ``P`` the inverse of their covariance shrunk
+a tenth toward its diagonal (``SHRINK``; H features, so that a document like them has ``d`` of order 1).
 
 The **abstention share** moves a document toward uniform weights (fine-tuning's) as ``d`` grows:
-``a = clip((d − known) / (unknown − known), 0, 1)``, applied with
-:func:`taalm_dist.weight_rules.mix_uniform` (scale-free: ``a`` of the document's loss is fine-tuning's, the rest
-φ's). ``known`` is the largest distance among held-out documents of φ's own kind (its validation documents): φ
-keeps its weights on everything it was validated on; ``unknown`` is ``known`` plus ``margin`` times the spread of
-those distances (their 90 % − 10 % quantile range), beyond which φ gives up its weights entirely.
+``a = clip((d − known) / (unknown − known), 0, 1)``, applied with :func:`taalm_dist.weight_rules.mix_uniform`
+(scale-free: ``a`` of the document's loss is fine-tuning's, the rest φ's). Both thresholds come from φ's own data:
 
-The record (``familiarity.json`` in a φ directory) holds μ, σ, the thresholds, the documents it was made from and
-the fingerprint of the φ it was made for (:func:`taalm_dist.models.train_attention.phi_fingerprint`): a record
-that does not match its φ is refused, since another φ's features are another space.
+- ``known``: the 90th percentile of the distances of documents of φ's kind that the fit did not see — its
+  validation documents and, by 5-fold cross-validation, its meta-training documents (each measured by a fit on the
+  other four fifths). Nine in ten documents of φ's kind keep φ's weights whole.
+- ``unknown``: the 10th percentile of the distances of the same held-out documents with their tokens shuffled —
+  the one kind of document unlike φ's that any data provides (same words, no sense). Nine in ten of them get
+  uniform weights; a document farther from φ's kind than they are gets them too. Where shuffling moves the
+  documents less than the spread of φ's own kind (``unknown`` ≤ ``known`` · (1 + ``MIN_GAP``)), ``unknown`` is
+  ``known`` · (1 + ``MIN_GAP``).
+
+The record is ``familiarity.json`` (thresholds, what it was made from, the fingerprint of the φ it was made for) and
+``familiarity.safetensors`` (μ and P) in the φ directory; a record that does not match its φ's files is refused,
+since another φ's features are another space.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,105 +40,197 @@ import torch
 from taalm_dist.errors import ModelError
 
 RECORD = "familiarity.json"
-"""The record's file name inside a φ directory."""
+"""The record's file name inside a φ directory (its tensors: :data:`TENSORS`)."""
+TENSORS = "familiarity.safetensors"
 FORMAT = 1
 """The record's format this version writes and reads."""
-MARGIN = 4.0
-"""Default ``margin``: full abstention at ``known + MARGIN × spread`` (module docstring)."""
-MIN_SCALE = 1e-4
-"""Feature dimensions that hardly vary over the meta-training documents count as varying this much (no division
-by zero; a constant dimension of φ's backbone says nothing about familiarity)."""
+SHRINK = 0.1
+"""The covariance is shrunk this far toward its diagonal (fewer documents than features: it must be invertible)."""
+KNOWN_QUANTILE, UNKNOWN_QUANTILE = 0.9, 0.1
+"""``known``: this quantile of held-out documents of φ's kind; ``unknown``: this one of their shuffled versions."""
+MIN_GAP = 0.1
+"""``unknown`` is at least ``known`` · (1 + this)."""
+FOLDS = 5
+"""Cross-validation folds over the meta-training documents."""
 
 
-def pooled_features(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """``[B, H]`` float32 mean of ``hidden`` ``[B, L, H]`` over each row's real tokens (``attention_mask`` 1)."""
-    m = attention_mask.to(torch.float32).unsqueeze(-1)
-    return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
+def _fit_gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """μ ``[H]`` and the shrunk precision ``[H, H]`` of ``[N, H]`` features (float64 inside, float32 out)."""
+    x = features.double()
+    mu = x.mean(0)
+    c = (x - mu).T @ (x - mu) / max(len(x) - 1, 1)
+    diag = torch.diag(torch.diag(c))
+    c = (1 - SHRINK) * c + SHRINK * diag + 1e-8 * torch.eye(len(mu), dtype=c.dtype) * diag.diagonal().mean()
+    return mu.float(), torch.linalg.inv(c).float()
+
+
+def _distance(features: torch.Tensor, mu: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    z = features.float() - mu.to(features.device)
+    return ((z @ precision.to(features.device)) * z).sum(-1).clamp_min(0).div(len(mu)).sqrt()
 
 
 @dataclass
 class Familiarity:
-    """φ's familiarity record (module docstring). ``mean`` / ``scale``: ``[H]`` float32; ``known`` < ``unknown``:
-    distances; ``phi_sha256``: the φ it belongs to; ``source``: what it was made from (documents, counts)."""
+    """φ's familiarity record (module docstring): ``mean`` ``[H]``, ``precision`` ``[H, H]``, the thresholds
+    ``known`` < ``unknown`` (distances), ``phi_fingerprint`` (the SHA-256 of the φ files it belongs to) and
+    ``source`` (what it was made from, and the distances it was calibrated on)."""
 
     mean: torch.Tensor
-    scale: torch.Tensor
+    precision: torch.Tensor
     known: float
     unknown: float
-    phi_sha256: str
+    phi_fingerprint: dict
     source: dict
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
-        """``[B]`` familiarity distance of ``[B, H]`` pooled features."""
-        z = (features.float() - self.mean.to(features.device)) / self.scale.to(features.device)
-        return z.pow(2).mean(-1).sqrt()
+        """``[B]`` familiarity distances of ``[B, H]`` pooled features."""
+        return _distance(features, self.mean, self.precision)
 
     def share(self, distance: torch.Tensor) -> torch.Tensor:
-        """``[B]`` abstention share in [0, 1] for ``[B]`` distances (0: φ's weights; 1: uniform)."""
+        """``[B]`` abstention shares in [0, 1] for ``[B]`` distances (0: φ's weights; 1: uniform)."""
         return ((distance - self.known) / (self.unknown - self.known)).clamp(0.0, 1.0)
 
-    def as_dict(self) -> dict:
-        return {"format": FORMAT, "phi_sha256": self.phi_sha256, "known": self.known, "unknown": self.unknown,
-                "source": self.source, "mean": self.mean.tolist(), "scale": self.scale.tolist()}
-
     def save(self, phi_dir: str | Path) -> Path:
-        """Write the record into ``phi_dir`` (atomically); returns its path."""
-        from taalm_dist.integrity import write_atomic
+        """Write the record into ``phi_dir`` (tensors first, then the JSON that names them; each atomically);
+        returns the JSON's path."""
+        from safetensors.torch import save_file
 
-        path = Path(phi_dir) / RECORD
-        write_atomic(path, json.dumps(self.as_dict()) + "\n")
-        return path
+        from taalm_dist.integrity import file_sha256, write_atomic
+
+        d = Path(phi_dir)
+        tmp = d / f".{TENSORS}.tmp"
+        save_file({"mean": self.mean.contiguous(), "precision": self.precision.contiguous()}, str(tmp))
+        tmp.replace(d / TENSORS)
+        meta = {"format": FORMAT, "phi_fingerprint": self.phi_fingerprint, "known": self.known,
+                "unknown": self.unknown, "tensors_sha256": file_sha256(d / TENSORS), "source": self.source}
+        write_atomic(d / RECORD, json.dumps(meta, indent=1) + "\n")
+        return d / RECORD
 
     @classmethod
-    def load(cls, phi_dir: str | Path, phi_sha256: str) -> "Familiarity | None":
+    def load(cls, phi_dir: str | Path) -> "Familiarity | None":
         """The record of the φ in ``phi_dir`` (None when it has none).
 
         Raises:
-            ModelError: the record is unreadable, of another format, not finite, or made for another φ
-                (``phi_sha256`` is the loaded φ's fingerprint).
+            ModelError: the record is unreadable, of another format, damaged, not finite, or made for another φ
+                (its fingerprint is not the φ files').
         """
-        path = Path(phi_dir) / RECORD
+        from safetensors.torch import load_file
+
+        from taalm_dist.integrity import file_sha256
+        from taalm_dist.models.train_attention import phi_fingerprint
+
+        d = Path(phi_dir)
+        path = d / RECORD
         if not path.is_file():
             return None
+        remake = f"remake it with `taalm phi familiarity {phi_dir} --train ... --heldout ... --overwrite`"
         try:
-            d = json.loads(path.read_text())
-            rec = cls(torch.tensor(d["mean"], dtype=torch.float32), torch.tensor(d["scale"], dtype=torch.float32),
-                      float(d["known"]), float(d["unknown"]), str(d["phi_sha256"]), dict(d.get("source", {})))
-            fmt = d["format"]
+            meta = json.loads(path.read_text())
+            if meta.get("format") != FORMAT:
+                raise ModelError(f"{path}: format {meta.get('format')!r}, this version reads {FORMAT}; {remake}")
+            if file_sha256(d / TENSORS) != meta["tensors_sha256"]:
+                raise ModelError(f"{d / TENSORS} differs from what its record names (SHA-256); {remake}")
+            t = load_file(str(d / TENSORS))
+            rec = cls(t["mean"].float(), t["precision"].float(), float(meta["known"]), float(meta["unknown"]),
+                      dict(meta["phi_fingerprint"]), dict(meta.get("source", {})))
+        except ModelError:
+            raise
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelError(f"{path}: unreadable familiarity record ({type(e).__name__}: {e}); remake it with "
-                             f"`taalm phi familiarity {phi_dir} --docs DOCS`") from None
-        if fmt != FORMAT:
-            raise ModelError(f"{path}: format {fmt!r}, this version reads {FORMAT}; remake it with "
-                             f"`taalm phi familiarity {phi_dir} --docs DOCS`")
-        if rec.phi_sha256 != phi_sha256:
-            raise ModelError(f"{path} was made for another φ (sha256 {rec.phi_sha256[:12]}…, this φ is "
-                             f"{phi_sha256[:12]}…): a φ's features are its own; remake it with "
-                             f"`taalm phi familiarity {phi_dir} --docs DOCS`")
-        finite = all(math.isfinite(x) for x in (rec.known, rec.unknown))
-        if not finite or not torch.isfinite(rec.mean).all() or not (rec.scale > 0).all() or rec.unknown <= rec.known:
-            raise ModelError(f"{path}: non-finite or inconsistent values (known {rec.known}, unknown {rec.unknown})")
+            raise ModelError(f"{path}: unreadable familiarity record ({type(e).__name__}: {e}); {remake}") from None
+        if rec.phi_fingerprint != phi_fingerprint(phi_dir):
+            raise ModelError(f"{path} was made for another φ (its weights or config changed since): a φ's features "
+                             f"are its own; {remake}")
+        if not (math.isfinite(rec.known) and math.isfinite(rec.unknown) and rec.unknown > rec.known
+                and torch.isfinite(rec.mean).all() and torch.isfinite(rec.precision).all()):
+            raise ModelError(f"{path}: non-finite or inconsistent values (known {rec.known}, unknown {rec.unknown}); "
+                             f"{remake}")
         return rec
 
 
-def quantile(values: torch.Tensor, q: float) -> float:
+def _q(values: torch.Tensor, q: float) -> float:
     return float(torch.quantile(values.double(), q))
 
 
-def fit_familiarity(train_features: torch.Tensor, heldout_features: torch.Tensor, phi_sha256: str, source: dict,
-                    margin: float = MARGIN) -> Familiarity:
-    """The record from ``[N, H]`` pooled features of φ's meta-training documents (μ, σ) and ``[M, H]`` of held-out
-    documents of the same kind (the thresholds; module docstring). Needs N ≥ 2 and M ≥ 2."""
-    if train_features.shape[0] < 2 or heldout_features.shape[0] < 2:
-        raise ModelError(f"familiarity needs ≥ 2 meta-training and ≥ 2 held-out documents (got "
-                         f"{train_features.shape[0]} and {heldout_features.shape[0]})")
-    mean = train_features.float().mean(0)
-    scale = train_features.float().std(0).clamp_min(MIN_SCALE)
-    rec = Familiarity(mean, scale, 0.0, 1.0, phi_sha256, source)
-    d = rec.distance(heldout_features)
-    spread = max(quantile(d, 0.9) - quantile(d, 0.1), 1e-3)
-    rec.known = float(d.max())
-    rec.unknown = rec.known + margin * spread
-    rec.source = {**source, "heldout_distance": {"min": float(d.min()), "median": quantile(d, 0.5),
-                                                 "max": float(d.max())}, "margin": margin}
-    return rec
+def _summary(d: torch.Tensor) -> dict:
+    return {"n": len(d), "min": float(d.min()), "median": _q(d, 0.5), "q90": _q(d, 0.9), "max": float(d.max())}
+
+
+def fit_familiarity(train: torch.Tensor, heldout: torch.Tensor, shuffled: torch.Tensor, phi_fingerprint: dict,
+                    source: dict) -> Familiarity:
+    """The record (module docstring) from ``[N, H]`` pooled features of φ's meta-training documents, ``[M, H]`` of
+    held-out documents of the same kind and ``[S, H]`` of those documents with their tokens shuffled.
+
+    Raises:
+        ModelError: fewer than ``FOLDS`` meta-training documents or fewer than 2 held-out ones.
+    """
+    if len(train) < FOLDS or len(heldout) < 2 or len(shuffled) < 2:
+        raise ModelError(f"a familiarity record needs ≥ {FOLDS} meta-training and ≥ 2 held-out documents (got "
+                         f"{len(train)} and {len(heldout)})")
+    mean, precision = _fit_gaussian(train)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    cv = []
+    for k in range(FOLDS):  # each meta-training document measured by a fit that did not see it
+        out = order[k::FOLDS]
+        keep = torch.ones(len(train), dtype=torch.bool)
+        keep[out] = False
+        cv.append(_distance(train[out], *_fit_gaussian(train[keep])))
+    own = torch.cat([torch.cat(cv), _distance(heldout, mean, precision)])
+    negative = _distance(shuffled, mean, precision)
+    known = _q(own, KNOWN_QUANTILE)
+    unknown = max(_q(negative, UNKNOWN_QUANTILE), known * (1 + MIN_GAP))
+    source = {**source, "own_kind": _summary(own), "shuffled": _summary(negative), "shrink": SHRINK,
+              "known_quantile": KNOWN_QUANTILE, "unknown_quantile": UNKNOWN_QUANTILE, "min_gap": MIN_GAP}
+    return Familiarity(mean, precision, known, unknown, phi_fingerprint, source)
+
+
+def shuffled_tokens(docs: list[list[int]], seed: int = 0) -> list[list[int]]:
+    """Each document with its tokens after the first in a random order (the first, often a special token, stays)."""
+    rng = random.Random(seed)
+    return [d[:1] + rng.sample(d[1:], len(d) - 1) for d in docs]
+
+
+@torch.no_grad()
+def phi_features(phi: torch.nn.Module, docs: list[list[int]], pad_id: int, batch_size: int = 16) -> torch.Tensor:
+    """``[N, H]`` pooled features (:func:`~taalm_dist.models.train_attention.pooled_features`) of token-id lists
+    ``docs`` under ``phi`` (a :class:`~taalm_dist.models.train_attention.TrainAttention`, on its own device)."""
+    from taalm_dist.data import pad_batch
+
+    device = next(phi.parameters()).device
+    out = []
+    for s in range(0, len(docs), batch_size):
+        batch = pad_batch(docs[s : s + batch_size], pad_id)
+        _, f = phi(batch["input_ids"].to(device), batch["attention_mask"].to(device), features=True)
+        out.append(f.float().cpu())
+    return torch.cat(out)
+
+
+def make_familiarity(phi_dir: str | Path, train_docs: list[list[int]], heldout_docs: list[list[int]], source: dict,
+                     max_docs: int = 1024) -> Familiarity:
+    """The record of the φ saved in ``phi_dir`` from token ids of its meta-training documents (the first
+    ``max_docs``) and of held-out documents of the same kind (module docstring); not saved."""
+    from taalm_dist.models import load_phi
+    from taalm_dist.models.train_attention import load_phi_tokenizer, phi_fingerprint
+
+    phi = load_phi(phi_dir, device=torch.device("cpu")).eval()
+    pad = load_phi_tokenizer(phi_dir).pad_token_id or 0
+    train, heldout = train_docs[:max_docs], heldout_docs[:max_docs]
+    negatives = shuffled_tokens(heldout + train[: max(0, 64 - len(heldout))])
+    source = {**source, "train_docs": len(train), "heldout_docs": len(heldout)}
+    return fit_familiarity(phi_features(phi, train, pad), phi_features(phi, heldout, pad),
+                           phi_features(phi, negatives, pad), phi_fingerprint(phi_dir), source)
+
+
+def document_ids(path: str | Path, tokenizer, kind: str = "docs", text_field: str = "text",
+                 max_tokens: int = 512) -> list[list[int]]:
+    """Token ids (at most ``max_tokens`` each, the first window) of the documents in ``path``: ``kind`` ``pairs`` — a
+    meta-training file (each pair's document; :func:`taalm_dist.data.load_pairs`) — or ``docs`` — what ``taalm learn
+    --docs`` reads (:func:`taalm_dist.data.documents.load_documents`)."""
+    if kind == "pairs":
+        from taalm_dist.data import load_pairs
+
+        texts = [p.document for p in load_pairs(path, skip_bad_rows=True)[0]]
+    else:
+        from taalm_dist.data.documents import load_documents
+
+        texts = [d.text for d in load_documents(path, text_field)]
+    return [list(tokenizer(t, add_special_tokens=True)["input_ids"])[:max_tokens] for t in texts]

@@ -36,10 +36,14 @@ class WeightedTokens:
 class TokenWeigher:
     """A trained φ (a ``phi/`` directory) with its tokenizer, on one device, frozen. ``floor``: every real token's
     weight is at least this; ``uniform_share``: this share of each text's weight is spread uniformly, the rest is φ's
-    rescaled to mean 1 (:func:`~taalm_dist.weight_rules.applied_phi_weights`; both 0: φ's own weights)."""
+    rescaled to mean 1 (:func:`~taalm_dist.weight_rules.applied_phi_weights`; both 0: φ's own weights);
+    ``familiarity``: φ's record, with which each text φ does not know gets its abstention share of uniform weight
+    (:mod:`taalm_dist.familiarity`; :meth:`load` reads it from the φ directory)."""
 
     def __init__(self, phi: torch.nn.Module, tokenizer, device: torch.device | str = "cpu", floor: float = 0.0,
-                 uniform_share: float = 0.0):
+                 uniform_share: float = 0.0, familiarity=None):
+        from taalm_dist.weight_rules import PhiWeights
+
         for name, value, why in (("floor", floor, "φ's weights are in (0, 1)"),
                                  ("uniform_share", uniform_share, "a share of each text's weight")):
             if not 0.0 <= value <= 1.0:
@@ -49,15 +53,24 @@ class TokenWeigher:
         self.phi = phi.to(self.device).eval()
         for p in self.phi.parameters():
             p.requires_grad_(False)
+        self.rule = PhiWeights(self.phi, floor, uniform_share, familiarity)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id or 0
 
+    @property
+    def familiarity(self):
+        """φ's :class:`~taalm_dist.familiarity.Familiarity` record when it abstains, else None."""
+        return self.rule.familiarity
+
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", floor: float = 0.0,
-             uniform_share: float = 0.0) -> "TokenWeigher":
+             uniform_share: float = 0.0, abstain: bool = True) -> "TokenWeigher":
         """Load the φ saved in ``path`` (``phi.safetensors`` + ``phi_config.json``) and the tokenizer of its backbone;
         ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; ``floor`` and ``uniform_share``
-        as in the class."""
+        as in the class; ``abstain``: apply φ's familiarity record (``familiarity.json``, when the φ has one: each
+        text φ does not know gets uniform weights, :mod:`taalm_dist.familiarity`)."""
+        from taalm_dist.familiarity import Familiarity
+
         from taalm_dist.engine.runtime import resolve_device
         from taalm_dist.models import load_phi
         from taalm_dist.models.train_attention import load_phi_tokenizer
@@ -70,7 +83,8 @@ class TokenWeigher:
             except RuntimeError:
                 raise ConfigError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N") from None
         phi = load_phi(path, device=dev)
-        return cls(phi, load_phi_tokenizer(path), dev, floor=floor, uniform_share=uniform_share)
+        familiarity = Familiarity.load(path) if abstain else None
+        return cls(phi, load_phi_tokenizer(path), dev, floor=floor, uniform_share=uniform_share, familiarity=familiarity)
 
     def to(self, device: torch.device | str) -> "TokenWeigher":
         """Move φ to ``device`` (where the weights are computed); returns self."""
@@ -90,14 +104,12 @@ class TokenWeigher:
 
     @torch.no_grad()
     def weights(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` weights for a right-padded batch, on the inputs' device: φ's, in (0, 1), with both rules off;
-        at least ``floor`` on real tokens; with a ``uniform_share``, averaging 1 over each text's predicted tokens.
-        0 at padding."""
-        from taalm_dist.weight_rules import applied_phi_weights
-
+        """``[B, L]`` weights for a right-padded batch, on the inputs' device: φ's, in (0, 1), with the rules off;
+        at least ``floor`` on real tokens; with a ``uniform_share`` or an abstention share (a text φ's familiarity
+        record says it does not know), averaging 1 over each text's predicted tokens. 0 at padding. The last
+        batch's familiarity distances and abstention shares: ``self.rule.last_distance`` / ``last_share``."""
         mask = attention_mask.to(self.device)
-        w = applied_phi_weights(self.phi(input_ids.to(self.device), mask), mask, self.floor, self.uniform_share)
-        return w.to(input_ids.device)
+        return self.rule({"input_ids": input_ids.to(self.device), "attention_mask": mask}).to(input_ids.device)
 
     def weigh(self, texts: str | Sequence[str] | Sequence[Sequence[int]], batch_size: int = 8) -> list[WeightedTokens]:
         """φ's weight for every token of each text (or of each list of token ids), in order."""
@@ -112,8 +124,11 @@ class TokenWeigher:
             batch = pad_batch(ids, self.pad_id)
             w = self.weights(batch["input_ids"], batch["attention_mask"]).float().cpu()
             for b, (t, x) in enumerate(zip(chunk, ids)):
+                meta = {} if self.familiarity is None else {
+                    "familiarity_distance": float(self.rule.last_distance[b]),
+                    "abstain_share": float(self.rule.last_share[b])}
                 out.append(WeightedTokens(x, [self.tokenizer.decode([i]) for i in x], w[b, : len(x)].tolist(),
-                                          t if isinstance(t, str) else None))
+                                          t if isinstance(t, str) else None, meta))
         return out
 
 
@@ -132,5 +147,5 @@ def weigh_documents(weigher: TokenWeigher, path: str | Path, text_field: str = "
             meta.append({"id": doc.id, "window": k, "context": context})
     out = weigher.weigh(windows, batch_size=batch_size)
     for w, m in zip(out, meta):
-        w.meta = m
+        w.meta = {**m, **w.meta}
     return out

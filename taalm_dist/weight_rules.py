@@ -64,8 +64,9 @@ class Rho1Weights:
         return top_fraction_mask(current - reference, valid, self.keep)
 
 
-def mix_uniform(weights: torch.Tensor, attention_mask: torch.Tensor, share: float) -> torch.Tensor:
-    """φ's ``[B, L]`` weights with a fixed ``share`` of each document's weight moved to uniform, whatever φ's scale.
+def mix_uniform(weights: torch.Tensor, attention_mask: torch.Tensor, share: float | torch.Tensor) -> torch.Tensor:
+    """φ's ``[B, L]`` weights with a fixed ``share`` (a number, or ``[B]``: one per row) of each document's weight
+    moved to uniform, whatever φ's scale.
 
     The token-weighted loss divides by each document's Σw, so only the shape of φ's weights counts, and that scale
     varies by orders of magnitude between documents; an absolute floor therefore takes most of the weight of some
@@ -75,8 +76,10 @@ def mix_uniform(weights: torch.Tensor, attention_mask: torch.Tensor, share: floa
     loss's Σw epsilon). ``share`` = 0 returns ``weights`` unchanged; 1 gives the attention mask, fine-tuning's weights.
     Position 0 (which the loss never counts) gets ``share``, padding 0.
     """
-    if not share:
+    if not torch.is_tensor(share) and not share:
         return weights
+    if torch.is_tensor(share):  # one share per row
+        share = share.to(weights.dtype).reshape(-1, 1)
     mask = attention_mask.to(weights.dtype)
     valid = next_token_valid_mask(attention_mask).to(weights.dtype)
     phi = weights * valid
@@ -86,23 +89,39 @@ def mix_uniform(weights: torch.Tensor, attention_mask: torch.Tensor, share: floa
 
 
 def applied_phi_weights(weights: torch.Tensor, attention_mask: torch.Tensor, floor: float = 0.0,
-                        uniform_share: float = 0.0) -> torch.Tensor:
+                        uniform_share: float = 0.0, abstain_share: torch.Tensor | None = None) -> torch.Tensor:
     """The ``[B, L]`` weights θ learns with from φ's: :func:`~taalm_dist.models.train_attention.floor_weights`, then
-    :func:`mix_uniform` (both 0: φ's own). The one rule ``ckl run``, ``learn``, ``taalm weigh`` and
-    :class:`~taalm_dist.weigh.TokenWeigher` apply."""
+    :func:`mix_uniform` with each row's share the larger of ``uniform_share`` and its ``abstain_share`` (``[B]``,
+    φ's abstention on documents it does not know: :mod:`taalm_dist.familiarity`; None: none) — all 0: φ's own.
+    The one rule ``ckl run``, ``learn``, ``taalm weigh`` and :class:`~taalm_dist.weigh.TokenWeigher` apply."""
     from taalm_dist.models.train_attention import floor_weights
 
-    return mix_uniform(floor_weights(weights, attention_mask, floor), attention_mask, uniform_share)
+    share = uniform_share if abstain_share is None else abstain_share.to(weights.device).clamp_min(uniform_share)
+    return mix_uniform(floor_weights(weights, attention_mask, floor), attention_mask, share)
 
 
 class PhiWeights:
     """φ's weights for a document batch (no graph), each real token's at least ``floor`` and ``uniform_share`` of each
-    document's weight spread uniformly (:func:`applied_phi_weights`; 0: φ's own)."""
+    document's weight spread uniformly (:func:`applied_phi_weights`; 0: φ's own); with ``familiarity`` (φ's
+    :class:`~taalm_dist.familiarity.Familiarity` record), each document also gets its abstention share.
+    :attr:`abstained` accumulates the documents seen and the sum of their abstention shares."""
 
-    def __init__(self, phi: nn.Module, floor: float = 0.0, uniform_share: float = 0.0):
+    def __init__(self, phi: nn.Module, floor: float = 0.0, uniform_share: float = 0.0, familiarity=None):
         self.phi, self.floor, self.uniform_share = phi.eval(), floor, uniform_share
+        self.familiarity = familiarity
+        self.abstained = {"docs": 0, "share_sum": 0.0, "full": 0}
+        self.last_distance: torch.Tensor | None = None
+        self.last_share: torch.Tensor | None = None
 
     @torch.no_grad()
     def __call__(self, doc: dict) -> torch.Tensor:
-        w = self.phi(doc["input_ids"], doc["attention_mask"]).float()
-        return applied_phi_weights(w, doc["attention_mask"], self.floor, self.uniform_share)
+        mask = doc["attention_mask"]
+        if self.familiarity is None:
+            return applied_phi_weights(self.phi(doc["input_ids"], mask).float(), mask, self.floor, self.uniform_share)
+        w, features = self.phi(doc["input_ids"], mask, features=True)
+        self.last_distance = self.familiarity.distance(features)
+        self.last_share = self.familiarity.share(self.last_distance)
+        self.abstained["docs"] += len(self.last_share)
+        self.abstained["share_sum"] += float(self.last_share.sum())
+        self.abstained["full"] += int((self.last_share >= 1).sum())
+        return applied_phi_weights(w.float(), mask, self.floor, self.uniform_share, self.last_share)

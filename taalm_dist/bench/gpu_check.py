@@ -20,6 +20,7 @@ Every stage file holds ``stage``, ``status`` (``passed`` / ``failed`` / ``skippe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -62,27 +63,30 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
 
 
-def _random_lm(shape: str, dtype: str, attn: str, device: torch.device, lora_targets: list[str] | None):
-    """A causal LM of a named shape (:data:`taalm_dist.plan.SHAPES`, or ``tiny``) with random weights, made on
-    ``device``; with ``lora_targets`` LoRA r8 on them, its B factors drawn so the update is not zero."""
+def _random_lm(shape: str, dtype: str, attn: str, device: torch.device, lora_targets: list[str] | None,
+               quantization: str = "none", source: str = "tiny"):
+    """θ of a named shape (:data:`taalm_dist.plan.SHAPES`, or ``tiny``) with random weights, made on ``device``
+    (``source``: a saved model directory of that shape instead); with ``lora_targets`` LoRA r8 on them, its B
+    factors drawn so the update is not zero, else trained in full."""
     from taalm_dist.bench.metastep import SHAPES
-    from taalm_dist.config import LoraConfig, ModelSourceConfig, TinyModelConfig
-    from taalm_dist.models import load_causal_lm, make_trainable
+    from taalm_dist.config import LoraConfig, ModelSourceConfig, ThetaConfig, TinyModelConfig
+    from taalm_dist.models import build_theta
 
     s = SHAPES[shape]
     tiny = TinyModelConfig(hidden_size=s.hidden, intermediate_size=s.intermediate, num_layers=s.layers,
                            num_heads=s.heads, num_kv_heads=s.kv_heads, seed=0)
-    with torch.device(device):
-        model = load_causal_lm(ModelSourceConfig(source="tiny", tiny=tiny, dtype=dtype, attn_implementation=attn),
-                               vocab_size=s.vocab, device=device)
-        if lora_targets:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                model = make_trainable(model, "lora", LoraConfig(rank=8, target_modules=lora_targets))
-                for name, p in model.named_parameters():
-                    if "lora_B" in name:
-                        torch.nn.init.normal_(p, std=0.02)
-    return model.to(device)
+    spec = ModelSourceConfig(source=source, tiny=tiny, dtype=dtype, attn_implementation=attn, quantization=quantization)
+    cfg = ThetaConfig(model=spec, trainable="lora" if lora_targets else "full",
+                      lora=LoraConfig(rank=8, target_modules=lora_targets or ["q_proj"]))
+    # random weights are drawn where they run; a 4-bit model is placed by its loader (device_map)
+    with torch.device(device) if quantization == "none" else contextlib.nullcontext():
+        model = build_theta(cfg, s.vocab, seed=0, device=device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    torch.nn.init.normal_(p, std=0.02)
+    return model.to(device) if quantization == "none" else model
 
 
 def _doc_and_task(vocab: int, tokens: int, device: torch.device):
@@ -304,9 +308,7 @@ def stage_qlora() -> dict:
     bitsandbytes only)."""
     import importlib.util
 
-    from taalm_dist.config import LoraConfig, ModelSourceConfig
     from taalm_dist.meta import InnerStep, meta_gradient
-    from taalm_dist.models import load_causal_lm, make_trainable
 
     if dry_run():
         raise Skip("QLoRA (bitsandbytes NF4) needs CUDA")
@@ -315,9 +317,7 @@ def stage_qlora() -> dict:
     device = _device()
     with tempfile.TemporaryDirectory() as tmp:  # a SmolLM2-shaped model saved as a directory, loaded in 4 bits
         _random_lm("smollm2-135m", "bfloat16", "sdpa", torch.device("cpu"), None).save_pretrained(tmp)
-        spec = ModelSourceConfig(source=tmp, dtype="bfloat16", quantization="4bit")
-        model = make_trainable(load_causal_lm(spec, device=device), "lora",
-                               LoraConfig(rank=8, target_modules=["q_proj", "v_proj"]))
+        model = _random_lm("smollm2-135m", "bfloat16", "sdpa", device, ["q_proj", "v_proj"], "4bit", source=tmp)
     four_bit = any(type(m).__name__ == "Linear4bit" for m in model.modules())
     doc, w, task = _doc_and_task(model.get_output_embeddings().weight.shape[0], 128, device)
     grad = meta_gradient(model, doc, w, task, inner=InnerStep("adamw", 1e-3), objective="task_nll", method="fd").grad

@@ -60,12 +60,21 @@ class TrainAttention(nn.Module):
         # trainable: float32 even on a bfloat16 backbone (float64 on the float64 reference backbone)
         self.head.to(torch.promote_types(next(backbone.parameters()).dtype, torch.float32))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` token weights in (0, 1) (fp32 or wider), 0 where ``attention_mask`` is 0."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: bool = False):
+        """``[B, L]`` token weights in (0, 1) (fp32 or wider), 0 where ``attention_mask`` is 0; with ``features``,
+        also ``[B, H]`` float32: the backbone's last hidden state averaged over each row's real tokens (what
+        :mod:`taalm_dist.familiarity` measures a document's familiarity on)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logit = self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
         w = torch.sigmoid(logit)
-        return w * attention_mask.to(w.dtype)
+        w = w * attention_mask.to(w.dtype)
+        return (w, pooled_features(hidden, attention_mask)) if features else w
+
+
+def pooled_features(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, H]`` float32 mean of ``hidden`` ``[B, L, H]`` over each row's real tokens (``attention_mask`` 1)."""
+    m = attention_mask.to(torch.float32).unsqueeze(-1)
+    return (hidden.float() * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 def floor_weights(weights: torch.Tensor, attention_mask: torch.Tensor, floor: float) -> torch.Tensor:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from taalm_dist import weight_rules
+from taalm_dist import familiarity, integrity, weight_rules
 from taalm_dist.ckl import methods as M
 from taalm_dist.config import for_program
 from taalm_dist.data import collate
@@ -94,7 +94,11 @@ class DocumentTrainer(SessionProgram):
         ``.../phi_config.json``): a φ changed in place, weights or config, is not resumed with."""
         if not (self.c.phi_path and M.base_rule(self.method) == "taalm"):
             return {}
-        return {f"{self.SECTION}.phi_path/{name}": digest for name, digest in phi_fingerprint(self.c.phi_path).items()}
+        out = {f"{self.SECTION}.phi_path/{name}": digest for name, digest in phi_fingerprint(self.c.phi_path).items()}
+        record = Path(self.c.phi_path) / familiarity.RECORD
+        if self.c.phi_abstain and record.is_file():  # the abstention it learns with
+            out[f"{self.SECTION}.phi_path/{familiarity.RECORD}"] = integrity.file_sha256(record)
+        return out
 
     def _settings(self, cfg) -> dict:
         """The settings a resumed run must share, of config ``cfg``."""
@@ -153,8 +157,13 @@ class DocumentTrainer(SessionProgram):
         phi = load_phi(self.c.phi_path, device=self.rt.device)
         check_same_tokenizer(self.tokenizer, load_phi_tokenizer(self.c.phi_path),
                              f"θ ({self.cfg.theta.model.source})", f"φ ({self.c.phi_path})")
+        record = familiarity.Familiarity.load(self.c.phi_path) if self.c.phi_abstain else None
+        if self.c.phi_abstain and record is None and D.is_main():
+            print(f"note: φ ({self.c.phi_path}) has no familiarity record, so it cannot abstain on documents unlike its "
+                  f"meta-training data; make one with `taalm phi familiarity {self.c.phi_path} --train ... --heldout "
+                  "...` (meta-training exports one)")
         return weight_rules.PhiWeights(self.rt.place(phi), floor=self.c.phi_weight_floor,
-                                       uniform_share=self.c.phi_uniform_share)
+                                       uniform_share=self.c.phi_uniform_share, familiarity=record)
 
     # ---------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self) -> Path:
@@ -246,7 +255,19 @@ class DocumentTrainer(SessionProgram):
                 "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
                 "wall_s": round(time.monotonic() - self._started, 1), "resumed_at_epoch": self._first_epoch or None,
                 "phi": self.c.phi_path if taalm else None, "phi_weight_floor": self.c.phi_weight_floor if taalm else None,
-                "phi_uniform_share": self.c.phi_uniform_share if taalm else None}
+                "phi_uniform_share": self.c.phi_uniform_share if taalm else None,
+                "phi_abstained": self._abstained() if taalm else None}
+
+    def _abstained(self) -> dict | None:
+        """How much φ abstained (its familiarity record): documents weighed, the mean abstention share, and how many
+        got uniform weights; None without a record."""
+        rule = self.rule
+        if getattr(rule, "familiarity", None) is None:
+            return None
+        a = rule.abstained
+        return {"docs_weighed": a["docs"], "mean_share": round(a["share_sum"] / max(a["docs"], 1), 4),
+                "uniform": a["full"], "known": round(rule.familiarity.known, 4),
+                "unknown": round(rule.familiarity.unknown, 4)}
 
     def _write_heatmap(self) -> None:
         """The method's epoch-0 weights on the first documents (every rank computes: the rule may run θ)."""

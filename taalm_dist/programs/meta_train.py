@@ -477,10 +477,27 @@ class MetaTrainer(SessionProgram):
             else:
                 chosen = last
                 save_phi(state, self.cfg.phi, path, {"selection.json": json.dumps(chosen, indent=2)})
+            for exported in (self.out / "phi_last", path):
+                self.record_familiarity(exported)
             print(f"φ exported to {path} ({chosen['rule']}: step {chosen['step']}"
                   + (f", {chosen['metric']} {chosen['score']:.4f})" if chosen.get("metric") else ")"))
         D.barrier()
         return path
+
+    def record_familiarity(self, phi_dir: Path) -> None:
+        """φ's familiarity record in an exported ``phi_dir`` (:mod:`taalm_dist.familiarity`): its meta-training
+        documents against its validation documents, measured by the exported φ in this process (rank 0)."""
+        from taalm_dist.familiarity import make_familiarity
+
+        if len(self.data.val) < 2:
+            print(f"note: no familiarity record for {phi_dir} (it needs ≥ 2 validation documents; φ will not abstain "
+                  "on documents unlike its data): `taalm phi familiarity` makes one later")
+            return
+        d = self.cfg.data
+        rec = make_familiarity(phi_dir, [p.doc_ids for p in self.data.train], [p.doc_ids for p in self.data.val],
+                               {"train": d.train_file, "heldout": d.val_file or f"{len(self.data.val)} held out of "
+                                "train", "kind": "pairs", "max_tokens": d.max_doc_tokens})
+        rec.save(phi_dir)
 
     def save_checkpoint(self) -> Path:
         """A resumable checkpoint (atomic: see :mod:`taalm_dist.engine.checkpoint`); every rank calls it."""

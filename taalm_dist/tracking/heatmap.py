@@ -16,12 +16,15 @@ def heatmap(docs: list[tuple[list[str], list[float], list[int]]], title: str, ou
     _heatmap_png(docs, title, out / "heatmap.png")
 
 
-def heatmap_html(docs: list[tuple[list[str], list[float], list[int]]], title: str) -> str:
-    """The HTML page of :func:`heatmap` (one paragraph per document)."""
+def heatmap_html(docs: list[tuple[list[str], list[float], list[int]]], title: str,
+                 captions: list[str] | None = None) -> str:
+    """The HTML page of :func:`heatmap` (one paragraph per document, each under its caption when given)."""
     parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
              f"<h3>{html.escape(title)}</h3><p>background = weight / the document's largest weight (white 0 → red 1); "
              "underlined = the object; hover for the raw weight</p>"]
-    for tokens, raw, obj in docs:
+    for k, (tokens, raw, obj) in enumerate(docs):
+        if captions:
+            parts.append(f"<p><b>{html.escape(captions[k])}</b></p>")
         top = max(raw) if raw and max(raw) > 0 else 1.0
         weights = [w / top for w in raw]
         spans = []

@@ -12,7 +12,7 @@ LAYERS = {
     "config": 1,
     "models": 2, "losses": 2, "tracking": 2,
     "data": 3,
-    "meta": 4, "weight_rules": 4, "ckl": 4,
+    "meta": 4, "weight_rules": 4, "ckl": 4, "familiarity": 4,
     "engine": 5,
     "programs": 6, "weigh": 6, "plan": 6,
     "integrations": 7, "demo": 7, "bench": 7,
