@@ -1,4 +1,4 @@
-"""launch/ckl_smollm2_results.sh and launch/transfer_smollm2.sh with a stub `taalm` that records each call and
+"""launch/ckl_smollm2_results.sh, launch/transfer_smollm2.sh and launch/abstain_smollm2.sh with a stub `taalm` that records each call and
 writes what the real verb would leave behind: the order of the rows, resuming row by row, ONLY, refusals."""
 
 import os
@@ -25,6 +25,7 @@ case "$1 $2" in
   "ckl compare") echo "| table of $# args |" ;;
   "data synth") mkdir -p "$out"; touch "$out/meta_train.jsonl" ;;
   "data mix") mkdir -p "$(dirname "$out")"; touch "$out" ;;
+  "phi familiarity") touch "$3/familiarity.json" ;;
   meta-train*)
     [[ " $* " == *" $STUB_FAIL "* ]] && exit 75
     mkdir -p "$out/phi" "$out/phi_last"; echo '{}' > "$out/phi/phi_config.json"
@@ -62,7 +63,7 @@ def _rows(lines):
         name = next((w.rsplit("/", 1)[-1] for w in words if w.startswith("train.out_dir=")), None)
         if "--out" in words:
             name = words[words.index("--out") + 1].rsplit("/", 1)[-1]
-        out.append((" ".join(words[:2]) if words[0] in ("ckl", "data") else words[0], name))
+        out.append((" ".join(words[:2]) if words[0] in ("ckl", "data", "phi") else words[0], name))
     return out
 
 
@@ -137,6 +138,28 @@ def test_transfer_rows_use_each_benchmarks_config_and_wait_for_the_lama_phi(stub
     assert lines[1].endswith("ckl.phi_weight_floor=1e-4") and "ckl.phi_weight_floor" not in lines[0]
     assert lines[2].endswith("ckl.phi_uniform_share=0.5") and "ckl.phi_weight_floor" not in lines[2]
     assert "## LAMA-CKL rows" in r.stdout and "## synthetic rows" in r.stdout
+
+
+def test_abstention_rows_record_familiarity_once_and_run_each_phi_with_and_without(stub, tmp_path):
+    run, taken = stub
+    lama, demo = tmp_path / "lama", tmp_path / "demo"
+    for d in (lama / "finetune", lama / "taalm_s0", demo / "ckl" / "finetune", lama / "phi_new_s0" / "phi"):
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text("{}")
+    r = run("abstain_smollm2.sh", lama, demo, tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    lines = taken()
+    assert _rows(lines) == [("phi familiarity", None), ("ckl run", "lama_phi_s0_on_synth"),
+                            ("ckl run", "synth_phi_on_lama"), ("ckl run", "lama_phi_s0_on_synth_no_abstain"),
+                            ("ckl run", "synth_phi_on_lama_no_abstain"), ("ckl run", "lama_phi_s0_abstain"),
+                            ("ckl compare", None), ("ckl compare", None)]
+    assert f"--train {lama}/tailored/meta_train.jsonl --heldout {lama}/tailored/meta_val.jsonl" in lines[0]
+    assert "demo_smollm2.yaml" in lines[1] and "ckl.phi_abstain" not in lines[1]  # abstention is the default
+    assert lines[3].endswith("ckl.phi_abstain=false") and lines[4].endswith("ckl.phi_abstain=false")
+    assert f"{lama}/taalm_s0 " in lines[6] and f"{tmp_path}/a/lama_phi_s0_abstain" in lines[6]
+    r = run("abstain_smollm2.sh", lama, demo, tmp_path / "a", RESUME="1")
+    assert _rows(taken()) == [("ckl compare", None), ("ckl compare", None)]  # the record and every row exist
+    assert run("abstain_smollm2.sh", lama, demo, tmp_path / "a").returncode == 2  # no RESUME: refused
 
 
 def test_learn_example_refuses_a_phi_that_is_not_an_exported_phi_before_writing(stub, tmp_path):
