@@ -73,8 +73,8 @@ def summary_table(runs: list[dict]) -> str:
 
 def provenance_table(runs: list[dict]) -> str:
     """Markdown table of where each run's row comes from: its date, machine, wall time (s; of the process that
-    finished it: ``+`` marks a run resumed from an epoch checkpoint) and φ (with its weight floor and uniform share,
-    if any)."""
+    finished it: ``+`` marks a run resumed from an epoch checkpoint) and φ (with its weight floor, uniform share and
+    abstention, if any)."""
     rows = ["| run | date | machine | wall s | φ |", "|---|---|---|---|---|"]
     for run in runs:
         c = run.get("setup", {})
@@ -84,6 +84,10 @@ def provenance_table(runs: list[dict]) -> str:
             phi += f" (floor {c['phi_weight_floor']:g})"
         if c.get("phi_uniform_share"):
             phi += f" (uniform share {c['phi_uniform_share']:g})"
+        if c.get("phi_abstained"):
+            a = c["phi_abstained"]
+            phi += (f" (abstained: mean share {a['mean_share']:.2f}, {a['uniform']} of {a['docs_weighed']} documents "
+                    "uniform)")
         rows.append(f"| {run.get('run_name') or run['method']} | {c.get('date', '–')} | {c.get('machine', '–')} | "
                     f"{wall} | {phi} |")
     return "\n".join(rows)

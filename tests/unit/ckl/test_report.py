@@ -33,13 +33,14 @@ def test_a_directory_without_metrics_is_named():
 def test_provenance_names_date_machine_wall_time_and_phi(tmp_path):
     run = load_run(_run(tmp_path / "synth_phi_on_lama", "taalm", 0.2))
     run["setup"] = {"date": "2026-12-04", "machine": "x86_64, 1 threads", "wall_s": 610.4, "resumed_at_epoch": None,
-                    "phi": "runs/demo/meta_train/phi", "phi_weight_floor": 0.01, "phi_uniform_share": 0.5}
+                    "phi": "runs/demo/meta_train/phi", "phi_weight_floor": 0.01, "phi_uniform_share": 0.5,
+                    "phi_abstained": {"docs_weighed": 300, "mean_share": 0.93, "uniform": 270}}
     resumed = load_run(_run(tmp_path / "finetune", "finetune", 0.1))
     resumed["setup"] = {"date": "2026-12-05", "machine": "x86_64, 2 threads", "wall_s": 100.0, "resumed_at_epoch": 3,
                         "phi": None, "phi_weight_floor": None}
     lines = provenance_table([run, resumed]).splitlines()
     assert lines[2] == ("| synth_phi_on_lama | 2026-12-04 | x86_64, 1 threads | 610 | runs/demo/meta_train/phi (floor 0.01) "
-                        "(uniform share 0.5) |")
+                        "(uniform share 0.5) (abstained: mean share 0.93, 270 of 300 documents uniform) |")
     assert lines[3] == "| finetune | 2026-12-05 | x86_64, 2 threads | 100+ | – |"
 
 

@@ -314,3 +314,33 @@ def test_a_run_directory_reached_through_a_symlink_is_the_same_locked_directory(
     finally:
         held.release()
     run_learn(_cfg(data, tmp_path / "alias", "learn.epochs=2", "learn.resume=auto"))
+
+
+# ------------------------------------------------------------- φ abstains where it does not know (issue 37)
+def test_a_familiarity_record_is_made_once_weighed_with_and_learned_with(data, tmp_path, capsys):
+    phi = tmp_path / "phi"
+    shutil.copytree(data / "phi", phi)
+    made = ["phi", "familiarity", str(phi), "--train", str(data / "to_learn.jsonl"), "--heldout",
+            str(data / "not_to_forget.jsonl")]
+    assert cli_main(made) == 0 and "uniform from" in capsys.readouterr().out
+    record = (phi / "familiarity.json").read_bytes()
+    assert cli_main(made) == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert (phi / "familiarity.json").read_bytes() == record  # never replaced unasked
+    weights, page = tmp_path / "w.jsonl", tmp_path / "w.html"
+    assert cli_main(["weigh", "--phi", str(phi), "--docs", str(data / "to_learn.jsonl"), "--text-field", "evidence",
+                     "--out", str(weights), "--html", str(page), "--device", "cpu"]) == 0
+    rows = [json.loads(x) for x in weights.read_text().splitlines()]
+    assert all(0 <= r["abstain_share"] <= 1 and r["familiarity_distance"] > 0 for r in rows)
+    assert page.read_text().count("familiarity distance") == len(rows)
+    assert cli_main(["weigh", "--phi", str(phi), "--docs", str(data / "to_learn.jsonl"), "--text-field", "evidence",
+                     "--out", str(weights), "--overwrite", "--no-abstain", "--device", "cpu"]) == 0
+    assert "abstain_share" not in json.loads(weights.read_text().splitlines()[0])
+    _, summary = run_learn(_cfg(data, tmp_path / "on", "learn.epochs=1", f"learn.phi_path={phi}"))
+    abstained = summary["setup"]["phi_abstained"]
+    assert abstained["docs_weighed"] >= 6 and 0 <= abstained["mean_share"] <= 1
+    _, summary = run_learn(_cfg(data, tmp_path / "off", "learn.epochs=1", f"learn.phi_path={phi}",
+                                "learn.phi_abstain=false"))
+    assert summary["setup"]["phi_abstained"] is None
+    (phi / "phi.safetensors").write_bytes((data / "phi" / "phi.safetensors").read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ModelError):  # φ changed in place: its record (and φ) refused
+        run_learn(_cfg(data, tmp_path / "changed", "learn.epochs=1", f"learn.phi_path={phi}"))

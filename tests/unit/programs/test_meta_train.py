@@ -111,6 +111,11 @@ def test_time_limit_stops_early_validates_and_exports_phi(tmp_path):
     trainer, summary = _run(_config(tmp_path, "train.time_limit_s=0.001", "train.docs_per_step=2"))
     assert summary["steps"] == 1 and summary["stopped_by_time_limit"]
     assert "val/objective" in summary["last"] and (tmp_path / "run" / "phi" / "phi.safetensors").is_file()
+    from taalm_dist.familiarity import Familiarity
+
+    for exported in ("phi", "phi_last"):  # each with the familiarity record of its own weights
+        record = Familiarity.load(tmp_path / "run" / exported)
+        assert record is not None and record.source["train_docs"] == 200 and record.known < record.unknown
     with pytest.raises(ConfigError, match="time_limit_s"):
         _config(tmp_path, "train.time_limit_s=0")
 
