@@ -352,7 +352,8 @@ def _cmd_plan(args) -> int:
     return 0
 
 
-BENCHES = {"ce": "taalm_dist.bench.ce", "gradnoise": "taalm_dist.bench.gradnoise", "metastep": "taalm_dist.bench.metastep",
+BENCHES = {"ce": "taalm_dist.bench.ce", "familiarity": "taalm_dist.bench.familiarity",
+           "gradnoise": "taalm_dist.bench.gradnoise", "metastep": "taalm_dist.bench.metastep",
            "metatrain": "taalm_dist.bench.metatrain", "plancheck": "taalm_dist.bench.plancheck", "zero3": "taalm_dist.bench.zero3"}
 
 
