@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from taalm_dist.bench.gpu_check import toy_config  # noqa: F401 — the tests' toy config is the GPU check's
+from taalm_dist.bench.gpu_check import toy_config  # the tests' toy config is the GPU check's
 from taalm_dist.programs.meta_train import MetaTrainer
+
+__all__ = ["toy_config", "run_trainer"]
 
 
 def run_trainer(cfg):
