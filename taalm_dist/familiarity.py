@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 
 from taalm_dist.errors import ModelError
+from taalm_dist.models.train_attention import FAMILIARITY_FILES
 
-RECORD = "familiarity.json"
-"""The record's file name inside a φ directory (its tensors: :data:`TENSORS`)."""
-TENSORS = "familiarity.safetensors"
+RECORD, TENSORS = FAMILIARITY_FILES
+"""The record's file names inside a φ directory (JSON, and its tensors)."""
 FORMAT = 1
 """The record's format this version writes and reads."""
 SHRINK = 0.1

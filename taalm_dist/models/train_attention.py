@@ -114,6 +114,9 @@ def phi_state(phi: TrainAttention) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in phi.named_parameters() if p.requires_grad}
 
 
+FAMILIARITY_FILES = ("familiarity.json", "familiarity.safetensors")
+"""φ's familiarity record in its directory (:mod:`taalm_dist.familiarity`): written after the φ and its integrity
+record, checked by its own hash and φ's fingerprint."""
 PHI_FORMAT = 1
 """The ``format`` of ``phi_config.json`` this version writes and reads."""
 
@@ -133,6 +136,8 @@ def save_phi(phi: TrainAttention | dict, cfg: PhiConfig, out_dir: str | Path,
     integrity.require_finite(state, f"φ to be saved in {out}", "it is not written; lower the learning rates "
                              "(train.lr, meta.inner_lr) or check the data", ModelError)
     out.mkdir(parents=True, exist_ok=True)
+    for name in FAMILIARITY_FILES:  # a record of the weights being replaced describes another φ
+        (out / name).unlink(missing_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / PHI_WEIGHTS))
     (out / PHI_CONFIG).write_text(json.dumps({"format": PHI_FORMAT, "phi": to_dict(cfg)}, indent=2))
     for name, text in (extra or {}).items():

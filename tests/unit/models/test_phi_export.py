@@ -110,3 +110,17 @@ def test_every_loader_goes_through_from_pretrained():
                 owner = ast.unparse(node.func.value)
                 calls.append(f"{path.relative_to(package)}: {owner}")
     assert sorted(calls) == ["models/loading.py: auto_class", "programs/learn.py: PeftModel"], calls
+
+
+def test_re_exporting_into_a_folder_drops_the_old_familiarity_record(tmp_path):
+    """A φ exported twice into one folder (a run's phi_last/): the first export's familiarity record describes the
+    old weights, so it goes, and the folder stays intact (it used to be listed in the integrity record and then
+    rewritten, which made the φ read as damaged)."""
+    phi = build_phi(CFG)
+    save_phi(phi, CFG, tmp_path / "phi")
+    for name in ("familiarity.json", "familiarity.safetensors"):
+        (tmp_path / "phi" / name).write_text("the first export's record")
+    save_phi(phi, CFG, tmp_path / "phi")
+    assert not (tmp_path / "phi" / "familiarity.json").exists()
+    assert "familiarity.json" not in json.loads((tmp_path / "phi" / "integrity.json").read_text())["files"]
+    load_phi(tmp_path / "phi")
