@@ -27,7 +27,9 @@ class TokenWeightedTrainer(Trainer):
 
     Args:
         phi: a ``phi/`` directory or a loaded :class:`~taalm_dist.weigh.TokenWeigher`; moved to the model's
-            device and frozen. The tokenizer given to the Trainer (``processing_class``) must be φ's.
+            device and frozen. The tokenizer given to the Trainer (``processing_class``) must be φ's. A directory is
+            loaded with φ's abstention on (its familiarity record, when it has one); pass
+            ``TokenWeigher.load(path, abstain=False)`` for φ's weights everywhere.
         *args, **kwargs: those of ``transformers.Trainer``.
     """
 
