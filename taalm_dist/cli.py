@@ -497,7 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_phi_familiarity)
 
     p = verbs.add_parser("bench", help="performance harnesses; each prints one JSON object (`taalm bench NAME --help`)",
-                         description="ce: eager vs fused token-weighted CE (time, peak memory); metastep: the "
+                         description="ce: eager vs fused token-weighted CE (time, peak memory); familiarity: which "
+                         "per-document measure tells φ's own kind of document from others, and the abstention rule's shares; "
+                         "metastep: the "
                          "closed-form meta-step vs double backward; metatrain: documents/s of the real meta-trainer on a config (the "
                          "demo's by default); plancheck: taalm plan against measured live memory; zero3: per-rank memory and "
                          "throughput, 1 vs 2 ranks")
