@@ -25,7 +25,11 @@ if [[ -d "$kit" ]]; then
   [[ -f "$kit/MANIFEST.json" ]] || { echo "gpu_check: $kit has no MANIFEST.json: remake it with make gpu-kit" >&2; exit 2; }
   target="$(mktemp -d "${TMPDIR:-/tmp}/taalm-gpu-kit.XXXXXX")"
   trap 'rm -rf "$target"' EXIT
-  "$py" -m pip install -q --no-index --no-deps --disable-pip-version-check --target "$target" "$kit"/*.whl
+  if "$py" -m pip --version > /dev/null 2>&1; then
+    "$py" -m pip install -q --no-index --no-deps --disable-pip-version-check --target "$target" "$kit"/*.whl
+  else  # no pip: a wheel is a zip archive of what goes on the path
+    for wheel in "$kit"/*.whl; do "$py" -m zipfile -e "$wheel" "$target"; done
+  fi
   export PYTHONPATH="$target:$root${PYTHONPATH:+:$PYTHONPATH}"
   echo "gpu_check: kit $kit installed into $target ($((SECONDS - start)) s)"
 else

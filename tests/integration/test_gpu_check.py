@@ -93,3 +93,13 @@ def test_a_kit_over_its_limit_or_over_a_folder_that_is_no_kit_is_refused(tmp_pat
     with pytest.raises(gpu_kit.KitError, match="not a GPU kit"):
         gpu_kit.build_kit(mine, PYTHON)
     assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_a_python_without_pip_gets_the_kit_unpacked(kit, tmp_path):
+    fake = tmp_path / "python3"
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = "-m" ] && [ "$2" = "pip" ]; then exit 1; fi\nexec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    res = _check(out, kit, PYTHON=str(fake), GPU_CHECK_STAGES="zero3_nccl")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "taalm-gpu-kit." in json.loads((out / "zero3_nccl.json").read_text())["packages"]["deepspeed"]["path"]
