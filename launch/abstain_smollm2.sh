@@ -35,8 +35,8 @@ for seed in "${seeds[@]}"; do
     --train "$lama/tailored/meta_train.jsonl" --heldout "$lama/tailored/meta_val.jsonl"
 done
 on_synth lama_phi_s0_on_synth "$lama/phi_new_s0/phi"
-on_lama synth_phi_on_lama "$demo/meta_train/phi"
 on_synth lama_phi_s0_on_synth_no_abstain "$lama/phi_new_s0/phi" ckl.phi_abstain=false
+on_lama synth_phi_on_lama "$demo/meta_train/phi"
 on_lama synth_phi_on_lama_no_abstain "$demo/meta_train/phi" ckl.phi_abstain=false
 for seed in "${seeds[@]}"; do
   on_lama "lama_phi_s${seed}_abstain" "$lama/phi_new_s$seed/phi"

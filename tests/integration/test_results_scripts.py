@@ -150,12 +150,12 @@ def test_abstention_rows_record_familiarity_once_and_run_each_phi_with_and_witho
     assert r.returncode == 0, r.stderr
     lines = taken()
     assert _rows(lines) == [("phi familiarity", None), ("ckl run", "lama_phi_s0_on_synth"),
-                            ("ckl run", "synth_phi_on_lama"), ("ckl run", "lama_phi_s0_on_synth_no_abstain"),
+                            ("ckl run", "lama_phi_s0_on_synth_no_abstain"), ("ckl run", "synth_phi_on_lama"),
                             ("ckl run", "synth_phi_on_lama_no_abstain"), ("ckl run", "lama_phi_s0_abstain"),
                             ("ckl compare", None), ("ckl compare", None)]
     assert f"--train {lama}/tailored/meta_train.jsonl --heldout {lama}/tailored/meta_val.jsonl" in lines[0]
     assert "demo_smollm2.yaml" in lines[1] and "ckl.phi_abstain" not in lines[1]  # abstention is the default
-    assert lines[3].endswith("ckl.phi_abstain=false") and lines[4].endswith("ckl.phi_abstain=false")
+    assert lines[2].endswith("ckl.phi_abstain=false") and lines[4].endswith("ckl.phi_abstain=false")
     assert f"{lama}/taalm_s0 " in lines[6] and f"{tmp_path}/a/lama_phi_s0_abstain" in lines[6]
     r = run("abstain_smollm2.sh", lama, demo, tmp_path / "a", RESUME="1")
     assert _rows(taken()) == [("ckl compare", None), ("ckl compare", None)]  # the record and every row exist
