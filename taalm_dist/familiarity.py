@@ -65,8 +65,8 @@ def _fit_gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _distance(features: torch.Tensor, mu: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    z = features.float() - mu.to(features.device)
-    return ((z @ precision.to(features.device)) * z).sum(-1).clamp_min(0).div(len(mu)).sqrt()
+    z = features.float() - mu
+    return ((z @ precision) * z).sum(-1).clamp_min(0).div(len(mu)).sqrt()
 
 
 @dataclass
@@ -83,7 +83,9 @@ class Familiarity:
     source: dict
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
-        """``[B]`` familiarity distances of ``[B, H]`` pooled features."""
+        """``[B]`` familiarity distances of ``[B, H]`` pooled features (the record moves to their device once)."""
+        if self.precision.device != features.device:
+            self.mean, self.precision = self.mean.to(features.device), self.precision.to(features.device)
         return _distance(features, self.mean, self.precision)
 
     def share(self, distance: torch.Tensor) -> torch.Tensor:
@@ -99,7 +101,7 @@ class Familiarity:
 
         d = Path(phi_dir)
         tmp = d / f".{TENSORS}.tmp"
-        save_file({"mean": self.mean.contiguous(), "precision": self.precision.contiguous()}, str(tmp))
+        save_file({"mean": self.mean.cpu().contiguous(), "precision": self.precision.cpu().contiguous()}, str(tmp))
         tmp.replace(d / TENSORS)
         meta = {"format": FORMAT, "phi_fingerprint": self.phi_fingerprint, "known": self.known,
                 "unknown": self.unknown, "tensors_sha256": file_sha256(d / TENSORS), "source": self.source}
