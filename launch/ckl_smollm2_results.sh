@@ -11,7 +11,7 @@
 # as what it needs exists (finetune and oracle first, then each seed's φ and its `ckl run`), so a stopped run leaves
 # whole rows behind.
 # About 4 hours on 2 CPU cores (one job at a time). Refuses to overwrite an existing output directory;
-# RESUME=1 continues where it stopped (a finished step is skipped, an interrupted meta-training resumes).
+# RESUME=1 continues where it stopped (a finished step is skipped, an interrupted meta-training or row resumes).
 # ONLY="finetune oracle taalm_s0" runs just those rows (and what they need); SEEDS="0 1 2 3" meta-trains more seeds
 # (default "0 1 2"; the compare shows the seeds named).
 set -euo pipefail
@@ -39,7 +39,7 @@ ckl() {  # RUN_NAME METHOD [PHI [OVERRIDES...]]: skipped when its metrics.json e
   if [[ $# -ge 1 ]]; then phi=(--phi "$1"); shift; fi
   [[ -e "$out/$name/metrics.json" ]] && return 0
   timed "ckl_$name" taalm ckl run --config taalm_dist/configs/ckl_smollm2_cpu.yaml --method "$method" \
-    --data-dir "$out/tailored" "${phi[@]}" --out "$out/$name" ckl.progress=false "$@"
+    --data-dir "$out/tailored" "${phi[@]}" --out "$out/$name" --resume auto ckl.progress=false "$@"
 }
 wanted finetune && ckl finetune finetune
 wanted oracle && ckl oracle oracle

@@ -294,6 +294,10 @@ def _cmd_weigh(args) -> int:
                          "known-good export)") from None
     write_atomic(out, rows)  # an interrupted weigh leaves no partial file
     print(f"φ's weights for {len(weighed)} windows written to {out}")
+    if weigher.rule.corpus and weigher.rule.corpus["n"]:
+        from taalm_dist.familiarity import describe_corpus
+
+        print(describe_corpus(weigher.rule.corpus))
     if args.html:
         shown = weighed[: args.html_docs]
         page = heatmap_html([(w.tokens, w.weights, [0] * len(w.tokens)) for w in shown],
@@ -311,10 +315,17 @@ def _cmd_phi_familiarity(args) -> int:
     read_phi_config(args.phi)  # a saved φ, or a clear error
     if (Path(args.phi) / RECORD).exists() and not args.overwrite:
         raise TaalmError(f"{Path(args.phi) / RECORD} exists; pass --overwrite to replace it")
+    if bool(args.run) == bool(args.train or args.heldout) or (not args.run and not (args.train and args.heldout)):
+        raise TaalmError("give either --run (the meta-training run that made φ) or both --train and --heldout")
     tok = load_phi_tokenizer(args.phi)
-    train, heldout = (document_ids(p, tok, args.kind, args.text_field, args.max_tokens) for p in (args.train, args.heldout))
-    rec = make_familiarity(args.phi, train, heldout, {"train": str(args.train), "heldout": str(args.heldout),
-                                                      "kind": args.kind, "max_tokens": args.max_tokens})
+    if args.run:
+        train, heldout, source = _meta_training_documents(args.run, tok)
+    else:
+        train, heldout = (document_ids(p, tok, args.kind, args.text_field, args.max_tokens)
+                          for p in (args.train, args.heldout))
+        source = {"train": str(args.train), "heldout": str(args.heldout), "kind": args.kind,
+                  "max_tokens": args.max_tokens}
+    rec = make_familiarity(args.phi, train, heldout, source)
     path = rec.save(args.phi)
     own, shuffled = rec.source["own_kind"], rec.source["shuffled"]
     print(f"{path}: from {rec.source['train_docs']} meta-training and {rec.source['heldout_docs']} held-out documents; "
@@ -322,6 +333,24 @@ def _cmd_phi_familiarity(args) -> int:
           f"shuffled: median {shuffled['median']:.3f}. φ's own weights up to {rec.known:.3f}, uniform from "
           f"{rec.unknown:.3f}")
     return 0
+
+
+def _meta_training_documents(run_dir: str, tokenizer) -> tuple[list[list[int]], list[list[int]], dict]:
+    """Token ids of a meta-training run's training and validation documents, split as the run split them (its
+    ``config.yaml``: the files, ``train.val_docs`` and ``train.seed``), and the record's ``source``."""
+    from taalm_dist.config import MetaTrainConfig, load_config
+    from taalm_dist.engine.data_setup import prepare_data
+
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        raise TaalmError(f"--run {run_dir}: no config.yaml there; give the directory `taalm meta-train` wrote "
+                         "(train.out_dir), or --train and --heldout")
+    cfg = load_config(config, program=MetaTrainConfig)
+    data = prepare_data(cfg.data, tokenizer, cfg.train.val_docs, cfg.train.seed)
+    source = {"run": str(run_dir), "train": cfg.data.train_file,
+              "heldout": cfg.data.val_file or f"{len(data.val)} held out of train", "kind": "pairs",
+              "max_tokens": cfg.data.max_doc_tokens}
+    return [p.doc_ids for p in data.train], [p.doc_ids for p in data.val], source
 
 
 def _cmd_plan(args) -> int:
@@ -487,8 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "them before φ gives up its weights there (taalm_dist/familiarity.py)",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("phi", help="a meta-trained φ's phi/ directory")
-    t.add_argument("--train", required=True, help="φ's meta-training documents")
-    t.add_argument("--heldout", required=True, help="held-out documents of the same kind (e.g. its validation pairs)")
+    t.add_argument("--run", help="the meta-training run that made φ (its train.out_dir): its documents, split as it "
+                   "split them (instead of --train/--heldout)")
+    t.add_argument("--train", help="φ's meta-training documents")
+    t.add_argument("--heldout", help="held-out documents of the same kind (e.g. its validation pairs)")
     t.add_argument("--kind", choices=["pairs", "docs"], default="pairs", help="pairs: meta-training files (each row's "
                    "evidence); docs: what `taalm learn --docs` reads")
     t.add_argument("--text-field", default="text", help="with --kind docs: the jsonl field / dataset column")

@@ -22,9 +22,22 @@ The **abstention share** moves a document toward uniform weights (fine-tuning's)
   documents less than the spread of φ's own kind (``unknown`` ≤ ``known`` · (1 + ``MIN_GAP``)), ``unknown`` is
   ``known`` · (1 + ``MIN_GAP``).
 
+**A corpus as a whole.** One document's distance is a noisy witness: the tails of φ's own kind and of another kind
+overlap (a LAMA-trained φ's record: its own unseen documents reach 1.05 at their 90th percentile, the synthetic
+benchmark's paragraphs start at 1.02), so the per-document rule leaves a third of a foreign corpus with some of φ's
+weights. The documents a user learns come as a set, and the set's **median** distance is a far sharper witness
+(RESULTS.md, 2026-12-07). Its thresholds come from the same held-out distances of φ's own kind (``own``, kept in
+the record): ``known_n`` is the 90th percentile of the medians of ``n`` documents drawn from them (a corpus of ``n``
+documents of φ's kind has a median below it nine times in ten), ``unknown_n`` is the per-document ``known`` (a
+corpus whose typical document is as far as the farthest tenth of φ's own is not of its kind), at least ``known_n`` ·
+(1 + ``MIN_GAP``). The **corpus share** ``clip((median − known_n) / (unknown_n − known_n), 0, 1)`` is a floor
+under every document's own share (:meth:`Familiarity.corpus`): a foreign corpus is learnt by fine-tuning, a
+corpus of φ's kind keeps the per-document rule (which still gives up on the odd foreign document in it). With
+one document the corpus rule is the per-document rule.
+
 The record is ``familiarity.json`` (thresholds, what it was made from, the fingerprint of the φ it was made for) and
-``familiarity.safetensors`` (μ and P) in the φ directory; a record that does not match its φ's files is refused,
-since another φ's features are another space.
+``familiarity.safetensors`` (μ, P and ``own``) in the φ directory; a record that does not match its φ's files is
+refused, since another φ's features are another space.
 """
 
 from __future__ import annotations
@@ -42,8 +55,8 @@ from taalm_dist.models.train_attention import FAMILIARITY_FILES
 
 RECORD, TENSORS = FAMILIARITY_FILES
 """The record's file names inside a φ directory (JSON, and its tensors)."""
-FORMAT = 1
-"""The record's format this version writes and reads."""
+FORMAT = 2
+"""The record's format this version writes and reads (1 had no ``own`` distances: no corpus rule)."""
 SHRINK = 0.1
 """The covariance is shrunk this far toward its diagonal (fewer documents than features: it must be invertible)."""
 KNOWN_QUANTILE, UNKNOWN_QUANTILE = 0.9, 0.1
@@ -52,6 +65,9 @@ MIN_GAP = 0.1
 """``unknown`` is at least ``known`` · (1 + this)."""
 FOLDS = 5
 """Cross-validation folds over the meta-training documents."""
+CORPUS_DRAWS, CORPUS_MAX_N = 2000, 2000
+"""``known_n``: medians of this many random corpora of ``min(n, CORPUS_MAX_N)`` held-out distances (a fixed seed;
+beyond 2000 documents the median's spread no longer matters)."""
 
 
 def _fit_gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +88,8 @@ def _distance(features: torch.Tensor, mu: torch.Tensor, precision: torch.Tensor)
 @dataclass
 class Familiarity:
     """φ's familiarity record (module docstring): ``mean`` ``[H]``, ``precision`` ``[H, H]``, the thresholds
-    ``known`` < ``unknown`` (distances), ``phi_fingerprint`` (the SHA-256 of the φ files it belongs to) and
-    ``source`` (what it was made from, and the distances it was calibrated on)."""
+    ``known`` < ``unknown`` (distances), ``phi_fingerprint`` (the SHA-256 of the φ files it belongs to),
+    ``source`` (what it was made from, and the distances it was calibrated on) and ``own`` ``[M]``."""
 
     mean: torch.Tensor
     precision: torch.Tensor
@@ -81,6 +97,8 @@ class Familiarity:
     unknown: float
     phi_fingerprint: dict
     source: dict
+    own: torch.Tensor
+    """``[M]`` distances of held-out documents of φ's kind (cross-validated), the corpus rule's reference."""
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
         """``[B]`` familiarity distances of ``[B, H]`` pooled features (the record moves to their device once)."""
@@ -92,6 +110,24 @@ class Familiarity:
         """``[B]`` abstention shares in [0, 1] for ``[B]`` distances (0: φ's weights; 1: uniform)."""
         return ((distance - self.known) / (self.unknown - self.known)).clamp(0.0, 1.0)
 
+    def corpus(self, distances: torch.Tensor) -> dict:
+        """The corpus rule (module docstring) for the ``[N]`` distances of the documents learnt together: ``n``, their
+        ``median``, the thresholds ``known_n`` < ``unknown_n`` for ``n`` documents, and ``share`` in [0, 1], the
+        abstention share every one of them gets at least."""
+        d = distances.detach().double().cpu()
+        n = len(d)
+        if n == 0:
+            return {"n": 0, "median": None, "known_n": None, "unknown_n": None, "share": 0.0}
+        own = self.own.double().cpu()
+        draws = torch.randint(len(own), (CORPUS_DRAWS, min(n, CORPUS_MAX_N)),
+                              generator=torch.Generator().manual_seed(0))
+        known_n = _q(own[draws].median(dim=1).values, KNOWN_QUANTILE)
+        unknown_n = max(self.known, known_n * (1 + MIN_GAP))
+        median = float(d.median())
+        share = min(max((median - known_n) / (unknown_n - known_n), 0.0), 1.0)
+        return {"n": n, "median": round(median, 4), "known_n": round(known_n, 4), "unknown_n": round(unknown_n, 4),
+                "share": share}
+
     def save(self, phi_dir: str | Path) -> Path:
         """Write the record into ``phi_dir`` (tensors first, then the JSON that names them; each atomically);
         returns the JSON's path."""
@@ -101,7 +137,8 @@ class Familiarity:
 
         d = Path(phi_dir)
         tmp = d / f".{TENSORS}.tmp"
-        save_file({"mean": self.mean.cpu().contiguous(), "precision": self.precision.cpu().contiguous()}, str(tmp))
+        save_file({"mean": self.mean.cpu().contiguous(), "precision": self.precision.cpu().contiguous(),
+                   "own": self.own.float().cpu().contiguous()}, str(tmp))
         tmp.replace(d / TENSORS)
         meta = {"format": FORMAT, "phi_fingerprint": self.phi_fingerprint, "known": self.known,
                 "unknown": self.unknown, "tensors_sha256": file_sha256(d / TENSORS), "source": self.source}
@@ -134,7 +171,7 @@ class Familiarity:
                 raise ModelError(f"{d / TENSORS} differs from what its record names (SHA-256); {remake}")
             t = load_file(str(d / TENSORS))
             rec = cls(t["mean"].float(), t["precision"].float(), float(meta["known"]), float(meta["unknown"]),
-                      dict(meta["phi_fingerprint"]), dict(meta.get("source", {})))
+                      dict(meta["phi_fingerprint"]), dict(meta.get("source", {})), t["own"].float())
         except ModelError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -143,10 +180,21 @@ class Familiarity:
             raise ModelError(f"{path} was made for another φ (its weights or config changed since): a φ's features "
                              f"are its own; {remake}")
         if not (math.isfinite(rec.known) and math.isfinite(rec.unknown) and rec.unknown > rec.known
-                and torch.isfinite(rec.mean).all() and torch.isfinite(rec.precision).all()):
+                and torch.isfinite(rec.mean).all() and torch.isfinite(rec.precision).all() and len(rec.own) >= 2
+                and torch.isfinite(rec.own).all()):
             raise ModelError(f"{path}: non-finite or inconsistent values (known {rec.known}, unknown {rec.unknown}); "
                              f"{remake}")
         return rec
+
+
+def describe_corpus(corpus: dict) -> str:
+    """One line for users: the corpus rule's verdict (:meth:`Familiarity.corpus`) in words."""
+    c = corpus
+    verdict = ("φ's kind: each document keeps its own share" if c["share"] == 0 else
+               "not φ's kind: uniform weights (fine-tuning's) on every document" if c["share"] >= 1 else
+               f"partly unlike φ's kind: at least {c['share']:.0%} of every document's weight is uniform")
+    return (f"φ's familiarity: the {c['n']} documents' median distance {c['median']:.3f} (φ's kind ≤ "
+            f"{c['known_n']:.3f}, unlike it ≥ {c['unknown_n']:.3f}) — {verdict}")
 
 
 def _q(values: torch.Tensor, q: float) -> float:
@@ -182,7 +230,7 @@ def fit_familiarity(train: torch.Tensor, heldout: torch.Tensor, shuffled: torch.
     unknown = max(_q(negative, UNKNOWN_QUANTILE), known * (1 + MIN_GAP))
     source = {**source, "own_kind": _summary(own), "shuffled": _summary(negative), "shrink": SHRINK,
               "known_quantile": KNOWN_QUANTILE, "unknown_quantile": UNKNOWN_QUANTILE, "min_gap": MIN_GAP}
-    return Familiarity(mean, precision, known, unknown, phi_fingerprint, source)
+    return Familiarity(mean, precision, known, unknown, phi_fingerprint, source, own.float())
 
 
 def shuffled_tokens(docs: list[list[int]], seed: int = 0) -> list[list[int]]:

@@ -111,6 +111,24 @@ class TokenWeigher:
         mask = attention_mask.to(self.device)
         return self.rule({"input_ids": input_ids.to(self.device), "attention_mask": mask}).to(input_ids.device)
 
+    def _ids(self, texts) -> list[list[int]]:
+        ids = [self.encode(t) if isinstance(t, str) else [int(i) for i in t] for t in texts]
+        if any(len(x) == 0 for x in ids):
+            raise ModelError("cannot weigh an empty text")
+        return ids
+
+    def set_corpus(self, texts: Sequence[str] | Sequence[Sequence[int]], batch_size: int = 8) -> dict | None:
+        """Apply φ's corpus rule (:mod:`taalm_dist.familiarity`) to ``texts``, the documents (or token-id lists) that
+        will be learnt together: from now on every text's abstention share is at least the corpus share. Returns the
+        verdict (``n``, ``median``, ``known_n``, ``unknown_n``, ``share``); None when φ has no record."""
+        if self.familiarity is None:
+            return None
+        distances = []
+        for s in range(0, len(texts), batch_size):
+            batch = pad_batch(self._ids(texts[s : s + batch_size]), self.pad_id)
+            distances.append(self.rule.distances({k: v.to(self.device) for k, v in batch.items()}).cpu())
+        return self.rule.set_corpus(torch.cat(distances) if distances else torch.zeros(0))
+
     def weigh(self, texts: str | Sequence[str] | Sequence[Sequence[int]], batch_size: int = 8) -> list[WeightedTokens]:
         """φ's weight for every token of each text (or of each list of token ids), in order."""
         if isinstance(texts, str):
@@ -118,9 +136,7 @@ class TokenWeigher:
         out = []
         for s in range(0, len(texts), batch_size):
             chunk = texts[s : s + batch_size]
-            ids = [self.encode(t) if isinstance(t, str) else [int(i) for i in t] for t in chunk]
-            if any(len(x) == 0 for x in ids):
-                raise ModelError("cannot weigh an empty text")
+            ids = self._ids(chunk)
             batch = pad_batch(ids, self.pad_id)
             w = self.weights(batch["input_ids"], batch["attention_mask"]).float().cpu()
             for b, (t, x) in enumerate(zip(chunk, ids)):
@@ -137,7 +153,8 @@ def weigh_documents(weigher: TokenWeigher, path: str | Path, text_field: str = "
     """φ's weights for every window of every document in ``path`` (any input of
     :func:`taalm_dist.data.documents.load_documents`), windowed as ``taalm learn`` learns them; each result's
     ``meta`` holds the document ``id``, the ``window`` index and ``context`` (leading tokens repeated from the
-    previous window, whose loss ``taalm learn`` does not count)."""
+    previous window, whose loss ``taalm learn`` does not count). The windows are one corpus for φ's abstention
+    (:meth:`TokenWeigher.set_corpus`), as in ``taalm learn``."""
     from taalm_dist.data.documents import load_documents, token_windows
 
     windows, meta = [], []
@@ -145,6 +162,7 @@ def weigh_documents(weigher: TokenWeigher, path: str | Path, text_field: str = "
         for k, (ids, context) in enumerate(token_windows(weigher.encode(doc.text), window_tokens, window_overlap)):
             windows.append(ids)
             meta.append({"id": doc.id, "window": k, "context": context})
+    weigher.set_corpus(windows, batch_size=batch_size)
     out = weigher.weigh(windows, batch_size=batch_size)
     for w, m in zip(out, meta):
         w.meta = {**m, **w.meta}

@@ -103,15 +103,31 @@ def applied_phi_weights(weights: torch.Tensor, attention_mask: torch.Tensor, flo
 class PhiWeights:
     """φ's weights for a document batch (no graph), each real token's at least ``floor`` and ``uniform_share`` of each
     document's weight spread uniformly (:func:`applied_phi_weights`; 0: φ's own); with ``familiarity`` (φ's
-    :class:`~taalm_dist.familiarity.Familiarity` record), each document also gets its abstention share.
-    :attr:`abstained` accumulates the documents seen and the sum of their abstention shares."""
+    :class:`~taalm_dist.familiarity.Familiarity` record), each document also gets its abstention share — at least the
+    corpus share :meth:`set_corpus` was given (the documents learnt together, as a set).
+    :attr:`abstained` accumulates the documents seen, the sum of their abstention shares and how many were uniform."""
 
     def __init__(self, phi: nn.Module, floor: float = 0.0, uniform_share: float = 0.0, familiarity=None):
         self.phi, self.floor, self.uniform_share = phi.eval(), floor, uniform_share
         self.familiarity = familiarity
         self.abstained = {"docs": 0, "share_sum": 0.0, "full": 0}
+        self.corpus: dict | None = None
+        """The corpus rule's verdict (:meth:`~taalm_dist.familiarity.Familiarity.corpus`) once :meth:`set_corpus`
+        ran, else None (no floor under the documents' shares)."""
         self.last_distance: torch.Tensor | None = None
         self.last_share: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def distances(self, doc: dict) -> torch.Tensor:
+        """``[B]`` familiarity distances of a document batch (φ's forward; needs a record)."""
+        _, features = self.phi(doc["input_ids"], doc["attention_mask"], features=True)
+        return self.familiarity.distance(features)
+
+    def set_corpus(self, distances: torch.Tensor) -> dict:
+        """Apply the corpus rule to the ``[N]`` distances of every document learnt together (:meth:`distances`);
+        returns (and keeps in :attr:`corpus`) its verdict, whose ``share`` floors every document's share."""
+        self.corpus = self.familiarity.corpus(distances)
+        return self.corpus
 
     @torch.no_grad()
     def __call__(self, doc: dict) -> torch.Tensor:
@@ -121,6 +137,8 @@ class PhiWeights:
         w, features = self.phi(doc["input_ids"], mask, features=True)
         self.last_distance = self.familiarity.distance(features)
         self.last_share = self.familiarity.share(self.last_distance)
+        if self.corpus is not None:
+            self.last_share = self.last_share.clamp_min(self.corpus["share"])
         self.abstained["docs"] += len(self.last_share)
         self.abstained["share_sum"] += float(self.last_share.sum())
         self.abstained["full"] += int((self.last_share >= 1).sum())

@@ -28,7 +28,8 @@ class TokenWeightedTrainer(Trainer):
     Args:
         phi: a ``phi/`` directory or a loaded :class:`~taalm_dist.weigh.TokenWeigher`; moved to the model's
             device and frozen. The tokenizer given to the Trainer (``processing_class``) must be φ's. A directory is
-            loaded with φ's abstention on (its familiarity record, when it has one); pass
+            loaded with φ's abstention on (its familiarity record, when it has one; the training set, when its rows
+            hold ``input_ids``, is the corpus of its corpus rule — :meth:`TokenWeigher.set_corpus`); pass
             ``TokenWeigher.load(path, abstain=False)`` for φ's weights everywhere.
         *args, **kwargs: those of ``transformers.Trainer``.
     """
@@ -42,6 +43,22 @@ class TokenWeightedTrainer(Trainer):
                               "φ's weights index the same tokens")
         self.weigher.check_tokenizer(tokenizer, "the Trainer's tokenizer")
         self._per_token_loss = per_token_loss_fn(LossConfig())
+        self.corpus = self._set_corpus(self.train_dataset)
+
+    def _set_corpus(self, dataset) -> dict | None:
+        """φ's corpus rule over the training set's ``input_ids`` (:meth:`TokenWeigher.set_corpus`; at most
+        ``CORPUS_MAX_N`` examples, evenly spaced); None without a record or without a sized dataset of token ids
+        (then each sequence's own abstention share holds alone)."""
+        from taalm_dist.familiarity import CORPUS_MAX_N
+
+        if self.weigher.familiarity is None or dataset is None or not hasattr(dataset, "__len__") or not len(dataset):
+            return None
+        step = max(1, len(dataset) // CORPUS_MAX_N)
+        rows = [dataset[i] for i in range(0, len(dataset), step)][:CORPUS_MAX_N]
+        if not all(isinstance(r, dict) and "input_ids" in r for r in rows):
+            return None
+        ids = [[int(t) for t in r["input_ids"]] for r in rows]
+        return self.weigher.set_corpus([x for x in ids if x])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.weigher.device != inputs["input_ids"].device:

@@ -116,6 +116,8 @@ class DocumentTrainer(SessionProgram):
         ZeRO-3 engine on several."""
         self._build_theta()
         self.rule = self._weight_rule()
+        if getattr(self.rule, "familiarity", None) is not None:
+            self._set_corpus()
         self.per_token_loss = per_token_loss_fn(self.cfg.loss)
         self.theta_learner = self._shard_theta() if self.distributed else LocalTheta(self.theta, self.c.lr)
 
@@ -164,6 +166,23 @@ class DocumentTrainer(SessionProgram):
                   "...` (meta-training exports one)")
         return weight_rules.PhiWeights(self.rt.place(phi), floor=self.c.phi_weight_floor,
                                        uniform_share=self.c.phi_uniform_share, familiarity=record)
+
+    def _set_corpus(self) -> None:
+        """φ's corpus rule over the To-Learn documents (:mod:`taalm_dist.familiarity`): each rank measures its share of
+        them, the distances are summed over ranks, so every rank applies the same corpus share."""
+        items = self.to_learn
+        mine = range(D.rank(), len(items), self.world)
+        distances = [0.0] * len(items)
+        for s in range(0, len(mine), self.c.eval_batch_size):
+            idx = list(mine[s : s + self.c.eval_batch_size])
+            doc = self.rt.to_device(collate([items[i] for i in idx], self.pad_id)[0])
+            for i, d in zip(idx, self.rule.distances(doc).tolist()):
+                distances[i] = d
+        if self.world > 1:
+            distances = D.all_reduce_sum(distances)
+        c = self.rule.set_corpus(torch.tensor(distances))
+        if D.is_main() and c["n"]:
+            print(familiarity.describe_corpus(c))
 
     # ---------------------------------------------------------------------------------- checkpoints
     def _save_checkpoint(self) -> Path:
@@ -259,15 +278,19 @@ class DocumentTrainer(SessionProgram):
                 "phi_abstained": self._abstained() if taalm else None}
 
     def _abstained(self) -> dict | None:
-        """How much φ abstained (its familiarity record): documents weighed, the mean abstention share, and how many
-        got uniform weights; None without a record."""
+        """How much φ abstained (its familiarity record): documents weighed (over all ranks), the mean abstention
+        share, how many got uniform weights, and the corpus rule's verdict; None without a record. Every rank calls
+        it."""
         rule = self.rule
         if getattr(rule, "familiarity", None) is None:
             return None
-        a = rule.abstained
+        a = dict(rule.abstained)
+        if self.world > 1:  # each rank weighed its share of every batch
+            a["docs"], a["share_sum"], a["full"] = D.all_reduce_sum([a["docs"], a["share_sum"], a["full"]])
+            a["docs"], a["full"] = int(a["docs"]), int(a["full"])
         return {"docs_weighed": a["docs"], "mean_share": round(a["share_sum"] / max(a["docs"], 1), 4),
                 "uniform": a["full"], "known": round(rule.familiarity.known, 4),
-                "unknown": round(rule.familiarity.unknown, 4)}
+                "unknown": round(rule.familiarity.unknown, 4), "corpus": rule.corpus}
 
     def _write_heatmap(self) -> None:
         """The method's epoch-0 weights on the first documents (every rank computes: the rule may run θ)."""

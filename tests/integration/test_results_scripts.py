@@ -91,7 +91,7 @@ def test_lama_results_run_row_by_row_and_resume_where_they_stopped(stub, tmp_pat
                             ("meta-train", "phi_old"), ("ckl run", "taalm_old"), ("ckl compare", None)]
     assert "train.ckl_val_baselines=false" in lines[0] and "train.max_steps=0" in lines[10]
     assert f"--phi {out}/phi_new_s1/phi_last" in lines[5]  # the last update's φ, not the selected one
-    assert lines[7].endswith(f"--phi {out}/phi_new_s0/phi --out {out}/taalm_floor_s0 ckl.progress=false "
+    assert lines[7].endswith(f"--phi {out}/phi_new_s0/phi --out {out}/taalm_floor_s0 --resume auto ckl.progress=false "
                              "ckl.phi_weight_floor=1e-4")
     assert lines[8].endswith("ckl.phi_uniform_share=0.5") and "ckl.phi_weight_floor" not in lines[8]
     assert "--meta-source invariant_schematic" in lines[13]
@@ -143,20 +143,24 @@ def test_transfer_rows_use_each_benchmarks_config_and_wait_for_the_lama_phi(stub
 def test_abstention_rows_record_familiarity_once_and_run_each_phi_with_and_without(stub, tmp_path):
     run, taken = stub
     lama, demo = tmp_path / "lama", tmp_path / "demo"
-    for d in (lama / "finetune", lama / "taalm_s0", demo / "ckl" / "finetune", lama / "phi_new_s0" / "phi"):
+    for d in (lama / "finetune", lama / "taalm_s0", demo / "ckl" / "finetune", lama / "phi_new_s0" / "phi",
+              demo / "meta_train" / "phi"):
         d.mkdir(parents=True)
         (d / "metrics.json").write_text("{}")
     r = run("abstain_smollm2.sh", lama, demo, tmp_path / "a")
     assert r.returncode == 0, r.stderr
     lines = taken()
-    assert _rows(lines) == [("phi familiarity", None), ("ckl run", "lama_phi_s0_on_synth"),
-                            ("ckl run", "lama_phi_s0_on_synth_no_abstain"), ("ckl run", "synth_phi_on_lama"),
-                            ("ckl run", "synth_phi_on_lama_no_abstain"), ("ckl run", "lama_phi_s0_abstain"),
+    assert _rows(lines) == [("phi familiarity", None), ("phi familiarity", None), ("ckl run", "lama_phi_s0_on_synth"),
+                            ("ckl run", "lama_phi_s0_on_synth_no_abstain"), ("ckl run", "synth_phi_on_synth"),
+                            ("ckl run", "synth_phi_on_synth_no_abstain"), ("ckl run", "synth_phi_on_lama"),
+                            ("ckl run", "synth_phi_on_lama_no_abstain"), ("ckl run", "lama_phi_s0_no_abstain"),
                             ("ckl compare", None), ("ckl compare", None)]
-    assert f"--train {lama}/tailored/meta_train.jsonl --heldout {lama}/tailored/meta_val.jsonl" in lines[0]
-    assert "demo_smollm2.yaml" in lines[1] and "ckl.phi_abstain" not in lines[1]  # abstention is the default
-    assert lines[2].endswith("ckl.phi_abstain=false") and lines[4].endswith("ckl.phi_abstain=false")
-    assert f"{lama}/taalm_s0 " in lines[6] and f"{tmp_path}/a/lama_phi_s0_abstain" in lines[6]
+    assert f"phi familiarity {lama}/phi_new_s0/phi --run {lama}/phi_new_s0" in lines[0]
+    assert f"phi familiarity {demo}/meta_train/phi --run {demo}/meta_train" in lines[1]
+    assert "demo_smollm2.yaml" in lines[2] and "ckl.phi_abstain" not in lines[2]  # abstention is the default
+    assert all(lines[k].endswith("ckl.phi_abstain=false") for k in (3, 5, 7, 8))
+    assert not any(lines[k].endswith("ckl.phi_abstain=false") for k in (2, 4, 6))
+    assert f"{lama}/taalm_s0 " in lines[9] and f"{tmp_path}/a/lama_phi_s0_no_abstain" in lines[9]
     r = run("abstain_smollm2.sh", lama, demo, tmp_path / "a", RESUME="1")
     assert _rows(taken()) == [("ckl compare", None), ("ckl compare", None)]  # the record and every row exist
     assert run("abstain_smollm2.sh", lama, demo, tmp_path / "a").returncode == 2  # no RESUME: refused

@@ -73,6 +73,24 @@ def test_per_row_shares_move_each_row_toward_uniform_alone():
     torch.testing.assert_close(both, mix_uniform(w, mask, torch.tensor([0.5, 1.0])))
 
 
+def test_the_corpus_rule_keeps_corpora_of_phis_kind_and_gives_up_on_a_foreign_one():
+    rec = _record()
+    # a corpus of φ's kind: its median is under known_n nine times in ten (the bootstrap's 90th percentile)
+    kept = [rec.corpus(rec.distance(_features(50, seed=10 + k)))["share"] == 0 for k in range(20)]
+    assert sum(kept) >= 15
+    far = rec.corpus(rec.distance(_features(50, shift=1.0, seed=30)))
+    assert far["share"] == 1.0 and far["n"] == 50
+    # with more documents the median is surer: known_n falls toward the median of φ's kind
+    known = [rec.corpus(rec.distance(_features(n, seed=40)))["known_n"] for n in (1, 10, 100)]
+    assert known[0] > known[1] > known[2] > float(rec.own.median())
+    assert known[0] == pytest.approx(rec.known, rel=0.05)  # one document: the per-document rule's threshold
+    assert rec.corpus(torch.zeros(0))["share"] == 0.0
+    # the share is the median's place between the two thresholds
+    c = rec.corpus(torch.full((30,), 0.5 * (rec.known + rec.corpus(torch.ones(30))["known_n"])))
+    assert 0 < c["share"] < 1
+    assert c["share"] == pytest.approx((c["median"] - c["known_n"]) / (c["unknown_n"] - c["known_n"]), abs=1e-3)
+
+
 class _Phi(torch.nn.Module):
     """A stand-in φ: weights from the ids, features = the mean id (a document 'far away' has large ids)."""
 
@@ -82,15 +100,27 @@ class _Phi(torch.nn.Module):
         return (w, f) if features else w
 
 
+def _toy_record() -> Familiarity:
+    return Familiarity(torch.zeros(2), torch.eye(2), known=2.0, unknown=4.0, phi_fingerprint={}, source={},
+                       own=torch.linspace(0.5, 2.5, 50))
+
+
 def test_phi_weights_abstain_per_document_and_count_it():
-    rec = Familiarity(torch.zeros(2), torch.eye(2), known=2.0, unknown=4.0, phi_fingerprint={}, source={})
-    rule = PhiWeights(_Phi(), familiarity=rec)
+    rule = PhiWeights(_Phi(), familiarity=_toy_record())
     doc = {"input_ids": torch.tensor([[1, 2, 1, 2], [9, 8, 9, 9]]), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
     w = rule(doc)
     assert rule.last_share.tolist() == [0.0, 1.0]
     torch.testing.assert_close(w[1], torch.ones(4))
     assert not torch.allclose(w[0], torch.ones(4))
     assert rule.abstained == {"docs": 2, "share_sum": 1.0, "full": 1}
+    # a corpus share floors every document's share: φ's own kind of document gets it too
+    c = rule.set_corpus(rule.distances(doc))
+    assert c["n"] == 2 and rule.corpus is c
+    rule.corpus = {**c, "share": 0.25}
+    w = rule(doc)
+    assert rule.last_share.tolist() == [0.25, 1.0]
+    torch.testing.assert_close(w, applied_phi_weights(_Phi()(doc["input_ids"], doc["attention_mask"]),
+                                                      doc["attention_mask"], abstain_share=torch.tensor([0.25, 1.0])))
     torch.testing.assert_close(PhiWeights(_Phi())(doc), applied_phi_weights(_Phi()(**{"ids": doc["input_ids"],
                                                                                       "mask": doc["attention_mask"]}),
                                                                             doc["attention_mask"]))
@@ -107,6 +137,7 @@ def test_the_record_round_trips_and_refuses_another_phi_or_damage(tmp_path):
     rec.save(tmp_path)
     back = Familiarity.load(tmp_path)
     torch.testing.assert_close(back.precision, rec.precision)
+    torch.testing.assert_close(back.own, rec.own)
     assert (back.known, back.unknown, back.source["test"]) == (rec.known, rec.unknown, True)
     (tmp_path / PHI_WEIGHTS).write_bytes(b"other weights")  # φ changed in place
     with pytest.raises(ModelError, match="made for another φ"):
@@ -117,9 +148,10 @@ def test_the_record_round_trips_and_refuses_another_phi_or_damage(tmp_path):
         Familiarity.load(tmp_path)
     rec.save(tmp_path)
     meta = json.loads((tmp_path / RECORD).read_text())
-    (tmp_path / RECORD).write_text(json.dumps({**meta, "format": 99}))
-    with pytest.raises(ModelError, match="format 99"):
-        Familiarity.load(tmp_path)
+    for old in (1, 99):  # format 1 had no distances of φ's own kind (no corpus rule): made again, not guessed
+        (tmp_path / RECORD).write_text(json.dumps({**meta, "format": old}))
+        with pytest.raises(ModelError, match=f"format {old}.*taalm phi familiarity"):
+            Familiarity.load(tmp_path)
     (tmp_path / RECORD).write_text("{not json")
     with pytest.raises(ModelError, match="unreadable familiarity record"):
         Familiarity.load(tmp_path)

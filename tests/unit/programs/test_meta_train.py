@@ -116,6 +116,18 @@ def test_time_limit_stops_early_validates_and_exports_phi(tmp_path):
     for exported in ("phi", "phi_last"):  # each with the familiarity record of its own weights
         record = Familiarity.load(tmp_path / "run" / exported)
         assert record is not None and record.source["train_docs"] == 200 and record.known < record.unknown
+    # a record made again later from the run (`taalm phi familiarity --run`) is the one the export made
+    from taalm_dist.cli import main as cli_main
+
+    phi = tmp_path / "run" / "phi"
+    exported = Familiarity.load(phi)
+    assert cli_main(["phi", "familiarity", str(phi), "--run", str(tmp_path / "run")]) == 2  # exists: never replaced
+    assert cli_main(["phi", "familiarity", str(phi), "--run", str(tmp_path / "run"), "--train", "x"]) == 2
+    assert cli_main(["phi", "familiarity", str(phi), "--run", str(tmp_path), "--overwrite"]) == 2  # no config.yaml
+    assert cli_main(["phi", "familiarity", str(phi), "--run", str(tmp_path / "run"), "--overwrite"]) == 0
+    again = Familiarity.load(phi)
+    assert (again.known, again.unknown, again.source["train_docs"]) == (exported.known, exported.unknown, 200)
+    torch.testing.assert_close(again.own, exported.own)
     with pytest.raises(ConfigError, match="time_limit_s"):
         _config(tmp_path, "train.time_limit_s=0")
 
