@@ -135,6 +135,16 @@ def _cmd_data_synth(args) -> int:
     return 0
 
 
+def _cmd_data_twiki_synth(args) -> int:
+    from taalm_dist.data.twiki_synth import write_twiki_synth
+
+    counts = write_twiki_synth(args.out, overwrite=args.overwrite, entities=args.entities, periods=args.periods,
+                               change_rate=args.change_rate, noise_lines=args.noise_lines, seed=args.seed)
+    print("; ".join(f"{p}: {c['lines']} diffset lines, {c['changed']} changed and {c['unchanged']} unchanged probes"
+                    for p, c in counts.items()) + f" — written to {args.out} (TemporalWiki's layout)")
+    return 0
+
+
 def _cmd_data_mix(args) -> int:
     from taalm_dist.data.mix import mix_pairs, parse_source
 
@@ -232,6 +242,66 @@ def _cmd_ckl_compare(args) -> int:
     if args.plot:
         plot_curves(runs, Path(args.plot))
         print(f"curves of {len(runs)} runs written to {args.plot}")
+    return 0
+
+
+def _cmd_twiki_run(args) -> int:
+    from taalm_dist.engine import distributed as D
+    from taalm_dist.programs.twiki_run import run_twiki
+
+    runner, run = run_twiki(_program_config(args))
+    if D.is_main():
+        last = run["periods"][-1]
+        print(f"{run['method']}: after period {last['period']}, changed-probe NLL {last['changed_nll']:.3f}, unchanged "
+              f"{'–' if last['unchanged_nll'] is None else format(last['unchanged_nll'], '.3f')}; report "
+              f"{runner.out / 'report.md'}")
+    return 0
+
+
+def _cmd_twiki_compare(args) -> int:
+    from taalm_dist.programs.twiki_run import compare_table, load_twiki_run, plot_probes
+
+    runs = [load_twiki_run(p) for p in args.runs]
+    print(compare_table(runs))
+    if args.plot:
+        plot_probes(runs, Path(args.plot))
+        print(f"probe NLL of {len(runs)} runs written to {args.plot}")
+    return 0
+
+
+def _cmd_twiki_pairs(args) -> int:
+    import random
+
+    from taalm_dist.data import twiki, write_pairs
+
+    out = Path(args.out)
+    files = [out / "meta_train.jsonl", out / "meta_val.jsonl"]
+    if any(f.exists() for f in files) and not args.overwrite:
+        raise TaalmError(f"{out} holds meta_train.jsonl / meta_val.jsonl; pass --overwrite or choose another --out")
+    lines, _ = twiki.read_diffset(twiki.diffset_path(args.data_dir, args.period, args.subset), args.max_docs)
+    probes = twiki.read_probes(twiki.probe_path(args.data_dir, args.period, "changed"))
+    rows, unmatched = twiki.make_pairs(lines, probes, args.period)
+    if len(rows) <= args.val:
+        raise TaalmError(f"{len(rows)} probes of {args.period} found their diffset line ({unmatched} did not): too few "
+                         f"to hold out --val {args.val}")
+    # whole lines held out (in a seeded order) until they hold --val pairs: no validation document is a training one
+    per_line: dict[str, int] = {}
+    for r in rows:
+        per_line[r["evidence"]] = per_line.get(r["evidence"], 0) + 1
+    order = sorted(per_line)
+    random.Random(0).shuffle(order)
+    held, n = set(), 0
+    for line in order[:-1]:
+        if n >= args.val:
+            break
+        held.add(line)
+        n += per_line[line]
+    val = [r for r in rows if r["evidence"] in held]
+    train = [r for r in rows if r["evidence"] not in held]
+    write_pairs(train, files[0])
+    write_pairs(val, files[1])
+    print(f"{len(train)} meta-training and {len(val)} validation pairs from {args.period}'s diffset and changed probes "
+          f"({unmatched} of {len(probes)} probes had no line naming both subject and object) written to {out}")
     return 0
 
 
@@ -394,7 +464,7 @@ def _cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from taalm_dist.config import CklRunConfig, LearnRunConfig, MetaTrainConfig
+    from taalm_dist.config import CklRunConfig, LearnRunConfig, MetaTrainConfig, TwikiRunConfig
 
     parser = argparse.ArgumentParser(prog="taalm", description="Meta-learn where to focus (Train-Attention).")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -423,6 +493,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="RNG seed (same seed, same files)")
     t.add_argument("--overwrite", action="store_true", help="replace existing files")
     t.set_defaults(func=_cmd_data_synth)
+    t = data_verbs.add_parser("twiki-synth", help="write a fictional TemporalWiki in the official layout "
+                              "(TWiki_Diffsets/, twiki_probes/): periods of changed article lines and their probes",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--out", required=True, help="directory for TWiki_Diffsets/ and twiki_probes/")
+    t.add_argument("--entities", type=_count(2), default=60, help="fictional people in the world")
+    t.add_argument("--periods", type=_count(2), default=4, help="diffsets: the first introduces the people, each "
+                   "later one changes some of their facts")
+    t.add_argument("--change-rate", type=float, default=0.25, help="share of the people who change one fact per "
+                   "later period")
+    t.add_argument("--noise-lines", type=_count(0), default=10, help="changed lines per later period that change no fact")
+    t.add_argument("--seed", type=int, default=0, help="RNG seed (same seed, same files)")
+    t.add_argument("--overwrite", action="store_true", help="replace existing files")
+    t.set_defaults(func=_cmd_data_twiki_synth)
     t = data_verbs.add_parser("mix", help="one meta-training file from the pairs of several sources, each row "
                               "tagged with its source and shuffled (a φ meta-trained on both kinds of document)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -482,6 +565,30 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("runs", nargs="+", help="run directories")
     cmp_.add_argument("--plot", default=None, help="also write their curves to this PNG")
     cmp_.set_defaults(func=_cmd_ckl_compare)
+
+    p = verbs.add_parser("twiki", help="TemporalWiki: continual learning of changed Wikipedia text, period by period")
+    twiki_verbs = p.add_subparsers(dest="twiki_verb", required=True)
+    _add_program(twiki_verbs, TwikiRunConfig, "run", "θ learns each period's diffset with a method's weights, then is "
+                 "probed on changed and unchanged facts; θ carries to the next period", "YAML config or the name of a "
+                 "shipped one (e.g. twiki_smollm2_cpu); omitted: defaults", _cmd_twiki_run,
+                 "twiki.periods=[0910,1011,1112] twiki.epochs=2")
+    cmp_ = twiki_verbs.add_parser("compare", help="table (and probe NLL plot) of several `twiki run` directories")
+    cmp_.add_argument("runs", nargs="+", help="run directories")
+    cmp_.add_argument("--plot", default=None, help="also write the changed / unchanged NLL per period to this PNG")
+    cmp_.set_defaults(func=_cmd_twiki_compare)
+    t = twiki_verbs.add_parser("pairs", help="φ's meta-training pairs from one period (as TAALM's φ for TemporalWiki: "
+                               "a diffset line and the 'Guess the object' task of a changed probe it states)",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--data-dir", required=True, help="the TemporalWiki layout")
+    t.add_argument("--period", required=True, help="the diffset (MMNN) whose lines and changed probes are paired; "
+                   "the paper used 0809 and learnt the later periods")
+    t.add_argument("--out", required=True, help="directory for meta_train.jsonl and meta_val.jsonl")
+    t.add_argument("--val", type=_count(1), default=32, help="pairs held out for validation, at least (whole lines are "
+                   "held out, with every pair of theirs)")
+    t.add_argument("--subset", action="store_true", help="read the _subset.csv diffset")
+    t.add_argument("--max-docs", type=_count(1), default=None, help="read at most the first N kept lines")
+    t.add_argument("--overwrite", action="store_true", help="replace existing files")
+    t.set_defaults(func=_cmd_twiki_pairs)
 
     _add_program(verbs, LearnRunConfig, "learn", "θ learns your documents with a trained φ's token weights (or "
                  "uniform: --phi none); writes a peft adapter (and a merged model)", "YAML config or the name of a shipped one "

@@ -474,28 +474,13 @@ class DocumentLearningConfig(RunConfig):
 
 
 @dataclass
-class CklConfig(DocumentLearningConfig):
-    """A LAMA-CKL run (``taalm ckl run``): θ learns the To-Learn evidence epoch by epoch."""
+class MethodConfig(DocumentLearningConfig):
+    """What a run that learns with one of the CKL methods reads (``ckl run``, ``twiki run``): the method and its
+    settings (:mod:`taalm_dist.ckl.methods`)."""
 
-    out_dir: str = "runs/ckl"
-    """Run directory: metrics.json, epochs.csv, report.md, curves.png, heatmap.html, checkpoints/, metrics.jsonl."""
-    phi_path: str | None = None
-    """Exported φ (a run's phi/ directory) for the taalm methods."""
-    epochs: int = 30
-    """Epochs over the To-Learn evidence (official: 30)."""
-
-    data_dir: str = ""
-    """Directory of a tailored benchmark (``taalm ckl build``): to_learn.jsonl, not_to_forget.jsonl and,
-    for mix_review, meta_train.jsonl."""
     method: str = "finetune"
     """finetune | oracle | taalm | rho1 | mix_review | recadam | kadapter | taalm+mix_review |
     taalm+recadam | taalm+kadapter."""
-    max_to_learn: int | None = None
-    """Use the first N To-Learn rows (null: all)."""
-    max_not_to_forget: int | None = None
-    """Use the first N Not-To-Forget rows (null: all)."""
-    max_evidence_chars: int | None = None
-    """Drop To-Learn rows whose evidence is longer (counted); null keeps all."""
     rho1_keep: float = 0.6
     """RHO-1: fraction of each document's tokens kept (highest excess loss ℓ_θ − ℓ_ref)."""
     mix_review_ratio: float = 0.25
@@ -509,15 +494,94 @@ class CklConfig(DocumentLearningConfig):
     kadapter_size: int = 64
     """K-Adapter: bottleneck width of the adapter added after every decoder layer (base frozen)."""
 
+    METHODS: ClassVar[tuple[str, ...]] = CKL_METHODS
+    """The methods this program runs."""
+    SECTION: ClassVar[str] = "ckl"
+    """The section's name in messages."""
     RANGES: ClassVar[dict] = {**DocumentLearningConfig.RANGES,
-        "max_to_learn": AT_LEAST_1, "max_not_to_forget": AT_LEAST_1, "max_evidence_chars": AT_LEAST_1,
         "rho1_keep": Range(0, 1, lo_open=True), "mix_review_ratio": POSITIVE, "recadam_gamma": NON_NEGATIVE,
         "recadam_k": POSITIVE, "recadam_t0": NON_NEGATIVE, "kadapter_size": AT_LEAST_1}
 
     def __post_init__(self):
-        if self.method not in CKL_METHODS:
-            raise ConfigError(f"ckl.method={self.method!r} is not one of {list(CKL_METHODS)}")
+        if self.method not in self.METHODS:
+            raise ConfigError(f"{self.SECTION}.method={self.method!r} is not one of {list(self.METHODS)}")
         self._resume_auto_only()
+
+
+@dataclass
+class CklConfig(MethodConfig):
+    """A LAMA-CKL run (``taalm ckl run``): θ learns the To-Learn evidence epoch by epoch."""
+
+    out_dir: str = "runs/ckl"
+    """Run directory: metrics.json, epochs.csv, report.md, curves.png, heatmap.html, checkpoints/, metrics.jsonl."""
+    phi_path: str | None = None
+    """Exported φ (a run's phi/ directory) for the taalm methods."""
+    epochs: int = 30
+    """Epochs over the To-Learn evidence (official: 30)."""
+
+    data_dir: str = ""
+    """Directory of a tailored benchmark (``taalm ckl build``): to_learn.jsonl, not_to_forget.jsonl and,
+    for mix_review, meta_train.jsonl."""
+    max_to_learn: int | None = None
+    """Use the first N To-Learn rows (null: all)."""
+    max_not_to_forget: int | None = None
+    """Use the first N Not-To-Forget rows (null: all)."""
+    max_evidence_chars: int | None = None
+    """Drop To-Learn rows whose evidence is longer (counted); null keeps all."""
+
+    RANGES: ClassVar[dict] = {**MethodConfig.RANGES,
+        "max_to_learn": AT_LEAST_1, "max_not_to_forget": AT_LEAST_1, "max_evidence_chars": AT_LEAST_1}
+
+
+TWIKI_METHODS = tuple(m for m in CKL_METHODS if m != "oracle")
+"""``twiki run``'s methods: every CKL method but oracle (a raw diffset does not say which tokens are the facts)."""
+
+
+@dataclass
+class TwikiConfig(MethodConfig):
+    """A TemporalWiki run (``taalm twiki run``): period after period θ learns the period's diffset (the Wikipedia text
+    that changed), then is probed on the facts that changed and those that did not; θ carries to the next period."""
+
+    out_dir: str = "runs/twiki"
+    """Run directory: metrics.json, periods.csv, report.md, probes.png, heatmap.html, checkpoints/, metrics.jsonl."""
+    epochs: int = 1
+    """Epochs over each period's diffset."""
+    method: str = "finetune"
+    """finetune | taalm | rho1 | mix_review | recadam | kadapter | taalm+mix_review | taalm+recadam | taalm+kadapter.
+    mix_review replays windows of the earlier periods' diffsets (none in the first)."""
+    data_dir: str = ""
+    """The TemporalWiki layout: ``TWiki_Diffsets/wikipedia_<MMNN>_gpt2.csv`` and
+    ``twiki_probes/<MM>01-<NN>01_{changed,unchanged}.csv`` (the official files, or ``taalm data twiki-synth``)."""
+    periods: list[str | int] | None = None
+    """The diffsets learnt, in order, by name (e.g. [0910, 1011, 1112]; a number is read as its 4 digits, 910 as
+    0910); null: every diffset of data_dir."""
+    subset: bool = False
+    """Read the ``wikipedia_<MMNN>_subset.csv`` diffsets (the official small versions) instead."""
+    max_docs: int | None = None
+    """Learn at most the first N lines of each diffset (after the filter; null: all)."""
+    max_probes: int | None = None
+    """Probe with at most the first N rows of each probe file (null: all)."""
+    window_tokens: int = 512
+    """Longest window θ learns at once (a longer line is split, as ``taalm learn`` splits documents)."""
+    window_overlap: int = 64
+    """Tokens a window repeats from the previous one as context (their loss counts in the previous window only)."""
+
+    METHODS: ClassVar[tuple[str, ...]] = TWIKI_METHODS
+    SECTION: ClassVar[str] = "twiki"
+    RANGES: ClassVar[dict] = {**MethodConfig.RANGES, "max_docs": AT_LEAST_1, "max_probes": AT_LEAST_1,
+                              "window_tokens": Range(2), "window_overlap": NON_NEGATIVE}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.periods is not None:  # YAML reads 1011 as a number
+            self.periods = [f"{p:04d}" if isinstance(p, int) else p for p in self.periods]
+            bad = [p for p in self.periods if not (len(p) == 4 and p.isdigit())]
+            if bad or not self.periods:
+                raise ConfigError(f"twiki.periods={self.periods!r}: each period is a diffset's 4 digits (MMNN, e.g. "
+                                  "0910 for wikipedia_0910_gpt2.csv)")
+        if self.window_overlap >= self.window_tokens:
+            raise ConfigError(f"twiki.window_overlap={self.window_overlap} must be in [0, window_tokens="
+                              f"{self.window_tokens})")
 
 
 @dataclass
@@ -657,7 +721,28 @@ class LearnRunConfig:
     """MLflow and JSONL logging."""
 
 
-PROGRAM_CONFIGS = (MetaTrainConfig, CklRunConfig, LearnRunConfig)
+@dataclass
+class TwikiRunConfig:
+    """``taalm twiki run``: θ learns TemporalWiki's diffsets period by period, probed after each on changed and
+    unchanged facts."""
+
+    COMMAND: ClassVar[str] = "twiki run"
+    FLAGS: ClassVar[dict] = {"--method": "twiki.method", "--data-dir": "twiki.data_dir", "--phi": "twiki.phi_path",
+                             "--out": "twiki.out_dir", "--resume": "twiki.resume", "--overwrite": "twiki.overwrite"}
+
+    twiki: TwikiConfig = field(default_factory=TwikiConfig)
+    """The run: data, periods, method, epochs, optimizer, output."""
+    theta: ThetaConfig = field(default_factory=ThetaConfig)
+    """θ, the base model."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Single process or DeepSpeed ZeRO-3 (θ data parallel)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow and JSONL logging."""
+
+
+PROGRAM_CONFIGS = (MetaTrainConfig, CklRunConfig, LearnRunConfig, TwikiRunConfig)
 """Every program's config class (``COMMAND`` names the verb)."""
 
 MOVED_KEYS = {"ckl run": {"train.overwrite": "ckl.overwrite (the --overwrite flag)"}}

@@ -153,6 +153,28 @@ def token_windows(ids: list[int], window: int, overlap: int) -> list[tuple[list[
         start += stride
 
 
+def document_windows(tokenizer, texts: list[str], window: int, overlap: int, ids: list[str] | None = None) -> list:
+    """Every window θ learns of ``texts`` (:func:`token_windows` of each text's tokens), as
+    :class:`~taalm_dist.data.tokenize.TokenizedPair` documents whose repeated context tokens carry no loss
+    (``loss_mask`` 0), in order; ``taalm learn`` and ``taalm twiki run`` learn these.
+
+    Raises:
+        DataError: a text of fewer than 2 tokens (named by ``ids[i]``, else its index).
+    """
+    from taalm_dist.data.tokenize import TokenizedPair
+
+    out = []
+    for i, text in enumerate(texts):
+        tokens = list(tokenizer(text)["input_ids"])
+        if len(tokens) < 2:
+            raise DataError(f"document {ids[i] if ids else i} has {len(tokens)} token(s); at least 2 are needed to "
+                            "learn from (remove it)")
+        for w, context in token_windows(tokens, window, overlap):
+            loss_mask = [0] * context + [1] * (len(w) - context) if context else None
+            out.append(TokenizedPair(None, w, [0] * len(w), [], [], False, loss_mask))
+    return out
+
+
 @dataclass
 class QuestionAnswer:
     """One evaluation row: ``question`` and the ``answer`` θ should continue it with; ``id`` is ``<file>:<line>``."""

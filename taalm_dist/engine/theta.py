@@ -7,7 +7,7 @@
   trained for a while by φ's CKL validation and restored afterwards by the caller.
 
 Each gives the same five things: :meth:`share` (this rank's part of a batch and its loss factor), :meth:`update`
-(one AdamW step on a loss), :meth:`accuracy` (object-token accuracy of tasks, split over ranks), :meth:`save` /
+(one AdamW step on a loss), :meth:`accuracy` / :meth:`nll` (object-token accuracy / NLL of tasks, split over ranks), :meth:`save` /
 :meth:`load` (θ's trainable state and its optimizer, in a checkpoint directory) and :meth:`trainable_state` (θ's
 trainable tensors in full, for export). ``ckl run``, ``taalm learn`` and φ's CKL validation learn through it, so a
 θ update is one piece of code whatever the process count.
@@ -30,7 +30,7 @@ from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.run_dir import load_on_every_rank
 from taalm_dist.errors import ConfigError
-from taalm_dist.losses.accuracy import object_token_accuracy
+from taalm_dist.losses.accuracy import object_token_accuracy, object_token_nll
 from taalm_dist.models.lora import trainable_parameters
 
 Place = Callable[[dict], dict]
@@ -43,10 +43,11 @@ def unmoved(batch: dict) -> dict:
 
 
 @torch.no_grad()
-def task_accuracy(model: nn.Module, items: list[TokenizedPair], pad_id: int, batch_size: int = 16,
-                  place: Place = unmoved) -> float:
-    """Mean object-token accuracy (teacher forced) of the tasks of ``items`` under ``model``, in [0, 1]; ``place``
-    moves each batch to the model's device.
+def task_scores(model: nn.Module, items: list[TokenizedPair], pad_id: int, batch_size: int = 16,
+                place: Place = unmoved, score=object_token_accuracy) -> float:
+    """Mean over the tasks of ``items`` of ``score(logits, input_ids, attention_mask, label_mask) -> [B]`` (teacher
+    forced; by default object-token accuracy, in [0, 1]) under ``model``; ``place`` moves each batch to the model's
+    device.
 
     With several ranks each scores every world-th item and the sums are reduced; every rank runs the same number
     of forwards (ZeRO-3 gathers θ's partitions in each), a rank with fewer items a repeated one it does not count."""
@@ -63,11 +64,17 @@ def task_accuracy(model: nn.Module, items: list[TokenizedPair], pad_id: int, bat
                                 {"label_mask": [t.label_mask for t in batch_items]}))
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         if chunk:
-            total += float(object_token_accuracy(logits, batch["input_ids"], batch["attention_mask"],
-                                                 batch["label_mask"]).sum())
+            total += float(score(logits, batch["input_ids"], batch["attention_mask"], batch["label_mask"]).sum())
     if world > 1:
         total = D.all_reduce_sum([total])[0]
     return total / max(1, len(items))
+
+
+def task_accuracy(model: nn.Module, items: list[TokenizedPair], pad_id: int, batch_size: int = 16,
+                  place: Place = unmoved) -> float:
+    """Mean object-token accuracy (teacher forced) of the tasks of ``items`` under ``model``, in [0, 1]
+    (:func:`task_scores`)."""
+    return task_scores(model, items, pad_id, batch_size, place)
 
 
 def rank_share(items: list, rank: int, world: int) -> tuple[list, float]:
@@ -98,6 +105,12 @@ class _Learner:
         """:func:`task_accuracy` of θ, put in eval mode (and left so: a training step sets its own mode)."""
         self.module.eval()
         return task_accuracy(self.module, items, pad_id, batch_size, place)
+
+    def nll(self, items: list[TokenizedPair], pad_id: int, batch_size: int = 16, place: Place = unmoved) -> float:
+        """Mean over ``items`` of each task's mean marked-token NLL (nats; :func:`object_token_nll`) under θ, put in
+        eval mode."""
+        self.module.eval()
+        return task_scores(self.module, items, pad_id, batch_size, place, object_token_nll)
 
 
 class LocalTheta(_Learner):

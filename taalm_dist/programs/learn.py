@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from taalm_dist import integrity
 from taalm_dist.config import LearnRunConfig, TaalmConfig
-from taalm_dist.data.documents import load_documents, load_questions, qa_text, token_windows
+from taalm_dist.data.documents import document_windows, load_documents, load_questions, qa_text
 from taalm_dist.data.tokenize import TokenizedPair, encode_marked
 from taalm_dist.engine import checkpoint as ckpt
 from taalm_dist.engine import distributed as D
@@ -77,17 +77,14 @@ class Learner(DocumentTrainer):
     def _load_data(self) -> None:
         l = self.c
         self.documents = load_documents(l.docs, l.text_field)
-        self.to_learn = []
         digest = hashlib.sha256()
         for doc in self.documents:
             digest.update(doc.text.encode("utf-8") + b"\x00")
-            ids = list(self.tokenizer(doc.text)["input_ids"])
-            if len(ids) < 2:
-                raise DataError(f"{l.docs}: document {doc.id} has {len(ids)} token(s); at least 2 are needed to learn "
-                                "from (remove it)")
-            for window, context in token_windows(ids, l.window_tokens, l.window_overlap):
-                loss_mask = [0] * context + [1] * (len(window) - context) if context else None
-                self.to_learn.append(TokenizedPair(None, window, [0] * len(window), [], [], False, loss_mask))
+        try:
+            self.to_learn = document_windows(self.tokenizer, [d.text for d in self.documents], l.window_tokens,
+                                             l.window_overlap, [d.id for d in self.documents])
+        except DataError as e:
+            raise DataError(f"{l.docs}: {e}") from None
         self.docs_sha256 = digest.hexdigest()
         self.qa = self._questions(l.eval_qa)
         self.retain = self._questions(l.retain)

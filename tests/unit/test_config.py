@@ -136,7 +136,7 @@ def _numeric(tp) -> type | None:
 
 
 NUMERIC = [(k, cls, name, _numeric(tp)) for k, cls, name, tp in LEAVES if _numeric(tp)]
-CROSS_FIELD = ("theta.model.tiny.", "phi.model.tiny.", "learn.window_", "train.docs_per_")
+CROSS_FIELD = ("theta.model.tiny.", "phi.model.tiny.", "learn.window_", "twiki.window_", "train.docs_per_")
 """Fields whose valid values also depend on another field (checked in __post_init__, with both named)."""
 
 
@@ -265,7 +265,7 @@ def test_help_lists_every_config_field_with_its_default_and_range(capsys):
 # --------------------------------------------------------------------------------------------------
 # one config per program
 
-from taalm_dist.config import (CklRunConfig, LearnRunConfig, MetaTrainConfig, PROGRAM_CONFIGS,  # noqa: E402
+from taalm_dist.config import (CklRunConfig, LearnRunConfig, MetaTrainConfig, PROGRAM_CONFIGS, TwikiRunConfig,  # noqa: E402
                                describe_fields, for_program)
 
 
@@ -301,7 +301,8 @@ def test_an_override_a_program_does_not_read_is_refused_with_where_it_belongs(pr
 def test_program_help_lists_only_the_fields_it_reads():
     sections = {MetaTrainConfig: {"train", "meta", "data", "theta", "phi", "engine", "loss", "tracking"},
                 CklRunConfig: {"ckl", "theta", "data", "engine", "loss", "tracking"},
-                LearnRunConfig: {"learn", "theta", "engine", "loss", "tracking"}}
+                LearnRunConfig: {"learn", "theta", "engine", "loss", "tracking"},
+                TwikiRunConfig: {"twiki", "theta", "engine", "loss", "tracking"}}
     for program in PROGRAM_CONFIGS:
         keys = [line.split()[0] for line in describe_fields(program).splitlines()[1:] if line.startswith("  ") and
                 not line.startswith("      ")]
