@@ -1,4 +1,5 @@
-"""The Python side of the launch scripts (``launch/meta_train.sh``, ``launch/ckl_run.sh``, ``launch/learn.sh``).
+"""The Python side of the launch scripts (``launch/meta_train.sh``, ``launch/ckl_run.sh``, ``launch/learn.sh``,
+``launch/twiki_run.sh``).
 
 Each script is both a bash script and a Python file. ``bash launch/meta_train.sh CONFIG [overrides]`` runs its bash
 part, which starts the DeepSpeed launcher on the script itself; ``deepspeed launch/meta_train.sh CONFIG
@@ -18,6 +19,7 @@ VERBS = {
     "meta-train": ["meta-train"],
     "ckl-run": ["ckl", "run"],
     "learn": ["learn"],
+    "twiki-run": ["twiki", "run"],
 }
 """Launch-script verb → ``taalm`` command words."""
 

@@ -7,7 +7,7 @@
   trained for a while by φ's CKL validation and restored afterwards by the caller.
 
 Each gives the same five things: :meth:`share` (this rank's part of a batch and its loss factor), :meth:`update`
-(one AdamW step on a loss), :meth:`accuracy` / :meth:`nll` (object-token accuracy / NLL of tasks, split over ranks), :meth:`save` /
+(one AdamW step on a loss), :meth:`accuracy` / :meth:`nll_and_accuracy` (object-token scores of tasks, split over ranks), :meth:`save` /
 :meth:`load` (θ's trainable state and its optimizer, in a checkpoint directory) and :meth:`trainable_state` (θ's
 trainable tensors in full, for export). ``ckl run``, ``taalm learn`` and φ's CKL validation learn through it, so a
 θ update is one piece of code whatever the process count.
@@ -44,10 +44,10 @@ def unmoved(batch: dict) -> dict:
 
 @torch.no_grad()
 def task_scores(model: nn.Module, items: list[TokenizedPair], pad_id: int, batch_size: int = 16,
-                place: Place = unmoved, score=object_token_accuracy) -> float:
-    """Mean over the tasks of ``items`` of ``score(logits, input_ids, attention_mask, label_mask) -> [B]`` (teacher
-    forced; by default object-token accuracy, in [0, 1]) under ``model``; ``place`` moves each batch to the model's
-    device.
+                place: Place = unmoved, scores: tuple = (object_token_accuracy,)) -> list[float]:
+    """For each of ``scores`` (``fn(logits, input_ids, attention_mask, label_mask) -> [B]``, teacher forced; all from
+    the same forwards), its mean over the tasks of ``items`` under ``model``; ``place`` moves each batch to the
+    model's device.
 
     With several ranks each scores every world-th item and the sums are reduced; every rank runs the same number
     of forwards (ZeRO-3 gathers θ's partitions in each), a rank with fewer items a repeated one it does not count."""
@@ -56,7 +56,7 @@ def task_scores(model: nn.Module, items: list[TokenizedPair], pad_id: int, batch
     steps = -(-len(mine) // batch_size)
     if world > 1:
         steps = int(D.all_reduce_max([float(steps)])[0])
-    total = 0.0
+    total = [0.0] * len(scores)
     for k in range(steps):
         chunk = mine[k * batch_size : (k + 1) * batch_size]
         batch_items = chunk or items[:1]
@@ -64,17 +64,18 @@ def task_scores(model: nn.Module, items: list[TokenizedPair], pad_id: int, batch
                                 {"label_mask": [t.label_mask for t in batch_items]}))
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         if chunk:
-            total += float(score(logits, batch["input_ids"], batch["attention_mask"], batch["label_mask"]).sum())
+            for i, score in enumerate(scores):
+                total[i] += float(score(logits, batch["input_ids"], batch["attention_mask"], batch["label_mask"]).sum())
     if world > 1:
-        total = D.all_reduce_sum([total])[0]
-    return total / max(1, len(items))
+        total = D.all_reduce_sum(total)
+    return [t / max(1, len(items)) for t in total]
 
 
 def task_accuracy(model: nn.Module, items: list[TokenizedPair], pad_id: int, batch_size: int = 16,
                   place: Place = unmoved) -> float:
     """Mean object-token accuracy (teacher forced) of the tasks of ``items`` under ``model``, in [0, 1]
     (:func:`task_scores`)."""
-    return task_scores(model, items, pad_id, batch_size, place)
+    return task_scores(model, items, pad_id, batch_size, place)[0]
 
 
 def rank_share(items: list, rank: int, world: int) -> tuple[list, float]:
@@ -106,11 +107,13 @@ class _Learner:
         self.module.eval()
         return task_accuracy(self.module, items, pad_id, batch_size, place)
 
-    def nll(self, items: list[TokenizedPair], pad_id: int, batch_size: int = 16, place: Place = unmoved) -> float:
-        """Mean over ``items`` of each task's mean marked-token NLL (nats; :func:`object_token_nll`) under θ, put in
-        eval mode."""
+    def nll_and_accuracy(self, items: list[TokenizedPair], pad_id: int, batch_size: int = 16,
+                         place: Place = unmoved) -> tuple[float, float]:
+        """Means over ``items`` of each task's marked-token NLL (nats per token; :func:`object_token_nll`) and
+        accuracy under θ (one forward per batch), put in eval mode."""
         self.module.eval()
-        return task_scores(self.module, items, pad_id, batch_size, place, object_token_nll)
+        nll, acc = task_scores(self.module, items, pad_id, batch_size, place, (object_token_nll, object_token_accuracy))
+        return nll, acc
 
 
 class LocalTheta(_Learner):

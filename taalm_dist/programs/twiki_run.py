@@ -137,13 +137,11 @@ class TwikiRunner(CklRunner):
             self._set_corpus()
 
     # ------------------------------------------------------------------------------------- scoring
-    def _score(self, items: list[TokenizedPair], how: str) -> float | None:
+    def _scores(self, items: list[TokenizedPair]) -> tuple[float | None, float | None]:
+        """(mean NLL, accuracy) of the marked tokens of ``items``; (None, None) for no items."""
         if not items:
-            return None
-        args = (items, self.pad_id, self.c.eval_batch_size, self.rt.to_device)
-        if how == "acc":
-            return self.theta_learner.accuracy(*args)
-        return self.theta_learner.nll(*args)
+            return None, None
+        return self.theta_learner.nll_and_accuracy(items, self.pad_id, self.c.eval_batch_size, self.rt.to_device)
 
     def _evaluate_period(self, k: int | None, loss: float | None) -> dict:
         """θ's scores on period ``k``'s probes (``k`` None: before any learning, on the first period's)."""
@@ -151,9 +149,8 @@ class TwikiRunner(CklRunner):
         row = {"epoch": self.epoch, "period": period if k is not None else None, "probes": period, "train_loss": loss}
         for kind in PROBE_KINDS:
             items = self.probes[period][kind]
-            row[f"{kind}_nll"] = self._score(items["prompt"], "nll")
-            row[f"{kind}_acc"] = self._score(items["prompt"], "acc")
-            sro = self._score(items["sro"], "nll")
+            row[f"{kind}_nll"], row[f"{kind}_acc"] = self._scores(items["prompt"])
+            sro, _ = self._scores(items["sro"])
             row[f"{kind}_sro_ppl"] = None if sro is None else math.exp(sro)
         self.rows.append(row)
         self.log.log_metrics({f"{period}/{k2}": v for k2, v in row.items()

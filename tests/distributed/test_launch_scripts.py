@@ -97,12 +97,14 @@ def test_launcher_arguments_become_the_taalm_command():
                                                                    "--method", "taalm"]
     assert command_line("learn", ["c.yaml", "--phi", "none"]) == ["learn", "--config", "c.yaml", "--resume", "auto",
                                                                   "--phi", "none"]
+    assert command_line("twiki-run", ["c.yaml", "--data-dir", "d"]) == ["twiki", "run", "--config", "c.yaml", "--resume",
+                                                                       "auto", "--data-dir", "d"]
     with pytest.raises(SystemExit, match="usage: deepspeed launch/meta_train.sh CONFIG.yaml"):
         command_line("meta-train", ["--local_rank=0"])
 
 
 def test_scripts_are_valid_bash_and_python():
-    for script in ("launch/meta_train.sh", "launch/ckl_run.sh", "launch/learn.sh"):
+    for script in ("launch/meta_train.sh", "launch/ckl_run.sh", "launch/learn.sh", "launch/twiki_run.sh"):
         text = (ROOT / script).read_text()
         compile(text, script, "exec")
         assert subprocess.run(["bash", "-n", script], cwd=ROOT).returncode == 0

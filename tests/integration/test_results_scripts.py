@@ -1,4 +1,4 @@
-"""launch/ckl_smollm2_results.sh, launch/transfer_smollm2.sh and launch/abstain_smollm2.sh with a stub `taalm` that records each call and
+"""launch/ckl_smollm2_results.sh, transfer_smollm2.sh, abstain_smollm2.sh and twiki_smollm2.sh with a stub `taalm` that records each call and
 writes what the real verb would leave behind: the order of the rows, resuming row by row, ONLY, refusals."""
 
 import os
@@ -26,6 +26,10 @@ case "$1 $2" in
   "data synth") mkdir -p "$out"; touch "$out/meta_train.jsonl" ;;
   "data mix") mkdir -p "$(dirname "$out")"; touch "$out" ;;
   "phi familiarity") touch "$3/familiarity.json" ;;
+  "data twiki-synth") mkdir -p "$out/TWiki_Diffsets" ;;
+  "twiki run") mkdir -p "$out"; echo '{}' > "$out/metrics.json" ;;
+  "twiki pairs") mkdir -p "$out"; touch "$out/meta_train.jsonl" "$out/meta_val.jsonl" ;;
+  "twiki compare") echo "| table of $# args |" ;;
   meta-train*)
     [[ " $* " == *" $STUB_FAIL "* ]] && exit 75
     mkdir -p "$out/phi" "$out/phi_last"; echo '{}' > "$out/phi/phi_config.json"
@@ -63,7 +67,7 @@ def _rows(lines):
         name = next((w.rsplit("/", 1)[-1] for w in words if w.startswith("train.out_dir=")), None)
         if "--out" in words:
             name = words[words.index("--out") + 1].rsplit("/", 1)[-1]
-        out.append((" ".join(words[:2]) if words[0] in ("ckl", "data", "phi") else words[0], name))
+        out.append((" ".join(words[:2]) if words[0] in ("ckl", "data", "phi", "twiki") else words[0], name))
     return out
 
 
@@ -174,3 +178,22 @@ def test_learn_example_refuses_a_phi_that_is_not_an_exported_phi_before_writing(
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no phi_config.json" in r.stderr
     assert not work.exists() and not taken()
+
+
+def test_twiki_rows_run_in_order_with_the_phi_of_the_first_period_and_resume(stub, tmp_path):
+    run, taken = stub
+    out = tmp_path / "tw"
+    r = run("twiki_smollm2.sh", out, SEEDS="0 1", EXTRA_PHI=f"demo={tmp_path}/demo_phi")
+    assert r.returncode == 0, r.stderr
+    lines = taken()
+    assert _rows(lines) == [("data twiki-synth", "data"), ("twiki run", "finetune"), ("twiki run", "kadapter"),
+                            ("twiki pairs", "pairs"), ("meta-train", "phi_s0"), ("twiki run", "taalm_s0"),
+                            ("twiki run", "taalm_kadapter_s0"), ("meta-train", "phi_s1"), ("twiki run", "taalm_s1"),
+                            ("twiki run", "taalm_kadapter_s1"), ("twiki run", "taalm_demo"), ("twiki compare", None)]
+    assert "--period 0809" in lines[3] and f"data.train_file={out}/pairs/meta_train.jsonl" in lines[4]
+    assert f"--method taalm+kadapter --phi {out}/phi_s0/phi" in lines[6]
+    assert f"--phi {tmp_path}/demo_phi" in lines[10] and "twiki_smollm2_cpu.yaml" in lines[1]
+    assert all("--resume auto" in lines[k] for k in (1, 2, 5, 6))
+    assert run("twiki_smollm2.sh", out).returncode == 2  # no RESUME: refused
+    r = run("twiki_smollm2.sh", out, RESUME="1", DATA_DIR=str(tmp_path / "official"))
+    assert _rows(taken()) == [("twiki compare", None)]  # every row exists; the official files are never written
