@@ -225,12 +225,12 @@ class MetaConfig:
     forward of θ, reusing the inner step's losses), central difference (fd: one more forward, about half
     fd1's error), exact forward-mode (jvp: one process, attention with forward-mode AD), or the reference. fd1's
     error in φ's gradient is 2-4 % of the exact one, 3-4 % of the spread between φ updates on different documents
-    (docs/design.md §9; [fd1 step note] in taalm_dist.meta.hypergradient)."""
+    (docs/design.md §9; [fd1 step note] in taalm_dist.meta.estimators)."""
     fd_eps: float | None = None
     """Step of the difference along the unit direction; null: by θ's trainable dtype and the inner step — fd 1e-5
     (fp64) / 1e-3 (fp32, SGD) / 3e-2 (fp32 AdamW, and bf16); fd1 1e-7 (fp64) / 1e-3 (fp32, SGD) / 3e-2 (fp32 AdamW,
     and bf16). The AdamW direction needs the larger step: at 1e-3 rounding made φ's gradient 33-38 % wrong on
-    SmolLM2-135M ([fd step note] in taalm_dist.meta.hypergradient). Check a model of your own against the exact jvp
+    SmolLM2-135M ([fd step note] in taalm_dist.meta.estimators). Check a model of your own against the exact jvp
     with ``taalm bench gradnoise``."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Inner AdamW betas."""

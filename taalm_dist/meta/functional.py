@@ -93,23 +93,23 @@ class ThetaView:
         """Factor on the batch's mean loss before differentiating: 1 (one θ' learns the whole batch)."""
         return 1.0
 
-    def direction_norm(self, direction: Sequence[torch.Tensor]) -> float:
-        """‖direction‖ over all of θ's trainable tensors (all ranks)."""
-        return math.sqrt(self.global_sq_norm(direction))
+    def direction_norm(self, direction: Sequence[torch.Tensor]) -> torch.Tensor:
+        """‖direction‖ over all of θ's trainable tensors (all ranks): a 0-d float64 tensor."""
+        return torch.tensor(math.sqrt(self.global_sq_norm(direction)), dtype=torch.float64)
 
     @torch.no_grad()
     def assign_step(self, at: Sequence[torch.Tensor], direction: Sequence[torch.Tensor], step: float,
-                    norm: float) -> None:
+                    norm: torch.Tensor) -> None:
         """In place: θ's trainable tensors ← ``at + step · direction / norm`` (``norm`` from :meth:`direction_norm`,
         non-zero), written straight into the parameters (one pass per tensor, no temporary copy of θ), then
         :meth:`sync`."""
         for p, a, d in zip(self.params, at, direction):
-            torch.add(a, d.to(a.dtype), alpha=step / norm, out=p.detach())
+            torch.add(a, d.to(a.dtype), alpha=step / float(norm), out=p.detach())
         self.sync()
 
-    def per_row(self, norm: float, like: torch.Tensor) -> float:
-        """``norm`` shaped to scale the per-token ``[B, L]`` tensor ``like`` (a scalar here)."""
-        return norm
+    def per_row(self, norm: torch.Tensor, like: torch.Tensor) -> float:
+        """``norm`` shaped to scale the per-token ``[B, L]`` tensor ``like`` (one number here)."""
+        return float(norm)
 
     @property
     def supports_functional(self) -> bool:
