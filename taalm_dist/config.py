@@ -433,10 +433,6 @@ class LossConfig:
     RANGES: ClassVar[dict] = {"chunk": AT_LEAST_1}
 
 
-CKL_BASE_METHODS = ("finetune", "oracle", "taalm", "rho1", "mix_review", "recadam", "kadapter")
-CKL_METHODS = CKL_BASE_METHODS + ("taalm+mix_review", "taalm+recadam", "taalm+kadapter")
-
-
 @dataclass
 class DocumentLearningConfig(RunConfig):
     """What θ learning documents epoch by epoch reads (``ckl run`` and ``learn``: a DocumentTrainer)."""
@@ -476,11 +472,12 @@ class DocumentLearningConfig(RunConfig):
 @dataclass
 class MethodConfig(DocumentLearningConfig):
     """What a run that learns with one of the CKL methods reads (``ckl run``, ``twiki run``): the method and its
-    settings (:mod:`taalm_dist.ckl.methods`)."""
+    settings (:mod:`taalm_dist.programs.methods`)."""
 
     method: str = "finetune"
     """finetune | oracle | taalm | rho1 | mix_review | recadam | kadapter | taalm+mix_review |
-    taalm+recadam | taalm+kadapter."""
+    taalm+recadam | taalm+kadapter (the methods registered in taalm_dist.programs.methods; checked when the run
+    starts)."""
     rho1_keep: float = 0.6
     """RHO-1: fraction of each document's tokens kept (highest excess loss ℓ_θ − ℓ_ref)."""
     mix_review_ratio: float = 0.25
@@ -494,17 +491,11 @@ class MethodConfig(DocumentLearningConfig):
     kadapter_size: int = 64
     """K-Adapter: bottleneck width of the adapter added after every decoder layer (base frozen)."""
 
-    METHODS: ClassVar[tuple[str, ...]] = CKL_METHODS
-    """The methods this program runs."""
-    SECTION: ClassVar[str] = "ckl"
-    """The section's name in messages."""
     RANGES: ClassVar[dict] = {**DocumentLearningConfig.RANGES,
         "rho1_keep": Range(0, 1, lo_open=True), "mix_review_ratio": POSITIVE, "recadam_gamma": NON_NEGATIVE,
         "recadam_k": POSITIVE, "recadam_t0": NON_NEGATIVE, "kadapter_size": AT_LEAST_1}
 
     def __post_init__(self):
-        if self.method not in self.METHODS:
-            raise ConfigError(f"{self.SECTION}.method={self.method!r} is not one of {list(self.METHODS)}")
         self._resume_auto_only()
 
 
@@ -533,10 +524,6 @@ class CklConfig(MethodConfig):
         "max_to_learn": AT_LEAST_1, "max_not_to_forget": AT_LEAST_1, "max_evidence_chars": AT_LEAST_1}
 
 
-TWIKI_METHODS = tuple(m for m in CKL_METHODS if m != "oracle")
-"""``twiki run``'s methods: every CKL method but oracle (a raw diffset does not say which tokens are the facts)."""
-
-
 @dataclass
 class TwikiConfig(MethodConfig):
     """A TemporalWiki run (``taalm twiki run``): period after period θ learns the period's diffset (the Wikipedia text
@@ -547,8 +534,9 @@ class TwikiConfig(MethodConfig):
     epochs: int = 1
     """Epochs over each period's diffset."""
     method: str = "finetune"
-    """finetune | taalm | rho1 | mix_review | recadam | kadapter | taalm+mix_review | taalm+recadam | taalm+kadapter.
-    mix_review replays windows of the earlier periods' diffsets (none in the first)."""
+    """finetune | taalm | rho1 | mix_review | recadam | kadapter | taalm+mix_review | taalm+recadam | taalm+kadapter
+    (every ckl method but oracle: a diffset does not say which tokens are the facts). mix_review replays windows of
+    the earlier periods' diffsets (none in the first)."""
     data_dir: str = ""
     """The TemporalWiki layout: ``TWiki_Diffsets/wikipedia_<MMNN>_gpt2.csv`` and
     ``twiki_probes/<MM>01-<NN>01_{changed,unchanged}.csv`` (the official files, or ``taalm data twiki-synth``)."""
@@ -566,8 +554,6 @@ class TwikiConfig(MethodConfig):
     window_overlap: int = 64
     """Tokens a window repeats from the previous one as context (their loss counts in the previous window only)."""
 
-    METHODS: ClassVar[tuple[str, ...]] = TWIKI_METHODS
-    SECTION: ClassVar[str] = "twiki"
     RANGES: ClassVar[dict] = {**MethodConfig.RANGES, "max_docs": AT_LEAST_1, "max_probes": AT_LEAST_1,
                               "window_tokens": Range(2), "window_overlap": NON_NEGATIVE}
 

@@ -1,7 +1,7 @@
 """Token-weight rules: ``rule(doc_batch) -> [B, L]`` weights of θ's per-token loss (no graph).
 
 uniform (fine-tuning), oracle (the object's tokens only), RHO-1 (highest excess loss against θ₀) and φ (a
-meta-trained Train-Attention model, with the do-no-harm rules applied to its weights: a floor and a uniform share). ``taalm ckl run`` learns with them (:mod:`taalm_dist.ckl.methods`), φ's CKL
+meta-trained Train-Attention model, with the do-no-harm rules applied to its weights: a floor and a uniform share). ``taalm ckl run`` learns with them (:mod:`taalm_dist.programs.methods`), φ's CKL
 validation compares φ against the first two.
 """
 

@@ -5,7 +5,7 @@ Contract: ``r = CklRunner(cfg); r.setup(); r.run(); r.cleanup()`` (or :func:`run
 teaches θ documents shares — the run's lifecycle, θ learning on one process or data parallel under ZeRO-3, epoch
 checkpoints and ``--resume auto`` (a resumed run equals an uninterrupted one) — is
 :class:`~taalm_dist.programs.document_training.DocumentTrainer`; this module adds the benchmark: its data, the
-methods' weight rules and θ/data changes (:mod:`taalm_dist.ckl.methods`), the per-epoch To-Learn / Not-To-Forget
+methods (:mod:`taalm_dist.programs.methods`: a weight rule and a θ/loss/data change each), the per-epoch To-Learn / Not-To-Forget
 scores and the report. Rank 0 writes every output.
 """
 
@@ -13,11 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from taalm_dist import weight_rules
-from taalm_dist.ckl import methods as M
 from taalm_dist.ckl.metrics import summarise
 from taalm_dist.ckl.report import plot_curves, write_metrics, write_report
 from taalm_dist.config import CklRunConfig, TaalmConfig
@@ -84,7 +81,7 @@ class CklRunner(DocumentTrainer):
         nf, _ = load_pairs(d / "not_to_forget.jsonl", field, skip)
         self.to_learn = self._tokenize(tl[: c.max_to_learn])
         self.not_to_forget = self._tokenize(nf[: c.max_not_to_forget])
-        if M.mechanism(c.method) == "mix_review":
+        if self.m.change.replays:
             # old knowledge to replay: replay.jsonl (known facts, not evaluation rows); builds made before it
             # existed replay meta_train.jsonl
             source = d / "replay.jsonl" if (d / "replay.jsonl").is_file() else d / "meta_train.jsonl"
@@ -96,42 +93,6 @@ class CklRunner(DocumentTrainer):
 
     def _setup_facts(self) -> dict:
         return {**super()._setup_facts(), "benchmark": self.benchmark}
-
-    # ------------------------------------------------------------------------- the methods' changes
-    def _kadapter_size(self) -> int | None:
-        return self.c.kadapter_size if M.mechanism(self.c.method) == "kadapter" else None
-
-    def _build_theta(self) -> None:
-        super()._build_theta()
-        if M.mechanism(self.c.method) == "recadam":  # θ₀ for the pull term
-            self.start = [p.detach().clone() for p in self.params]
-
-    def _check_distributed(self) -> None:
-        mech = M.mechanism(self.c.method)
-        if mech == "recadam" or (M.base_rule(self.c.method) == "rho1" and not hasattr(self.theta, "disable_adapter")):
-            raise ConfigError(f"ckl.method={self.c.method} needs θ's full tensors on every rank (θ₀ pull / reference "
-                              "copy), which ZeRO-3 partitions: run it on one process, or rho1 with theta.trainable=lora")
-        super()._check_distributed()
-
-    def _weight_rule(self):
-        rule = M.base_rule(self.c.method)
-        if rule == "oracle":
-            return weight_rules.oracle_weights
-        if rule == "rho1":
-            return weight_rules.Rho1Weights(self.theta, self.c.rho1_keep)
-        return super()._weight_rule()
-
-    def _adjust_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        if M.mechanism(self.c.method) != "recadam":
-            return loss
-        lam = M.recadam_lambda(self.step, self.c.recadam_k, self.c.recadam_t0)
-        return lam * loss + (1 - lam) * 0.5 * self.c.recadam_gamma * M.quadratic_pull(self.params, self.start)
-
-    def _replayed(self, rng) -> list:
-        if not self.replay:
-            return []
-        k = min(len(self.replay), max(1, round(self.c.mix_review_ratio * len(self.to_learn))))
-        return rng.sample(self.replay, k)
 
     # --------------------------------------------------------------------------------------- run
     def train_epoch(self, epoch: int) -> float:

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from taalm_dist import familiarity, integrity, weight_rules
-from taalm_dist.ckl import methods as M
 from taalm_dist.config import for_program
 from taalm_dist.data import collate
 from taalm_dist.data.order import epoch_rng
@@ -33,13 +32,13 @@ from taalm_dist.losses.lm_head import per_token_loss_fn, token_weighted_loss
 from taalm_dist.models import check_same_tokenizer, load_phi, load_tokenizer
 from taalm_dist.models.theta import build_theta
 from taalm_dist.models.train_attention import load_phi_tokenizer, phi_fingerprint
+from taalm_dist.programs.methods import Method, method
 from taalm_dist.tracking.heatmap import heatmap
 
 
 class DocumentTrainer(SessionProgram):
-    """θ learning ``self.to_learn`` epoch by epoch; see the module docstring. Subclasses set the class attributes and
-    implement ``_check_inputs``, ``_load_data`` (``to_learn``, and ``not_to_forget`` for the setup facts),
-    ``_data_sha256``, ``_tracker_params``, ``_metrics_step``, ``method`` and ``_run``."""
+    """θ learning ``self.to_learn`` epoch by epoch with a :class:`~taalm_dist.programs.methods.Method`; see the module
+    docstring. Subclasses set the class attributes and implement the abstract hooks below."""
 
     COMMAND: str
     """The verb (names the run mark, the tracker tags and messages)."""
@@ -66,15 +65,58 @@ class DocumentTrainer(SessionProgram):
         self.replay: list = []
         """Documents replayed among the epoch's own (``ckl run``'s mix_review); none by default."""
 
+    # ----------------------------------------------------------------------------- what a program says
     @property
     def method(self) -> str:
-        """The method θ learns with (a ``ckl.method`` name: its weight rule and θ/data change)."""
+        """The name of the method θ learns with (:mod:`taalm_dist.programs.methods`)."""
         raise NotImplementedError
+
+    def _check_inputs(self) -> None:
+        """Refuse a config that names no data, before anything is read or written."""
+        raise NotImplementedError
+
+    def _load_data(self) -> None:
+        """Set ``to_learn`` (the documents, :class:`~taalm_dist.data.tokenize.TokenizedPair`), ``not_to_forget``
+        (for the setup facts) and, when the method replays, ``replay``."""
+        raise NotImplementedError
+
+    def _data_sha256(self) -> dict:
+        """Content hashes of the files the run learns from (a resumed run must find them unchanged)."""
+        raise NotImplementedError
+
+    def _tracker_params(self) -> dict:
+        """The data's counts, logged with the config."""
+        raise NotImplementedError
+
+    def _metrics_step(self) -> int:
+        """The ``step`` of metrics.jsonl rows a checkpoint covers (per epoch or per θ update)."""
+        raise NotImplementedError
+
+    def _run(self) -> dict:
+        """Learn the remaining epochs, evaluate, write the outputs; returns the run's result."""
+        raise NotImplementedError
+
+    def _check_method(self) -> None:
+        """Refuse an unknown method, or one this program cannot run (:meth:`_refuse_method`), naming the field."""
+        from taalm_dist.programs.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ConfigError(f"{self.SECTION}.method={self.method!r} is not one of {list(METHODS)}")
+        self._refuse_method(self.m)
+
+    def _refuse_method(self, m: Method) -> None:
+        """Raise :class:`ConfigError` when this program cannot run method ``m``; every method runs by default."""
+
+    @property
+    def m(self) -> Method:
+        """The :class:`~taalm_dist.programs.methods.Method` of :attr:`method`."""
+        return method(self.method)
 
     # ---------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         """Runtime, data, run directory (checked before anything is written), θ and its learner, the checkpoint to
         resume, trackers."""
+        self._check_method()
         self._check_inputs()
         self._start()
         self._load_data()
@@ -92,7 +134,7 @@ class DocumentTrainer(SessionProgram):
     def _phi_sha256(self) -> dict:
         """Content hashes of φ's files when the method weighs with it (``<section>.phi_path/phi.safetensors`` and
         ``.../phi_config.json``): a φ changed in place, weights or config, is not resumed with."""
-        if not (self.c.phi_path and M.base_rule(self.method) == "taalm"):
+        if not (self.c.phi_path and self.m.uses_phi):
             return {}
         out = {f"{self.SECTION}.phi_path/{name}": digest for name, digest in phi_fingerprint(self.c.phi_path).items()}
         record = Path(self.c.phi_path) / familiarity.RECORD
@@ -122,8 +164,8 @@ class DocumentTrainer(SessionProgram):
         self.theta_learner = self._shard_theta() if self.distributed else LocalTheta(self.theta, self.c.lr)
 
     def _kadapter_size(self) -> int | None:
-        """θ frozen with K-Adapters of this size instead of its own trainable part (``ckl run``'s kadapter), or None."""
-        return None
+        """θ frozen with K-Adapters of this size instead of its own trainable part (the kadapter methods), or None."""
+        return self.c.kadapter_size if self.m.change.kadapter else None
 
     def _build_theta(self) -> None:
         self.theta = build_theta(self.cfg.theta, len(self.tokenizer), seed=self.c.seed, device=self.rt.device,
@@ -132,9 +174,12 @@ class DocumentTrainer(SessionProgram):
         if not self.rt.distributed:
             self.theta = self.rt.place(self.theta)
         self.params = [p for p in self.theta.parameters() if p.requires_grad]
+        self.m.change.prepare(self)
 
     def _check_distributed(self) -> None:
-        """Refuse, before θ is sharded, what ZeRO-3 cannot run (the batch must cover the processes)."""
+        """Refuse, before θ is sharded, what ZeRO-3 cannot run (the method's needs; the batch must cover the
+        processes)."""
+        self.m.check_distributed(self)
         if self.c.batch_size % self.world and self.c.batch_size < self.world:
             raise ConfigError(f"{self.SECTION}.batch_size={self.c.batch_size} is smaller than the {self.world} "
                               "processes")
@@ -150,9 +195,11 @@ class DocumentTrainer(SessionProgram):
         return Zero3Theta(self.rt, self.theta, config)
 
     def _weight_rule(self):
-        """φ's weights for the taalm methods (θ's and φ's tokenizers must agree), else uniform ones."""
-        if M.base_rule(self.method) != "taalm":
-            return weight_rules.uniform_weights
+        """The method's weight rule (:class:`~taalm_dist.programs.methods.Rule`)."""
+        return self.m.rule.build(self)
+
+    def phi_weights(self) -> weight_rules.PhiWeights:
+        """φ's weights (θ's and φ's tokenizers must agree), with its familiarity record unless abstention is off."""
         if not self.c.phi_path:
             raise ConfigError(f"{self.SECTION}.method={self.method} needs {self.SECTION}.phi_path (a meta-trained φ's "
                               "phi/ directory)")
@@ -221,8 +268,8 @@ class DocumentTrainer(SessionProgram):
 
     # ------------------------------------------------------------------------------------ training
     def _adjust_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        """The loss θ minimises given the batch's token-weighted loss (``ckl run``'s recadam adds a pull)."""
-        return loss
+        """The loss θ minimises given the batch's token-weighted loss (recadam adds a pull)."""
+        return self.m.change.adjust_loss(self, loss)
 
     def _theta_update(self, items) -> float:
         """One θ update on ``items`` (the whole batch; each rank takes its share). Returns the batch loss."""
@@ -242,8 +289,12 @@ class DocumentTrainer(SessionProgram):
         return value
 
     def _replayed(self, rng) -> list:
-        """The replayed documents of an epoch (drawn with the epoch's ``rng``); none by default."""
-        return []
+        """The replayed documents of an epoch (a method that replays: ``mix_review_ratio`` × the To-Learn count of
+        ``replay``, drawn with the epoch's ``rng``); none otherwise."""
+        if not (self.m.change.replays and self.replay):
+            return []
+        k = min(len(self.replay), max(1, round(self.c.mix_review_ratio * len(self.to_learn))))
+        return rng.sample(self.replay, k)
 
     def epoch_batches(self, epoch: int) -> list[list]:
         """The θ batches of ``epoch`` (1-based): the documents (plus replayed ones) shuffled by a seed of
@@ -266,7 +317,7 @@ class DocumentTrainer(SessionProgram):
 
     def _setup_facts(self) -> dict:
         """What the result was made with, where and how long it took (``setup`` of its summary)."""
-        taalm = M.base_rule(self.method) == "taalm"
+        taalm = self.m.uses_phi
         return {"theta": self.cfg.theta.model.source,
                 "trainable": "kadapter" if self._kadapter_size() is not None else self.cfg.theta.trainable,
                 "epochs": self.c.epochs, "lr": self.c.lr, "batch_size": self.c.batch_size,

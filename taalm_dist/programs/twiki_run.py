@@ -28,7 +28,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from taalm_dist.ckl import methods as M
 from taalm_dist.config import TaalmConfig, TwikiRunConfig
 from taalm_dist.data import twiki
 from taalm_dist.data.documents import document_windows
@@ -60,6 +59,11 @@ class TwikiRunner(CklRunner):
         if not self.c.data_dir:
             raise ConfigError("twiki.data_dir is not set: pass --data-dir (the TemporalWiki layout: the official files "
                               "or `taalm data twiki-synth --out DIR`)")
+
+    def _refuse_method(self, m) -> None:
+        if m.rule.needs_object_mask:
+            raise ConfigError(f"twiki.method={m.name}: its weights need to know which tokens are the facts, and a "
+                              "diffset line does not say; run finetune, taalm, rho1 or their combinations")
 
     def _files(self) -> dict[str, Path]:
         """Every file the run reads, by name (``<period>/diffset``, ``<period>/<kind>``)."""
@@ -130,7 +134,7 @@ class TwikiRunner(CklRunner):
         """Learn period ``k`` from now on: its windows, the earlier periods' as replay, φ's corpus rule on it."""
         self.period = k
         self.to_learn = self.windows[self.periods[k]]
-        if M.mechanism(self.c.method) == "mix_review":
+        if self.m.change.replays:
             self.replay = [w for p in self.periods[:k] for w in self.windows[p]]
         self.not_to_forget = self.probes[self.periods[k]]["unchanged"]["prompt"]
         if getattr(getattr(self, "rule", None), "familiarity", None) is not None:

@@ -128,8 +128,10 @@ def test_bad_input_is_refused_clearly(world, tmp_path):
         _run(_cfg(world, tmp_path / "a", "finetune", "twiki.periods=[1112]"))
     with pytest.raises(ConfigError, match="twiki.data_dir is not set"):
         _run(_cfg(world, tmp_path / "b", "finetune", "twiki.data_dir=''"))
-    with pytest.raises(ConfigError, match="twiki.method='oracle' is not one of"):
-        _cfg(world, tmp_path / "c", "oracle")
+    with pytest.raises(ConfigError, match="twiki.method=oracle: its weights need to know which tokens are the facts"):
+        _run(_cfg(world, tmp_path / "c", "oracle"))
+    with pytest.raises(ConfigError, match=r"twiki.method='taalm\+nope' is not one of \['finetune', 'oracle'"):
+        _run(_cfg(world, tmp_path / "e", "taalm+nope"))
     with pytest.raises(ConfigError, match="needs twiki.phi_path"):
         _run(_cfg(world, tmp_path / "d", "taalm", "twiki.phi_path=null"))
 
