@@ -463,8 +463,22 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _defaults(fn) -> dict:
+    """The keyword defaults of ``fn``: a verb's options take their defaults from the function they call, never a
+    copy."""
+    import inspect
+
+    return {k: v.default for k, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from taalm_dist.config import CklRunConfig, LearnRunConfig, MetaTrainConfig, TwikiRunConfig
+    from taalm_dist.config import CklRunConfig, LearnRunConfig, MetaTrainConfig, TwikiRunConfig, config_field
+    from taalm_dist.data.synth import synth_benchmark
+    from taalm_dist.data.twiki_synth import twiki_world
+    from taalm_dist.familiarity import document_ids
+
+    synth, world, ids = _defaults(synth_benchmark), _defaults(twiki_world), _defaults(document_ids)
+    learn = {k: config_field(LearnRunConfig, f"learn.{k}")[1] for k in ("window_tokens", "window_overlap", "text_field")}
 
     parser = argparse.ArgumentParser(prog="taalm", description="Meta-learn where to focus (Train-Attention).")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -487,23 +501,26 @@ def build_parser() -> argparse.ArgumentParser:
                               "facts not to forget, meta-training pairs) in the LAMA-CKL file layout",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--out", required=True, help="directory for variant.jsonl, invariant_*.jsonl, meta_train.jsonl")
-    t.add_argument("--n-to-learn", type=_count(1), default=120, help="To-Learn rows (facts about fictional people)")
-    t.add_argument("--n-meta", type=_count(1), default=400, help="meta-training rows (disjoint fictional people)")
-    t.add_argument("--distractors", type=int, default=4, help="distractor sentences around each fact")
-    t.add_argument("--seed", type=int, default=0, help="RNG seed (same seed, same files)")
+    t.add_argument("--n-to-learn", type=_count(1), default=synth["n_to_learn"], help="To-Learn rows (facts about "
+                   "fictional people)")
+    t.add_argument("--n-meta", type=_count(1), default=synth["n_meta"], help="meta-training rows (disjoint fictional "
+                   "people)")
+    t.add_argument("--distractors", type=int, default=synth["distractors"], help="distractor sentences around each fact")
+    t.add_argument("--seed", type=int, default=synth["seed"], help="RNG seed (same seed, same files)")
     t.add_argument("--overwrite", action="store_true", help="replace existing files")
     t.set_defaults(func=_cmd_data_synth)
     t = data_verbs.add_parser("twiki-synth", help="write a fictional TemporalWiki in the official layout "
                               "(TWiki_Diffsets/, twiki_probes/): periods of changed article lines and their probes",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--out", required=True, help="directory for TWiki_Diffsets/ and twiki_probes/")
-    t.add_argument("--entities", type=_count(2), default=60, help="fictional people in the world")
-    t.add_argument("--periods", type=_count(2), default=4, help="diffsets: the first introduces the people, each "
-                   "later one changes some of their facts")
-    t.add_argument("--change-rate", type=float, default=0.25, help="share of the people who change one fact per "
-                   "later period")
-    t.add_argument("--noise-lines", type=_count(0), default=10, help="changed lines per later period that change no fact")
-    t.add_argument("--seed", type=int, default=0, help="RNG seed (same seed, same files)")
+    t.add_argument("--entities", type=_count(2), default=world["entities"], help="fictional people in the world")
+    t.add_argument("--periods", type=_count(2), default=world["periods"], help="diffsets: the first introduces the "
+                   "people, each later one changes some of their facts")
+    t.add_argument("--change-rate", type=float, default=world["change_rate"], help="share of the people who change one "
+                   "fact per later period")
+    t.add_argument("--noise-lines", type=_count(0), default=world["noise_lines"], help="changed lines per later period "
+                   "that change no fact")
+    t.add_argument("--seed", type=int, default=world["seed"], help="RNG seed (same seed, same files)")
     t.add_argument("--overwrite", action="store_true", help="replace existing files")
     t.set_defaults(func=_cmd_data_twiki_synth)
     t = data_verbs.add_parser("mix", help="one meta-training file from the pairs of several sources, each row "
@@ -537,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-dir", required=True, help="directory with variant.jsonl, invariant_descriptive.jsonl, "
                    "invariant_schematic.jsonl (the LAMA-CKL release)")
     b.add_argument("--out", required=True, help="new directory for the tailored files")
-    b.add_argument("--task-field", default="task_descriptive", choices=["task_descriptive", "task_schematic"])
+    b.add_argument("--task-field", default=config_field(CklRunConfig, "data.task_field")[1],
+                   choices=["task_descriptive", "task_schematic"], help="the task sentence of each row")
     b.add_argument("--to-learn-below", type=float, default=1.0,
                    help="a variant row is To-Learn when the model's object-token accuracy is below this")
     b.add_argument("--limit", type=int, default=None, help="use only the first N valid rows of each file")
@@ -602,9 +620,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "weights)")
     p.add_argument("--html", default=None, help="also write a heatmap of the first windows to this .html file")
     p.add_argument("--html-docs", type=_count(0), default=20, help="windows shown in the heatmap")
-    p.add_argument("--text-field", default="text", help="the jsonl field / dataset column with the text")
-    p.add_argument("--window-tokens", type=int, default=512, help="longest window weighed at once (as learn.window_tokens)")
-    p.add_argument("--window-overlap", type=int, default=64, help="tokens a window repeats from the previous one")
+    p.add_argument("--text-field", default=learn["text_field"], help="the jsonl field / dataset column with the text")
+    p.add_argument("--window-tokens", type=int, default=learn["window_tokens"], help="longest window weighed at once "
+                   "(as learn.window_tokens)")
+    p.add_argument("--window-overlap", type=int, default=learn["window_overlap"], help="tokens a window repeats from "
+                   "the previous one (as learn.window_overlap)")
     p.add_argument("--batch-size", type=_count(1), default=8, help="windows per φ forward")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--floor", type=float, default=0.0, help="every real token's weight at least this (the weights "
@@ -629,8 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--heldout", help="held-out documents of the same kind (e.g. its validation pairs)")
     t.add_argument("--kind", choices=["pairs", "docs"], default="pairs", help="pairs: meta-training files (each row's "
                    "evidence); docs: what `taalm learn --docs` reads")
-    t.add_argument("--text-field", default="text", help="with --kind docs: the jsonl field / dataset column")
-    t.add_argument("--max-tokens", type=_count(2), default=512, help="tokens of each document's first window measured")
+    t.add_argument("--text-field", default=ids["text_field"], help="with --kind docs: the jsonl field / dataset column")
+    t.add_argument("--max-tokens", type=_count(2), default=ids["max_tokens"], help="tokens of each document's first "
+                   "window measured")
     t.add_argument("--overwrite", action="store_true", help="replace an existing record")
     t.set_defaults(func=_cmd_phi_familiarity)
 
