@@ -209,6 +209,9 @@ class DataConfig(PairsConfig):
     val_file: str | None = None
     """jsonl of validation pairs (same schema); null holds out ``val_docs`` pairs of train_file."""
 
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("train_file", "val_file")
+    """Fields a resumed run may change (the files may move: their content is compared instead)."""
+
 
 @dataclass
 class MetaConfig:
@@ -271,6 +274,9 @@ class RunConfig:
     """Progress bars with ETA (rank 0 only)."""
 
     RANGES: ClassVar[dict] = {"keep_checkpoints": AT_LEAST_1, "seed": NON_NEGATIVE}
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("out_dir", "overwrite", "resume", "keep_checkpoints", "progress")
+    """Fields a resumed run may change (every section says its own; ``"*"``: all of them; a run copied elsewhere
+    resumes)."""
 
     def _resume_auto_only(self) -> None:
         """Refuse a resume value other than ``auto`` or null (programs that resume only their own directory)."""
@@ -355,6 +361,8 @@ class TrainConfig(RunConfig):
         "save_every_s": POSITIVE, "time_limit_s": POSITIVE,
         "ckl_val_every": NON_NEGATIVE, "ckl_val_passes": AT_LEAST_1, "ckl_val_lr": POSITIVE,
         "ckl_val_batch_size": AT_LEAST_1, "ckl_val_docs": AT_LEAST_1}
+    RESUMABLE: ClassVar[tuple[str, ...]] = (*RunConfig.RESUMABLE, "max_steps", "save_every", "save_every_s",
+                                            "val_every", "time_limit_s")
 
     def __post_init__(self):
         if self.select == "ckl_val" and not self.ckl_val_every:
@@ -416,6 +424,7 @@ class TrackingConfig:
     to it), and the longest a hanging server makes a run wait, once: then MLflow is turned off with one warning."""
 
     RANGES: ClassVar[dict] = {"timeout_s": POSITIVE}
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("*",)
 
 
 @dataclass
@@ -467,6 +476,9 @@ class DocumentLearningConfig(RunConfig):
     RANGES: ClassVar[dict] = {**RunConfig.RANGES, "epochs": AT_LEAST_1, "lr": POSITIVE, "batch_size": AT_LEAST_1,
                               "eval_batch_size": AT_LEAST_1, "heatmap_docs": NON_NEGATIVE,
                               "phi_weight_floor": Range(0, 1), "phi_uniform_share": Range(0, 1)}
+    RESUMABLE: ClassVar[tuple[str, ...]] = (*RunConfig.RESUMABLE, "epochs", "phi_path", "heatmap_docs",
+                                            "eval_batch_size")
+    """(φ may move: its content is compared instead)"""
 
 
 @dataclass
@@ -522,6 +534,7 @@ class CklConfig(MethodConfig):
 
     RANGES: ClassVar[dict] = {**MethodConfig.RANGES,
         "max_to_learn": AT_LEAST_1, "max_not_to_forget": AT_LEAST_1, "max_evidence_chars": AT_LEAST_1}
+    RESUMABLE: ClassVar[tuple[str, ...]] = (*MethodConfig.RESUMABLE, "data_dir")
 
 
 @dataclass
@@ -556,6 +569,7 @@ class TwikiConfig(MethodConfig):
 
     RANGES: ClassVar[dict] = {**MethodConfig.RANGES, "max_docs": AT_LEAST_1, "max_probes": AT_LEAST_1,
                               "window_tokens": Range(2), "window_overlap": NON_NEGATIVE}
+    RESUMABLE: ClassVar[tuple[str, ...]] = (*MethodConfig.RESUMABLE, "data_dir")
 
     def __post_init__(self):
         super().__post_init__()
@@ -600,6 +614,7 @@ class LearnConfig(DocumentLearningConfig):
 
     RANGES: ClassVar[dict] = {**DocumentLearningConfig.RANGES, "window_tokens": Range(2),
                               "window_overlap": NON_NEGATIVE}
+    RESUMABLE: ClassVar[tuple[str, ...]] = (*DocumentLearningConfig.RESUMABLE, "docs", "merge")
 
     def __post_init__(self):
         if self.window_overlap >= self.window_tokens:
@@ -813,6 +828,17 @@ def config_field(program: type, key: str) -> tuple[Any, Any, str]:
         default = getattr(default, part)
         cls = type(default)
     return typing.get_type_hints(cls)[name], getattr(default, name), field_docs(cls).get(name, "")
+
+
+def resumable_keys(cfg: Any) -> tuple[str, ...]:
+    """The dotted keys of ``cfg`` (a program's config) that a resumed run may change: each section's ``RESUMABLE``
+    fields (``"*"``: the whole section, as ``"tracking."``)."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        for name in getattr(type(section), "RESUMABLE", ()):
+            out.append(f"{f.name}." if name == "*" else f"{f.name}.{name}")
+    return tuple(out)
 
 
 def for_program(program: type, cfg: Any) -> Any:

@@ -35,9 +35,6 @@ class CklRunner(DocumentTrainer):
     SECTION = "ckl"
     SETTINGS = ("ckl.", "theta.", "loss.", "data.task_field", "data.max_doc_tokens", "data.max_task_tokens",
                 "data.on_long_doc")
-    RESUME_MAY_CHANGE = ("ckl.epochs", "ckl.resume", "ckl.overwrite", "ckl.progress", "ckl.out_dir", "ckl.data_dir",
-                         "ckl.phi_path", "ckl.heatmap_docs", "ckl.eval_batch_size")
-    """(the data directory and φ may move: their content is compared instead)"""
 
     @property
     def method(self) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from taalm_dist import familiarity, integrity, weight_rules
-from taalm_dist.config import for_program
+from taalm_dist.config import for_program, resumable_keys
 from taalm_dist.data import collate
 from taalm_dist.data.order import epoch_rng
 from taalm_dist.engine import checkpoint as ckpt
@@ -47,9 +47,8 @@ class DocumentTrainer(SessionProgram):
     SECTION: str
     """The config section with the run's settings (``ckl``, ``learn``)."""
     SETTINGS: tuple[str, ...]
-    """The settings (dotted keys; a trailing dot: a whole section) a resumed run must share with its checkpoint ..."""
-    RESUME_MAY_CHANGE: tuple[str, ...]
-    """... except these."""
+    """The settings (dotted keys; a trailing dot: a whole section) a resumed run must share with its checkpoint,
+    except the fields each section declares ``RESUMABLE`` (:func:`~taalm_dist.config.resumable_keys`)."""
 
     def __init__(self, cfg):
         self.cfg = for_program(self.CONFIG, cfg)
@@ -144,7 +143,7 @@ class DocumentTrainer(SessionProgram):
 
     def _settings(self, cfg) -> dict:
         """The settings a resumed run must share, of config ``cfg``."""
-        return resume_settings(cfg, self.SETTINGS, self.RESUME_MAY_CHANGE)
+        return resume_settings(cfg, self.SETTINGS, resumable_keys(cfg))
 
     def _start(self) -> None:
         """The runtime (process group, device), the seed and θ's tokenizer."""

@@ -49,10 +49,6 @@ class Learner(DocumentTrainer):
     CONFIG = LearnRunConfig
     SECTION = "learn"
     SETTINGS = ("learn.", "theta.", "loss.")
-    RESUME_MAY_CHANGE = ("learn.epochs", "learn.resume", "learn.overwrite", "learn.progress", "learn.merge",
-                         "learn.heatmap_docs", "learn.eval_batch_size", "learn.keep_checkpoints", "learn.docs",
-                         "learn.out_dir")
-    """(the documents may move: their content is compared instead)"""
 
     @property
     def method(self) -> str:

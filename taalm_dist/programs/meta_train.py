@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from taalm_dist import integrity, weight_rules
-from taalm_dist.config import MetaTrainConfig, TaalmConfig, config_hash, for_program, to_dict
+from taalm_dist.config import MetaTrainConfig, TaalmConfig, config_hash, for_program, resumable_keys, to_dict
 from taalm_dist.data import collate
 from taalm_dist.data.jsonl_file import file_sha256
 from taalm_dist.data.order import DOC_STRIDE, shuffled
@@ -53,11 +53,6 @@ from taalm_dist.models import build_phi, check_same_tokenizer, load_tokenizer, s
 from taalm_dist.models.theta import build_theta, enable_gradient_checkpointing
 from taalm_dist.tracking.heatmap import heatmap
 
-RESUME_MAY_CHANGE = ("train.max_steps", "train.resume", "train.overwrite", "train.progress", "train.save_every",
-                     "train.save_every_s", "train.keep_checkpoints", "train.val_every", "train.time_limit_s",
-                     "train.out_dir", "data.train_file", "data.val_file", "tracking.")
-"""Settings a resumed run may change (a trailing dot: the whole section). The data files may move: their content
-is compared instead (:func:`data_fingerprint`); so may the run directory (a copied run resumes)."""
 _LEGACY_RESUMABLE = {"train": ("max_steps", "resume", "overwrite", "progress", "save_every", "keep_checkpoints",
                                "val_every"), "tracking": None}
 
@@ -141,10 +136,10 @@ class MetaTrainer(SessionProgram):
                               f"training pairs of {cfg.data.train_file}: every φ update would repeat documents (and hold "
                               f"all their graphs); use at most {len(self.data.train)}, or more data")
         # what a checkpoint must share with the run that resumes it (the data hashed once, not at every checkpoint)
-        self.settings, self.data_sha256 = resume_settings(cfg, ("",), RESUME_MAY_CHANGE), data_fingerprint(cfg)
+        self.settings, self.data_sha256 = resume_settings(cfg, ("",), resumable_keys(cfg)), data_fingerprint(cfg)
         self.session.open(cfg.train.out_dir, overwrite=cfg.train.overwrite, resume=cfg.train.resume,
                           settings=self.settings, data_sha256=self.data_sha256, legacy_hashes=(legacy_resume_hash(cfg),),
-                          defaults=resume_settings(MetaTrainConfig(), ("",), RESUME_MAY_CHANGE))
+                          defaults=resume_settings(MetaTrainConfig(), ("",), resumable_keys(cfg)))
         with self.session.building():
             self._build(self.session.resume_from)
         if self.session.open_trackers(cfg, metrics_step=self.step,

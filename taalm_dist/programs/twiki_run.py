@@ -50,9 +50,6 @@ class TwikiRunner(CklRunner):
     CONFIG = TwikiRunConfig
     SECTION = "twiki"
     SETTINGS = ("twiki.", "theta.", "loss.")
-    RESUME_MAY_CHANGE = ("twiki.resume", "twiki.overwrite", "twiki.progress", "twiki.out_dir", "twiki.data_dir",
-                         "twiki.phi_path", "twiki.heatmap_docs", "twiki.eval_batch_size", "twiki.keep_checkpoints")
-    """(the data directory and φ may move: their content is compared instead)"""
 
     # ---------------------------------------------------------------------------------------- setup
     def _check_inputs(self) -> None:

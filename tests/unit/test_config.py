@@ -329,3 +329,17 @@ def test_a_shipped_config_is_found_by_name_from_any_directory(tmp_path, monkeypa
         load_config("meta_train_tny")
     with pytest.raises(ConfigError, match="does not exist"):  # a path is a path
         load_config("taalm_dist/configs/meta_train_tiny.yaml")
+
+
+def test_what_a_resumed_run_may_change_is_declared_beside_the_fields():
+    from taalm_dist.config import resumable_keys
+
+    run = ("out_dir", "overwrite", "resume", "keep_checkpoints", "progress")
+    assert set(resumable_keys(MetaTrainConfig())) == {
+        *(f"train.{k}" for k in (*run, "max_steps", "save_every", "save_every_s", "val_every", "time_limit_s")),
+        "data.train_file", "data.val_file", "tracking."}
+    documents = (*run, "epochs", "phi_path", "heatmap_docs", "eval_batch_size")
+    assert set(resumable_keys(CklRunConfig())) == {*(f"ckl.{k}" for k in (*documents, "data_dir")), "tracking."}
+    assert set(resumable_keys(TwikiRunConfig())) == {*(f"twiki.{k}" for k in (*documents, "data_dir")), "tracking."}
+    assert set(resumable_keys(LearnRunConfig())) == {*(f"learn.{k}" for k in (*documents, "docs", "merge")),
+                                                     "tracking."}
