@@ -226,15 +226,13 @@ class MetaConfig:
     method: Literal["jvp", "fd", "fd1", "double_backward"] = "fd1"
     """Hypergradient: one-sided difference (fd1, the default: any kernel, one process or ZeRO-3 partitions; one extra
     forward of θ, reusing the inner step's losses), central difference (fd: one more forward, about half
-    fd1's error), exact forward-mode (jvp: one process, attention with forward-mode AD), or the reference. fd1's
-    error in φ's gradient is 2-4 % of the exact one, 3-4 % of the spread between φ updates on different documents
-    (docs/design.md §9; [fd1 step note] in taalm_dist.meta.estimators)."""
+    fd1's error), exact forward-mode (jvp: one process, attention with forward-mode AD), or the reference. Their
+    measured errors: docs/design.md §9 and the [fd1 step note] in taalm_dist.meta.estimators."""
     fd_eps: float | None = None
     """Step of the difference along the unit direction; null: by θ's trainable dtype and the inner step — fd 1e-5
     (fp64) / 1e-3 (fp32, SGD) / 3e-2 (fp32 AdamW, and bf16); fd1 1e-7 (fp64) / 1e-3 (fp32, SGD) / 3e-2 (fp32 AdamW,
-    and bf16). The AdamW direction needs the larger step: at 1e-3 rounding made φ's gradient 33-38 % wrong on
-    SmolLM2-135M ([fd step note] in taalm_dist.meta.estimators). Check a model of your own against the exact jvp
-    with ``taalm bench gradnoise``."""
+    and bf16). The AdamW direction needs the larger step (why, measured: [fd step note] in
+    taalm_dist.meta.estimators). Check a model of your own against the exact jvp with ``taalm bench gradnoise``."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Inner AdamW betas."""
     adam_eps: float = 1e-8
@@ -768,7 +766,22 @@ def _every_program_config() -> type:
     return cls
 
 
-TaalmConfig = _every_program_config()
+if typing.TYPE_CHECKING:  # the same class, spelled out for type checkers (a test keeps the two equal)
+    @dataclass
+    class TaalmConfig:
+        train: TrainConfig
+        meta: MetaConfig
+        data: DataConfig
+        theta: ThetaConfig
+        phi: PhiConfig
+        engine: EngineConfig
+        loss: LossConfig
+        tracking: TrackingConfig
+        ckl: CklConfig
+        learn: LearnConfig
+        twiki: TwikiConfig
+else:
+    TaalmConfig = _every_program_config()
 
 
 def _known_fields(cls: type | None) -> dict[str, Any]:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from taalm_dist.config import ConfigError, TaalmConfig, config_hash, load_config, save_config
@@ -343,3 +345,16 @@ def test_what_a_resumed_run_may_change_is_declared_beside_the_fields():
     assert set(resumable_keys(TwikiRunConfig())) == {*(f"twiki.{k}" for k in (*documents, "data_dir")), "tracking."}
     assert set(resumable_keys(LearnRunConfig())) == {*(f"learn.{k}" for k in (*documents, "docs", "merge")),
                                                      "tracking."}
+
+
+def test_the_type_checkers_taalm_config_is_the_generated_one():
+    import ast
+    import typing
+
+    from taalm_dist import config
+
+    tree = ast.parse(Path(config.__file__).read_text())
+    stub = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "TaalmConfig")
+    spelled = {a.target.id: ast.unparse(a.annotation) for a in stub.body if isinstance(a, ast.AnnAssign)}
+    generated = {k: v.__name__ for k, v in typing.get_type_hints(TaalmConfig).items()}
+    assert spelled == generated
