@@ -671,7 +671,29 @@ class MetaTrainConfig:
     """MLflow and JSONL logging."""
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self, world_size: int = 1) -> None:
+        """Every check across sections (each section checks its own fields when built); with ``world_size`` > 1
+        processes, the checks of ZeRO-3 too (the program calls this again once it knows its world).
+
+        Raises:
+            ConfigError: naming the keys that clash and what to set."""
         check_meta_training(self)
+        if world_size > 1 and self.train.phi_graph == "keep":
+            raise ConfigError("train.phi_graph=keep is for one process: under DeepSpeed φ's forward runs again after "
+                              "all ranks agreed on the step ([skip agreement note]); use auto or recompute")
+        if world_size > 1 and self.meta.method not in ("fd", "fd1"):
+            raise ConfigError(f"meta.method={self.meta.method} needs θ's full tensors; under DeepSpeed ZeRO-3 use "
+                              "meta.method=fd or fd1 (finite differences on each rank's partitions)")
+
+
+def _check_documents(run, section: str, world_size: int) -> None:
+    """The checks of a program that teaches θ documents (``ckl run``, ``twiki run``, ``learn``) once it knows its
+    world: the batch must cover the processes."""
+    if world_size > 1 and run.batch_size % world_size and run.batch_size < world_size:
+        raise ConfigError(f"{section}.batch_size={run.batch_size} is smaller than the {world_size} processes: raise it "
+                          "or launch fewer")
 
 
 @dataclass
@@ -694,6 +716,11 @@ class CklRunConfig:
     """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow and JSONL logging."""
+
+    def validate(self, world_size: int = 1) -> None:
+        """The checks across sections once the world is known (each section checks its own fields when built;
+        the method's own needs are checked by the method, :mod:`taalm_dist.programs.methods`)."""
+        _check_documents(self.ckl, "ckl", world_size)
 
 
 @dataclass
@@ -719,6 +746,11 @@ class LearnRunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow and JSONL logging."""
 
+    def validate(self, world_size: int = 1) -> None:
+        """The checks across sections once the world is known (each section checks its own fields when built;
+        the method's own needs are checked by the method, :mod:`taalm_dist.programs.methods`)."""
+        _check_documents(self.learn, "learn", world_size)
+
 
 @dataclass
 class TwikiRunConfig:
@@ -739,6 +771,11 @@ class TwikiRunConfig:
     """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow and JSONL logging."""
+
+    def validate(self, world_size: int = 1) -> None:
+        """The checks across sections once the world is known (each section checks its own fields when built;
+        the method's own needs are checked by the method, :mod:`taalm_dist.programs.methods`)."""
+        _check_documents(self.twiki, "twiki", world_size)
 
 
 PROGRAM_CONFIGS = (MetaTrainConfig, CklRunConfig, LearnRunConfig, TwikiRunConfig)

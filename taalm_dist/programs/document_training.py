@@ -148,6 +148,7 @@ class DocumentTrainer(SessionProgram):
     def _start(self) -> None:
         """The runtime (process group, device), the seed and θ's tokenizer."""
         self.session.start(self.cfg.engine, theta=self.cfg.theta.model)
+        self.cfg.validate(self.world)
         torch.manual_seed(self.c.seed)
         self.tokenizer = load_tokenizer(self.cfg.theta.model)
         self.pad_id = self.tokenizer.pad_token_id or 0
@@ -179,9 +180,6 @@ class DocumentTrainer(SessionProgram):
         """Refuse, before θ is sharded, what ZeRO-3 cannot run (the method's needs; the batch must cover the
         processes)."""
         self.m.check_distributed(self)
-        if self.c.batch_size % self.world and self.c.batch_size < self.world:
-            raise ConfigError(f"{self.SECTION}.batch_size={self.c.batch_size} is smaller than the {self.world} "
-                              "processes")
 
     def _shard_theta(self) -> Zero3Theta:
         """θ as a ZeRO-3 engine with AdamW (data parallel over the batch)."""

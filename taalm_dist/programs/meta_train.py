@@ -120,9 +120,7 @@ class MetaTrainer(SessionProgram):
         and the checkpoint to resume from, if any."""
         cfg = self.cfg
         self.session.start(cfg.engine, theta=cfg.theta.model, phi=cfg.phi.model)
-        if self.distributed and cfg.train.phi_graph == "keep":
-            raise ConfigError("train.phi_graph=keep is for one process: under DeepSpeed φ's forward runs again after "
-                              "all ranks agreed on the step ([skip agreement note]); use auto or recompute")
+        cfg.validate(self.world)
         self.keep_phi_graph = cfg.train.phi_graph == "keep" or (cfg.train.phi_graph == "auto" and not self.distributed)
         self.select = cfg.train.select if cfg.train.select != "auto" else ("ckl_val" if cfg.train.ckl_val_every else "last")
         torch.manual_seed(cfg.train.seed)
@@ -176,9 +174,6 @@ class MetaTrainer(SessionProgram):
             from taalm_dist.engine.ds_config import ds_configs, save_ds_configs
             from taalm_dist.engine.zero3 import partition_while_loading
 
-            if cfg.meta.method not in ("fd", "fd1"):
-                raise ConfigError(f"meta.method={cfg.meta.method} needs θ's full tensors; under DeepSpeed ZeRO-3 use "
-                                  "meta.method=fd or fd1 (finite differences on each rank's partitions)")
             configs = ds_configs(cfg, self.world)
             if D.is_main():
                 save_ds_configs(configs, self.out / "ds_config.json")

@@ -358,3 +358,20 @@ def test_the_type_checkers_taalm_config_is_the_generated_one():
     spelled = {a.target.id: ast.unparse(a.annotation) for a in stub.body if isinstance(a, ast.AnnAssign)}
     generated = {k: v.__name__ for k, v in typing.get_type_hints(TaalmConfig).items()}
     assert spelled == generated
+
+
+def test_each_program_config_validates_across_sections_once_it_knows_its_world():
+    meta = load_config(None, ["meta.method=jvp", "theta.model.attn_implementation=taalm_eager"], program=MetaTrainConfig)
+    meta.validate(1)  # one process: jvp runs
+    with pytest.raises(ConfigError, match="meta.method=jvp needs θ's full tensors; under DeepSpeed ZeRO-3"):
+        meta.validate(2)
+    with pytest.raises(ConfigError, match="train.phi_graph=keep is for one process"):
+        load_config(None, ["train.phi_graph=keep"], program=MetaTrainConfig).validate(2)
+    with pytest.raises(ConfigError, match="loss.impl=chunked is differentiable once"):  # checked when built
+        load_config(None, ["meta.method=jvp", "theta.model.attn_implementation=taalm_eager", "loss.impl=chunked"],
+                    program=MetaTrainConfig)
+    for program, section in ((CklRunConfig, "ckl"), (TwikiRunConfig, "twiki"), (LearnRunConfig, "learn")):
+        cfg = load_config(None, [f"{section}.batch_size=1"], program=program)
+        cfg.validate(1)
+        with pytest.raises(ConfigError, match=f"{section}.batch_size=1 is smaller than the 2 processes"):
+            cfg.validate(2)
