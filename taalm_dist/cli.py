@@ -145,6 +145,31 @@ def _cmd_data_twiki_synth(args) -> int:
     return 0
 
 
+def _cmd_data_pairs(args) -> int:
+    import random
+
+    from taalm_dist.data import write_pairs
+    from taalm_dist.data.doc_pairs import pair_rows
+    from taalm_dist.data.documents import load_documents
+
+    out = Path(args.out)
+    files = [out / "meta_train.jsonl", out / "meta_val.jsonl"]
+    if any(f.exists() for f in files) and not args.overwrite:
+        raise TaalmError(f"{out} holds meta_train.jsonl / meta_val.jsonl; pass --overwrite or choose another --out")
+    docs = load_documents(args.docs, args.text_field)
+    rows = pair_rows([(d.id, d.text) for d in docs], max_facts=args.max_facts)
+    made = sorted({r["evidence"] for r in rows})
+    if len(made) < 2:
+        raise TaalmError(f"{args.docs}: only {len(made)} of {len(docs)} documents gave a task (a document needs a name "
+                         "it mentions twice and a sentence naming it in full with another name or word after it)")
+    held = set(random.Random(args.seed).sample(made, max(1, min(len(made) - 1, round(args.val_share * len(made))))))
+    write_pairs([r for r in rows if r["evidence"] not in held], files[0])
+    write_pairs([r for r in rows if r["evidence"] in held], files[1])
+    print(f"{len(rows)} pairs from {len(made)} of {len(docs)} documents ({len(held)} documents held out for "
+          f"validation) written to {out}")
+    return 0
+
+
 def _cmd_data_mix(args) -> int:
     from taalm_dist.data.mix import mix_pairs, parse_source
 
@@ -473,6 +498,7 @@ def _defaults(fn) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from taalm_dist.config import CklRunConfig, LearnRunConfig, MetaTrainConfig, TwikiRunConfig, config_field
+    from taalm_dist.data.doc_pairs import pair_rows
     from taalm_dist.data.synth import synth_benchmark
     from taalm_dist.data.twiki_synth import twiki_world
     from taalm_dist.familiarity import document_ids
@@ -523,6 +549,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=world["seed"], help="RNG seed (same seed, same files)")
     t.add_argument("--overwrite", action="store_true", help="replace existing files")
     t.set_defaults(func=_cmd_data_twiki_synth)
+    t = data_verbs.add_parser("pairs", help="meta-training pairs from plain documents, no task written by hand: each "
+                              "document's facts about its subject asked in LAMA-CKL's schematic form "
+                              "(taalm_dist/data/doc_pairs.py)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--docs", required=True, help="a .jsonl file, a directory of .txt/.md files, or a datasets dataset")
+    t.add_argument("--out", required=True, help="directory for meta_train.jsonl and meta_val.jsonl")
+    t.add_argument("--text-field", default=learn["text_field"], help="the jsonl field / dataset column with the text")
+    t.add_argument("--max-facts", type=_count(1), default=_defaults(pair_rows)["max_facts"],
+                   help="tasks made from one document, at most")
+    t.add_argument("--val-share", type=float, default=0.05, help="share of the documents held out (whole) for "
+                   "validation")
+    t.add_argument("--seed", type=int, default=0, help="seed of the held-out draw")
+    t.add_argument("--overwrite", action="store_true", help="replace existing files")
+    t.set_defaults(func=_cmd_data_pairs)
     t = data_verbs.add_parser("mix", help="one meta-training file from the pairs of several sources, each row "
                               "tagged with its source and shuffled (a φ meta-trained on both kinds of document)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)

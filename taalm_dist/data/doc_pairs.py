@@ -1,0 +1,174 @@
+"""Meta-training pairs from plain documents, with no hand-written task (``taalm data pairs``).
+
+φ is meta-trained on (document, task) pairs: θ learns the document, then is scored on the task's answer. A user has
+documents and no tasks, so this makes them: in each document, the facts about its **subject** (the name it is
+about) become tasks that ask for a fact's **object** in other words than the document's — the schematic form of
+LAMA-CKL's tasks, ``Guess the object. \\n  subject is S , relation is R , object is O`` — never the document's
+sentence itself (φ would learn a position, not a fact).
+
+1. Sentences are split at ``. ! ?`` before a capital; **names** are runs of capitalised words (a sentence's first
+   word only when the next is capitalised too) and numbers.
+2. The **subject** is the name the document mentions most, a name counting each mention of any of its words
+   (``Kliasas Vivpouv`` gathers ``Kliasas`` too; a tie goes to the shorter name); a document without a name of two
+   mentions has no subject.
+3. A **fact** is a sentence that names the subject in full (a sentence with only a part of it is often about
+   someone close: "Kliasas's brother works as a pilot"), and its **object** the span the ``method`` picks:
+   ``last`` — the sentence's last name or number, else its last word; ``surprise`` — of those candidates (every name
+   and number, and the last word), the one θ finds least likely after the sentence's start (a fact θ does not
+   know; needs a model).
+4. The **relation** is the words between the subject and the object (or after the object when it comes first),
+   without leading and trailing function words; a fact with no relation words is dropped.
+
+Every choice is measured against human-written tasks where both exist (``taalm bench doc-pairs``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(A-Z])")
+_WORD = re.compile(r"[A-Za-zÀ-ÿ0-9][\w'’\-]*")
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at to for from by with as and or is are was were be been has have had its his her their "
+    "this that these those which who whom it he she they there here also then than into onto over under since "
+    "until while during after before about".split())
+TASK_TEMPLATE = "Guess the object. \n  subject is {s} , relation is {r} , object is {o}"
+"""LAMA-CKL's schematic task (and TAALM's TemporalWiki probe): the made tasks read like the benchmark's."""
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One made task: the document's ``subject``, a ``relation`` phrase, the ``object`` asked, the ``sentence`` it
+    came from."""
+
+    subject: str
+    relation: str
+    object: str
+    sentence: str
+
+    @property
+    def task(self) -> str:
+        return TASK_TEMPLATE.format(s=self.subject, r=self.relation, o=self.object)
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` split into sentences (at ``. ! ?`` followed by a capital or an opening quote)."""
+    return [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
+
+
+def names(sentence: str) -> list[tuple[int, int]]:
+    """Character spans of the names (runs of capitalised words; the first word of the sentence only in a run of two or
+    more) and numbers in ``sentence``."""
+    words = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(sentence)]
+    out, run = [], []
+
+    def close():
+        if run and not (run[0][0] == words[0][0] and len(run) == 1):
+            out.append((run[0][0], run[-1][1]))
+        run.clear()
+
+    for start, end, w in words:
+        if w[0].isupper() or w[0].isdigit():
+            run.append((start, end))
+        else:
+            close()
+    close()
+    return out
+
+
+def document_subject(text: str) -> str | None:
+    """The name ``text`` is about: the name with the most mentions of any of its words (two at least)."""
+    found = [s[a:b] for s in sentences(text) for a, b in names(s)]
+    words = Counter(w for n in found for w in set(n.split()))
+    scored = [(sum(words[w] for w in set(n.split())), -len(n.split()), n) for n in set(found) if not n.isdigit()]
+    if not scored:
+        return None
+    best = max(scored)
+    return best[2] if best[0] >= 2 else None
+
+
+def _relation(sentence: str, subj: tuple[int, int], obj: tuple[int, int]) -> str:
+    between = sentence[subj[1]:obj[0]] if subj[1] <= obj[0] else sentence[obj[1]:subj[0]]
+    words = [w.lower() for w in _WORD.findall(between)]
+    while words and words[0] in FUNCTION_WORDS - {"is", "was", "has", "are", "were", "had"}:
+        words.pop(0)
+    while words and words[-1] in FUNCTION_WORDS:
+        words.pop()
+    return " ".join(words)
+
+
+def candidates(sentence: str, subject: str) -> tuple[tuple[int, int] | None, list[tuple[int, int]]]:
+    """The subject's span in ``sentence`` (None: not named in full) and the object candidates: every name or number
+    that is not part of the subject, and the sentence's last word."""
+    at = sentence.find(subject)
+    if at < 0:
+        return None, []
+    subj = (at, at + len(subject))
+    spans = [s for s in names(sentence) if s[1] <= subj[0] or s[0] >= subj[1]]
+    last = list(_WORD.finditer(sentence))
+    if last and (last[-1].start(), last[-1].end()) not in spans and last[-1].start() >= subj[1]:
+        spans.append((last[-1].start(), last[-1].end()))
+    return subj, spans
+
+
+def facts(text: str, pick=None, max_facts: int = 4) -> list[Fact]:
+    """The made tasks of one document (module docstring): at most ``max_facts``, in document order. ``pick(sentence,
+    spans) -> span`` chooses each sentence's object among its candidates (default: the last name or number, else the
+    last word)."""
+    subject = document_subject(text)
+    if subject is None:
+        return []
+    out = []
+    for s in sentences(text):
+        subj, spans = candidates(s, subject)
+        if not spans:
+            continue
+        obj = (pick or pick_last)(s, spans)
+        relation = _relation(s, subj, obj)
+        if relation and s[obj[0]:obj[1]].lower() not in FUNCTION_WORDS:
+            out.append(Fact(subject, relation, s[obj[0]:obj[1]], s))
+        if len(out) == max_facts:
+            break
+    return out
+
+
+def pick_last(sentence: str, spans: list[tuple[int, int]]) -> tuple[int, int]:
+    """The ``last`` method: the last name or number, else the last word."""
+    named = [s for s in spans if sentence[s[0]].isupper() or sentence[s[0]].isdigit()]
+    return max(named or spans)
+
+
+def pair_rows(docs: list[tuple[str, str]], pick=None, max_facts: int = 4) -> list[dict]:
+    """Meta-training rows (LAMA-CKL schema: ``evidence``, ``task_schematic`` = ``task_descriptive``, ``object``,
+    ``subject``, ``relation_label``, ``uuid``) of ``(id, text)`` documents, each fact of each document a row."""
+    rows = []
+    for doc_id, text in docs:
+        for k, f in enumerate(facts(text, pick, max_facts)):
+            rows.append({"uuid": f"doc-pairs:{doc_id}:{k}", "evidence": text, "task_schematic": f.task,
+                         "task_descriptive": f.task, "object": f.object, "subject": f.subject,
+                         "relation_label": f.relation, "sentence": f.sentence})
+    return rows
+
+
+def agreement(rows: list[dict], pick=None, max_facts: int = 4) -> dict:
+    """How the made tasks meet human-written ones on rows that have both (LAMA-CKL schema): ``docs`` — documents;
+    ``made`` — tasks made; ``covered`` — share of documents one of whose made tasks asks the human task's object;
+    ``precise`` — share of made tasks whose object is a human task's object of the same document; ``subject`` — share
+    of documents whose found subject is the human task's."""
+    by_doc: dict[str, list[dict]] = {}
+    for r in rows:
+        by_doc.setdefault(r["evidence"], []).append(r)
+    covered = made = precise = subject = 0
+    for text, human in by_doc.items():
+        objects = {h["object"].strip().lower() for h in human}
+        fs = facts(text, pick, max_facts)
+        made += len(fs)
+        hits = [f.object.strip().lower() in objects for f in fs]
+        covered += any(hits)
+        precise += sum(hits)
+        subject += document_subject(text) in {h.get("subject") for h in human}
+    n = max(len(by_doc), 1)
+    return {"docs": len(by_doc), "made": made, "covered": covered / n, "precise": precise / max(made, 1),
+            "subject": subject / n}
