@@ -115,7 +115,8 @@ class CklRunner(DocumentTrainer):
             loss = self.train_epoch(epoch)
             self.epoch = epoch
             row = self._evaluate_row(epoch, loss)
-            self._save_checkpoint()
+            if self.cadence.due(epoch):
+                self._save_checkpoint()
             bar.set_postfix(tl=f"{row['to_learn_acc']:.3f}", nf=f"{row['not_to_forget_acc']:.3f}")
         rows = self.rows
         summary = summarise({r["epoch"]: r["to_learn_acc"] for r in rows}, {r["epoch"]: r["not_to_forget_acc"] for r in rows})

@@ -23,6 +23,7 @@ from taalm_dist.config import for_program, resumable_keys
 from taalm_dist.data import collate
 from taalm_dist.data.order import epoch_rng
 from taalm_dist.engine import checkpoint as ckpt
+from taalm_dist.engine.callbacks import CheckpointCadence
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.run_dir import resume_settings
 from taalm_dist.engine.session import RunSession, SessionProgram
@@ -63,6 +64,8 @@ class DocumentTrainer(SessionProgram):
         self.notes: list[str] = []
         self.replay: list = []
         """Documents replayed among the epoch's own (``ckl run``'s mix_review); none by default."""
+        self.cadence = CheckpointCadence(every=1)
+        """A checkpoint after every epoch (:mod:`taalm_dist.engine.callbacks`; a stopped run resumes at an epoch)."""
 
     # ----------------------------------------------------------------------------- what a program says
     @property

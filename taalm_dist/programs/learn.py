@@ -135,7 +135,8 @@ class Learner(DocumentTrainer):
             loss = self.train_epoch(epoch)
             self.epoch = epoch
             self._log_row({"epoch": epoch, "train_loss": loss, **self.evaluate()})
-            self._save_checkpoint()
+            if self.cadence.due(epoch):
+                self._save_checkpoint()
         exported = self.export()
         summary = {"method": self.method, "phi": self.c.phi_path, "documents": len(self.documents),
                    "windows": len(self.to_learn), "updates": self.step, "epochs": self.rows, **exported,

@@ -19,11 +19,13 @@ instead (``train.phi_graph``: one φ forward fewer). More than ``max_consecutive
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +37,7 @@ from taalm_dist.data import collate
 from taalm_dist.data.jsonl_file import file_sha256
 from taalm_dist.data.order import DOC_STRIDE, shuffled
 from taalm_dist.engine import checkpoint as ckpt
+from taalm_dist.engine.callbacks import CheckpointCadence, Every, StepEnd, run_callbacks
 from taalm_dist.engine import distributed as D
 from taalm_dist.engine.ckl_validation import ckl_validation
 from taalm_dist.engine.data_setup import PreparedData, prepare_data
@@ -102,19 +105,53 @@ def legacy_resume_hash(cfg: MetaTrainConfig) -> str:
     return config_hash(d)
 
 
+@dataclass
+class MetaTrainState:
+    """What meta-training has done so far, saved in every checkpoint as one value (with the data order's position):
+    φ updates made (``step``), skipped (``skipped_steps``; ``consecutive_skips`` of them in a row, the last), the
+    first validation's metrics (``first_val``) and the best φ so far (``best``: its step, score and metric)."""
+
+    step: int = 0
+    skipped_steps: int = 0
+    consecutive_skips: int = 0
+    first_val: dict = field(default_factory=dict)
+    best: dict = field(default_factory=lambda: {"step": None, "score": None, "metric": None})
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> "MetaTrainState":
+        """The state a checkpoint's ``state.json`` holds (``best`` absent in early checkpoints)."""
+        return cls(state["step"], state["skipped_steps"], state["consecutive_skips"], state["first_val"],
+                   state.get("best", cls().best))
+
+
 class MetaTrainer(SessionProgram):
-    """Meta-trains φ; see the module docstring."""
+    """Meta-trains φ; see the module docstring. The story: :meth:`setup` → :meth:`train` (the loop) →
+    :meth:`train_step` (one φ update) → the callbacks after it (validation, CKL validation, best-φ selection) →
+    checkpoints and :meth:`export_phi`."""
 
     def __init__(self, cfg: MetaTrainConfig | TaalmConfig):
         self.cfg = for_program(MetaTrainConfig, cfg)
+        t = self.cfg.train
         self.session = RunSession("meta-train")
-        self.step = 0
-        self.skipped_steps = 0
-        self.consecutive_skips = 0
-        self.first_val: dict = {}
-        self.best: dict = {"step": None, "score": None, "metric": None}
+        self.state = MetaTrainState()
+        self.select = t.select if t.select != "auto" else ("ckl_val" if t.ckl_val_every else "last")
+        """How the exported φ is chosen: ``last``, ``objective`` or ``ckl_val`` (:class:`BestPhi`)."""
+        self.callbacks = [Validation(Every(t.val_every)), CklValidation(Every(t.ckl_val_every)), BestPhi(self.select)]
+        """Run after every φ update, in order (:mod:`taalm_dist.engine.callbacks`)."""
+        self.cadence = CheckpointCadence(t.save_every, t.save_every_s)
+        # built by setup()
+        self.keep_phi_graph = False
+        """φ's graph of the first pass is kept for its backward (one process, ``train.phi_graph``)."""
+        self.tokenizer = self.data = self.view = self.phi = self.inner = self.order = self.rng = None
+        self.pad_id = 0
+        self.settings: dict = {}
+        self.data_sha256: dict = {}
 
-    # ---------------------------------------------------------------------------------------- setup
+    step = property(lambda self: self.state.step, lambda self, v: setattr(self.state, "step", v),
+                    doc="φ updates made (:class:`MetaTrainState`).")
+    best = property(lambda self: self.state.best, doc="The best φ so far: its step, score and metric.")
+
+    # ------------------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         """Process group, tokenizers (a mismatch is refused), data, θ and φ, run directory, trackers,
         and the checkpoint to resume from, if any."""
@@ -122,7 +159,6 @@ class MetaTrainer(SessionProgram):
         self.session.start(cfg.engine, theta=cfg.theta.model, phi=cfg.phi.model)
         cfg.validate(self.world)
         self.keep_phi_graph = cfg.train.phi_graph == "keep" or (cfg.train.phi_graph == "auto" and not self.distributed)
-        self.select = cfg.train.select if cfg.train.select != "auto" else ("ckl_val" if cfg.train.ckl_val_every else "last")
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.theta.model)
         check_same_tokenizer(self.tokenizer, load_tokenizer(cfg.phi.model))
@@ -197,42 +233,76 @@ class MetaTrainer(SessionProgram):
         self.view = Zero3ThetaView(build_theta_engine(self.rt, theta, configs["theta"]), loss_fn)
         self.phi = DeepSpeedPhi(build_phi_engine(self.rt, phi, configs["phi"]))
 
-    # ------------------------------------------------------------------------------------ batches
-    def _local_batch(self, global_idx: list[int], items) -> tuple[dict, dict, dict | None]:
-        """This rank's slice of a pass's documents (1/N of them): (doc, task, restrict task or None)."""
-        local = len(global_idx) // self.world
-        mine = global_idx[self.rank * local : (self.rank + 1) * local]
-        doc, task = collate([items[i] for i in mine], self.pad_id)
-        restrict = None
-        if self.cfg.meta.restrict_coef and len(items) > 1:
-            others = []
-            for i in mine:
-                j = self.rng.randrange(len(items) - 1)
-                others.append(items[j + (j >= i)])
-            _, restrict = collate(others, self.pad_id)
-        return self.rt.to_device(doc), self.rt.to_device(task), self.rt.to_device(restrict)
+    # ---------------------------------------------------------------------------------------------------- the loop
+    def train(self) -> dict:
+        """Run until ``max_steps`` φ updates, validating and checkpointing; export φ. Returns a summary.
 
-    def micro_step_meta_gradient(self, global_idx: list[int]):
-        """One pass of θ on the training documents ``global_idx`` (this rank takes its slice; with
-        ``train.docs_per_pass`` > 1 each document has its own inner step, all in one batched pass):
-        ``(doc batch, φ's weights w, MetaGradient)``; w has φ's graph only when φ's graph is kept
-        (``train.phi_graph``), θ is back at θ₀."""
-        doc, task, restrict = self._local_batch(global_idx, self.data.train)
-        w = self.phi.weights(doc, grad=self.keep_phi_graph)
-        m = self.cfg.meta
-        kw = dict(inner=self.inner, objective=m.objective, method=m.method, fd_eps=m.fd_eps, restrict_batch=restrict,
-                  restrict_coef=m.restrict_coef, compute_float32=m.compute_float32)
-        with self._theta_for(doc) as view:
-            return doc, w, meta_gradient(view, doc, w, task, **kw)
+        Raises:
+            Preempted: after a SIGTERM/SIGINT, once the φ update in progress is done and checkpointed.
+        """
+        with self.session.stop_signals(then="finishing the φ update in progress, then writing a checkpoint"):
+            return self._train()
 
-    def _theta_for(self, doc: dict):
-        """θ's view for a pass over ``doc``: with per-document inner steps, one LoRA copy per document of this
-        rank (gathered from the partitions under ZeRO-3), else θ itself."""
-        if self.cfg.train.docs_per_pass > 1:
-            return per_document_lora(self.view, doc["input_ids"].shape[0])
-        return contextlib.nullcontext(self.view)
+    def _train(self) -> dict:
+        cfg = self.cfg.train
+        if self.step == 0 and (cfg.val_every or cfg.ckl_val_every):
+            self.state.first_val = run_callbacks(self.callbacks, self, StepEnd(0, baselines=True))
+            self.log.log_metrics(self.state.first_val, step=0)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="meta-train φ", dynamic_ncols=True,
+                   disable=not (cfg.progress and D.is_main()))
+        last: dict = {}
+        start = last_save = time.monotonic()
+        stop = False
+        while self.step < cfg.max_steps and not stop:
+            metrics = self.train_step()
+            stop, signalled, save_due = self._agree_on_stop(start, last_save)
+            if signalled:
+                bar.close()
+                self.log.log_metrics(metrics, step=self.step)
+                path = self.save_checkpoint()
+                self.session.stop(f"stopped by {self.signals.requested or 'a request on another rank'} after φ "
+                                  f"update {self.step}; checkpoint {path}; continue with --resume auto")
+            run_callbacks(self.callbacks, self, StepEnd(self.step, self.step == cfg.max_steps or stop, False, metrics))
+            self.log.log_metrics(metrics, step=self.step)
+            last.update(metrics)
+            bar.update(1)
+            bar.set_postfix(obj=f"{metrics['train/objective']:.3f}", val=f"{last.get('val/objective', math.nan):.3f}")
+            if self.cadence.due(self.step, save_due) and self.step < cfg.max_steps and not stop:
+                self.save_checkpoint()
+                last_save = time.monotonic()
+        bar.close()
+        if stop and D.is_main():
+            print(f"time limit train.time_limit_s={cfg.time_limit_s:g} reached after {self.step} φ updates")
+        self.save_checkpoint()
+        phi_dir = self.export_phi()
+        st = self.state
+        summary = {"steps": st.step, "max_steps": cfg.max_steps, "skipped_steps": st.skipped_steps,
+                   "first": st.first_val, "last": last, "phi_dir": str(phi_dir),
+                   "selected": {"rule": self.select, **st.best}, "world_size": self.world,
+                   "stopped_by_time_limit": stop}
+        if D.is_main():
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            for name in ("config.yaml", "ds_config.json", "summary.json"):
+                if (self.out / name).is_file():
+                    self.log.log_artifact(self.out / name)
+            for f in sorted(phi_dir.iterdir()):
+                self.log.log_artifact(f, "phi")
+        return summary
 
-    # ------------------------------------------------------------------------------------ one step
+    def _agree_on_stop(self, start: float, last_save: float) -> tuple[bool, bool, bool]:
+        """``(time limit reached, stop signal received, time-based checkpoint due)`` after a φ update, the same on
+        every rank (one all-reduce): the clocks are rank 0's, a signal on any rank counts."""
+        t = self.cfg.train
+        now = time.monotonic()
+        main = D.is_main()
+        flags = [main and t.time_limit_s is not None and now - start >= t.time_limit_s,
+                 self.signals.requested is not None,
+                 main and t.save_every_s is not None and now - last_save >= t.save_every_s]
+        if self.distributed:
+            flags = [v > 0 for v in D.all_reduce_sum([float(f) for f in flags])]
+        return flags[0], flags[1], flags[2]
+
+    # ------------------------------------------------------------------------------------------------ one φ update
     def update_layout(self) -> tuple[int, int, int]:
         """``(passes, docs_each_pass, micro_steps)`` of one φ update: the batched passes of θ its documents take, the
         documents each pass draws, and the inner steps (θ' of their own) they make."""
@@ -257,15 +327,16 @@ class MetaTrainer(SessionProgram):
             pending.append((doc, mg.grad, w if self.keep_phi_graph else None))
         skip = D.any_rank(not finite)
         grad_norm = float("nan")
+        st = self.state
         if skip:
-            self.skipped_steps += 1
-            self.consecutive_skips += 1
-            if self.consecutive_skips > cfg.max_consecutive_skips:
-                raise TrainingError(f"{self.consecutive_skips} φ updates in a row had a non-finite objective, "
+            st.skipped_steps += 1
+            st.consecutive_skips += 1
+            if st.consecutive_skips > cfg.max_consecutive_skips:
+                raise TrainingError(f"{st.consecutive_skips} φ updates in a row had a non-finite objective, "
                                     f"meta-gradient or weight (step {self.step + 1}); lower meta.inner_lr or "
                                     "train.lr, or check the data")
         else:
-            self.consecutive_skips = 0
+            st.consecutive_skips = 0
             scale = self.phi.surrogate_scale(micro_steps)
             for doc, grad, kept in pending:
                 w = kept if kept is not None else self.phi.weights(doc, grad=True)
@@ -273,10 +344,44 @@ class MetaTrainer(SessionProgram):
             grad_norm = self.phi.finish_step()
         self.step += 1
         obj = D.all_reduce_mean([objective])[0]
-        return {"train/objective": obj, "train/grad_norm": grad_norm, "train/skipped_steps": self.skipped_steps,
+        return {"train/objective": obj, "train/grad_norm": grad_norm, "train/skipped_steps": st.skipped_steps,
                 "time/step_s": time.perf_counter() - t0, **stats.reduced("train")}
 
-    # ----------------------------------------------------------------------------------- validate
+    def micro_step_meta_gradient(self, global_idx: list[int]):
+        """One pass of θ on the training documents ``global_idx`` (this rank takes its slice; with
+        ``train.docs_per_pass`` > 1 each document has its own inner step, all in one batched pass):
+        ``(doc batch, φ's weights w, MetaGradient)``; w has φ's graph only when φ's graph is kept
+        (``train.phi_graph``), θ is back at θ₀."""
+        doc, task, restrict = self._local_batch(global_idx, self.data.train)
+        w = self.phi.weights(doc, grad=self.keep_phi_graph)
+        m = self.cfg.meta
+        kw = dict(inner=self.inner, objective=m.objective, method=m.method, fd_eps=m.fd_eps, restrict_batch=restrict,
+                  restrict_coef=m.restrict_coef, compute_float32=m.compute_float32)
+        with self._theta_for(doc) as view:
+            return doc, w, meta_gradient(view, doc, w, task, **kw)
+
+    def _local_batch(self, global_idx: list[int], items) -> tuple[dict, dict, dict | None]:
+        """This rank's slice of a pass's documents (1/N of them): (doc, task, restrict task or None)."""
+        local = len(global_idx) // self.world
+        mine = global_idx[self.rank * local : (self.rank + 1) * local]
+        doc, task = collate([items[i] for i in mine], self.pad_id)
+        restrict = None
+        if self.cfg.meta.restrict_coef and len(items) > 1:
+            others = []
+            for i in mine:
+                j = self.rng.randrange(len(items) - 1)
+                others.append(items[j + (j >= i)])
+            _, restrict = collate(others, self.pad_id)
+        return self.rt.to_device(doc), self.rt.to_device(task), self.rt.to_device(restrict)
+
+    def _theta_for(self, doc: dict):
+        """θ's view for a pass over ``doc``: with per-document inner steps, one LoRA copy per document of this
+        rank (gathered from the partitions under ZeRO-3), else θ itself."""
+        if self.cfg.train.docs_per_pass > 1:
+            return per_document_lora(self.view, doc["input_ids"].shape[0])
+        return contextlib.nullcontext(self.view)
+
+    # --------------------------------------------------------------------------- validation (run by the callbacks)
     def validate(self, baselines: bool = False) -> dict:
         """Mean L(θ') over the first ``train.val_docs`` validation documents with φ's weights (and, with ``baselines``, with
         uniform weights), in passes like training (:meth:`validation_passes`)."""
@@ -348,103 +453,29 @@ class MetaTrainer(SessionProgram):
         folder.mkdir(parents=True, exist_ok=True)
         heatmap(rows, f"φ's token weights after {self.step} updates (validation documents)", folder)
 
-    def _validate_all(self, baselines: bool = False) -> dict:
-        """Whichever validations are due at this step; updates the best φ."""
-        t = self.cfg.train
-        final = self.step == t.max_steps
-        out = {}
-        if t.val_every and (baselines or self.step % t.val_every == 0 or final or self._stopping):
-            out.update(self.validate(baselines=baselines))
-        if t.ckl_val_every and (baselines or self.step % t.ckl_val_every == 0 or final or self._stopping):
-            out.update(self.ckl_validate(baselines=baselines))
-        if self.select == "ckl_val" and "ckl_val/top_acc" in out:
-            self._consider_best(out["ckl_val/top_acc"], "ckl_val/top_acc")
-        elif self.select == "objective" and "val/objective" in out:
-            self._consider_best(-out["val/objective"], "-val/objective")
-        return out
+    # -------------------------------------------------------------------------------------- checkpoints and export
+    def save_checkpoint(self) -> Path:
+        """A resumable checkpoint (atomic: see :mod:`taalm_dist.engine.checkpoint`); every rank calls it."""
+        state = {**dataclasses.asdict(self.state), "order": self.order.state_dict(), "world_size": self.world,
+                 "settings": self.settings, "data_sha256": self.data_sha256, "config_hash": config_hash(self.cfg)}
+        return self.session.checkpoint(self.step, lambda tmp: self.phi.save(tmp / "phi"), state,
+                                       self.cfg.train.keep_checkpoints, rng=self.rng)
 
-    def _consider_best(self, score: float, metric: str) -> None:
-        """Keep φ in ``best_phi/`` when ``score`` beats the best so far (ties keep the earlier φ)."""
-        if self.best["score"] is not None and not score > self.best["score"]:
-            return
-        self.best = {"step": self.step, "score": score, "metric": metric}
-        state = self.phi.export_state()
+    def load_checkpoint(self, directory: Path) -> None:
+        """Restore φ, its optimizer, the data position and every rank's RNG from ``directory``."""
+        state = ckpt.read_state(directory)  # its settings, data and world size were checked by open_run_dir
+        load_on_every_rank(directory, lambda: self.phi.load(directory / "phi"))
+        state_now = self.phi.export_state()
+        bad = D.broadcast_object(integrity.nonfinite(state_now) if D.is_main() else None)
+        if bad:  # [finiteness policy] in taalm_dist.integrity
+            raise ConfigError(f"checkpoint {directory} holds a φ with non-finite values ({', '.join(bad[:3])}); it is "
+                              "not resumed: resume from an earlier checkpoint (--resume PATH) or start a new run")
+        ckpt.load_rng(directory, self.rng)
+        self.order.load_state_dict(state["order"])
+        self.state = MetaTrainState.from_checkpoint(state)
         if D.is_main():
-            selection = {"selection.json": json.dumps(self.best, indent=2)}
-            ckpt.replace_dir(self.out / "best_phi", lambda tmp: save_phi(state, self.cfg.phi, tmp, selection))
-        D.barrier()
+            print(f"resumed from {directory} at step {self.step}")
 
-    # -------------------------------------------------------------------------------------- train
-    def train(self) -> dict:
-        """Run until ``max_steps`` φ updates, validating and checkpointing; export φ. Returns a summary.
-
-        Raises:
-            Preempted: after a SIGTERM/SIGINT, once the φ update in progress is done and checkpointed.
-        """
-        with self.session.stop_signals(then="finishing the φ update in progress, then writing a checkpoint"):
-            return self._train()
-
-    def _train(self) -> dict:
-        cfg = self.cfg.train
-        self._stopping = False
-        if self.step == 0 and (cfg.val_every or cfg.ckl_val_every):
-            self.first_val = self._validate_all(baselines=True)
-            self.log.log_metrics(self.first_val, step=0)
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="meta-train φ", dynamic_ncols=True,
-                   disable=not (cfg.progress and D.is_main()))
-        last: dict = {}
-        start = last_save = time.monotonic()
-        stop = False
-        while self.step < cfg.max_steps and not stop:
-            metrics = self.train_step()
-            stop, signalled, save_due = self._agree_on_stop(start, last_save)
-            self._stopping = stop
-            if signalled:
-                bar.close()
-                self.log.log_metrics(metrics, step=self.step)
-                path = self.save_checkpoint()
-                self.session.stop(f"stopped by {self.signals.requested or 'a request on another rank'} after φ "
-                                  f"update {self.step}; checkpoint {path}; continue with --resume auto")
-            metrics.update(self._validate_all())
-            self.log.log_metrics(metrics, step=self.step)
-            last.update(metrics)
-            bar.update(1)
-            bar.set_postfix(obj=f"{metrics['train/objective']:.3f}", val=f"{last.get('val/objective', math.nan):.3f}")
-            by_count = cfg.save_every and self.step % cfg.save_every == 0
-            if (by_count or save_due) and self.step < cfg.max_steps and not stop:
-                self.save_checkpoint()
-                last_save = time.monotonic()
-        bar.close()
-        if stop and D.is_main():
-            print(f"time limit train.time_limit_s={cfg.time_limit_s:g} reached after {self.step} φ updates")
-        self.save_checkpoint()
-        phi_dir = self.export_phi()
-        summary = {"steps": self.step, "max_steps": cfg.max_steps, "skipped_steps": self.skipped_steps, "first": self.first_val, "last": last,
-                   "phi_dir": str(phi_dir), "selected": {"rule": self.select, **self.best}, "world_size": self.world,
-                   "stopped_by_time_limit": stop}
-        if D.is_main():
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-            for name in ("config.yaml", "ds_config.json", "summary.json"):
-                if (self.out / name).is_file():
-                    self.log.log_artifact(self.out / name)
-            for f in sorted(phi_dir.iterdir()):
-                self.log.log_artifact(f, "phi")
-        return summary
-
-    def _agree_on_stop(self, start: float, last_save: float) -> tuple[bool, bool, bool]:
-        """``(time limit reached, stop signal received, time-based checkpoint due)`` after a φ update, the same on
-        every rank (one all-reduce): the clocks are rank 0's, a signal on any rank counts."""
-        t = self.cfg.train
-        now = time.monotonic()
-        main = D.is_main()
-        flags = [main and t.time_limit_s is not None and now - start >= t.time_limit_s,
-                 self.signals.requested is not None,
-                 main and t.save_every_s is not None and now - last_save >= t.save_every_s]
-        if self.distributed:
-            flags = [v > 0 for v in D.all_reduce_sum([float(f) for f in flags])]
-        return flags[0], flags[1], flags[2]
-
-    # -------------------------------------------------------------------------------- checkpoints
     def export_phi(self) -> Path:
         """The last φ as ``phi_last/`` and the selected one (``train.select``) as ``phi/``, each safetensors +
         config (loadable in one process without DeepSpeed) + ``selection.json``; every rank calls it."""
@@ -489,31 +520,52 @@ class MetaTrainer(SessionProgram):
                                 "train", "kind": "pairs", "max_tokens": d.max_doc_tokens})
         rec.save(phi_dir)
 
-    def save_checkpoint(self) -> Path:
-        """A resumable checkpoint (atomic: see :mod:`taalm_dist.engine.checkpoint`); every rank calls it."""
-        state = {"step": self.step, "skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips,
-                 "order": self.order.state_dict(), "world_size": self.world, "settings": self.settings,
-                 "data_sha256": self.data_sha256, "config_hash": config_hash(self.cfg), "first_val": self.first_val,
-                 "best": self.best}
-        return self.session.checkpoint(self.step, lambda tmp: self.phi.save(tmp / "phi"), state,
-                                       self.cfg.train.keep_checkpoints, rng=self.rng)
 
-    def load_checkpoint(self, directory: Path) -> None:
-        """Restore φ, its optimizer, the data position and every rank's RNG from ``directory``."""
-        state = ckpt.read_state(directory)  # its settings, data and world size were checked by open_run_dir
-        load_on_every_rank(directory, lambda: self.phi.load(directory / "phi"))
-        state_now = self.phi.export_state()
-        bad = D.broadcast_object(integrity.nonfinite(state_now) if D.is_main() else None)
-        if bad:  # [finiteness policy] in taalm_dist.integrity
-            raise ConfigError(f"checkpoint {directory} holds a φ with non-finite values ({', '.join(bad[:3])}); it is "
-                              "not resumed: resume from an earlier checkpoint (--resume PATH) or start a new run")
-        ckpt.load_rng(directory, self.rng)
-        self.order.load_state_dict(state["order"])
-        self.step, self.skipped_steps = state["step"], state["skipped_steps"]
-        self.consecutive_skips, self.first_val = state["consecutive_skips"], state["first_val"]
-        self.best = state.get("best", self.best)
+# ---------------------------------------------------------------------------------- after each φ update
+@dataclass
+class Validation:
+    """``train.val_every``: the validation objective (:meth:`MetaTrainer.validate`) when due."""
+
+    when: Every
+
+    def on_step_end(self, trainer: MetaTrainer, end: StepEnd) -> None:
+        if self.when.due(end):
+            end.metrics.update(trainer.validate(baselines=end.baselines))
+
+
+@dataclass
+class CklValidation:
+    """``train.ckl_val_every``: the benchmark-like validation (:meth:`MetaTrainer.ckl_validate`) when due."""
+
+    when: Every
+
+    def on_step_end(self, trainer: MetaTrainer, end: StepEnd) -> None:
+        if self.when.due(end):
+            end.metrics.update(trainer.ckl_validate(baselines=end.baselines))
+
+
+@dataclass
+class BestPhi:
+    """``train.select``: keep φ in ``best_phi/`` when this step's selection metric (``ckl_val/top_acc``, or minus
+    ``val/objective``) beats the best so far (ties keep the earlier φ); ``last`` keeps none."""
+
+    select: str
+
+    def on_step_end(self, trainer: MetaTrainer, end: StepEnd) -> None:
+        metric = {"ckl_val": "ckl_val/top_acc", "objective": "val/objective"}.get(self.select)
+        if metric not in end.metrics:
+            return
+        score = end.metrics[metric] if self.select == "ckl_val" else -end.metrics[metric]
+        best = trainer.state.best
+        if best["score"] is not None and not score > best["score"]:
+            return
+        trainer.state.best = {"step": trainer.step, "score": score,
+                              "metric": metric if self.select == "ckl_val" else f"-{metric}"}
+        state = trainer.phi.export_state()
         if D.is_main():
-            print(f"resumed from {directory} at step {self.step}")
+            selection = {"selection.json": json.dumps(trainer.state.best, indent=2)}
+            ckpt.replace_dir(trainer.out / "best_phi", lambda tmp: save_phi(state, trainer.cfg.phi, tmp, selection))
+        D.barrier()
 
 
 class WeightStats:

@@ -179,7 +179,8 @@ class TwikiRunner(CklRunner):
             if epoch % self.c.epochs == 0:
                 row = self._evaluate_period(self.period, loss)
                 bar.set_postfix(period=row["period"], changed=_cell(row["changed_nll"]))
-            self._save_checkpoint()
+            if self.cadence.due(epoch):
+                self._save_checkpoint()
         payload = {"method": self.c.method, "periods": self.rows, "notes": self.notes, "setup": self._setup_facts()}
         if D.is_main():
             write_twiki_outputs(self.out, payload)
