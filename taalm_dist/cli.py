@@ -157,7 +157,17 @@ def _cmd_data_pairs(args) -> int:
     if any(f.exists() for f in files) and not args.overwrite:
         raise TaalmError(f"{out} holds meta_train.jsonl / meta_val.jsonl; pass --overwrite or choose another --out")
     docs = load_documents(args.docs, args.text_field)
-    rows = pair_rows([(d.id, d.text) for d in docs], max_facts=args.max_facts)
+    pick = None
+    if args.method == "surprise":
+        from taalm_dist.config import ModelSourceConfig
+        from taalm_dist.data.doc_pairs import SurprisePicker
+        from taalm_dist.models import load_causal_lm, load_tokenizer
+
+        if not args.model:
+            raise TaalmError("--method surprise scores the candidates with the base model: give --model (θ's source)")
+        spec = ModelSourceConfig(source=args.model)
+        pick = SurprisePicker(load_causal_lm(spec), load_tokenizer(spec))
+    rows = pair_rows([(d.id, d.text) for d in docs], pick, max_facts=args.max_facts)
     made = sorted({r["evidence"] for r in rows})
     if len(made) < 2:
         raise TaalmError(f"{args.docs}: only {len(made)} of {len(docs)} documents gave a task (a document needs a name "
@@ -476,7 +486,8 @@ def _cmd_plan(args) -> int:
     return 0
 
 
-BENCHES = {"ce": "taalm_dist.bench.ce", "familiarity": "taalm_dist.bench.familiarity",
+BENCHES = {"ce": "taalm_dist.bench.ce", "doc-pairs": "taalm_dist.bench.doc_pairs",
+           "familiarity": "taalm_dist.bench.familiarity",
            "gradnoise": "taalm_dist.bench.gradnoise", "metastep": "taalm_dist.bench.metastep",
            "metatrain": "taalm_dist.bench.metatrain", "plancheck": "taalm_dist.bench.plancheck", "zero3": "taalm_dist.bench.zero3"}
 
@@ -555,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--docs", required=True, help="a .jsonl file, a directory of .txt/.md files, or a datasets dataset")
     t.add_argument("--out", required=True, help="directory for meta_train.jsonl and meta_val.jsonl")
     t.add_argument("--text-field", default=learn["text_field"], help="the jsonl field / dataset column with the text")
+    t.add_argument("--method", choices=["last", "surprise"], default="last", help="each fact's object: its "
+                   "sentence's last name or number (else last word), or the candidate the base model finds least "
+                   "likely (needs --model)")
+    t.add_argument("--model", default=None, help="with --method surprise: the base model's source (θ's)")
     t.add_argument("--max-facts", type=_count(1), default=_defaults(pair_rows)["max_facts"],
                    help="tasks made from one document, at most")
     t.add_argument("--val-share", type=float, default=0.05, help="share of the documents held out (whole) for "

@@ -28,6 +28,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+import torch
+
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(A-Z])")
 _WORD = re.compile(r"[A-Za-zÀ-ÿ0-9][\w'’\-]*")
 FUNCTION_WORDS = frozenset(
@@ -172,3 +174,27 @@ def agreement(rows: list[dict], pick=None, max_facts: int = 4) -> dict:
     n = max(len(by_doc), 1)
     return {"docs": len(by_doc), "made": made, "covered": covered / n, "precise": precise / max(made, 1),
             "subject": subject / n}
+
+
+class SurprisePicker:
+    """The ``surprise`` method: of a sentence's object candidates, the one whose tokens the base model finds least
+    likely (highest mean NLL after the sentence's start) — the fact it does not know. One forward per sentence (all
+    candidates from it); ``model`` and ``tokenizer`` are the base model's (θ's), the tokenizer a fast one (offsets)."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model.eval(), tokenizer
+
+    @torch.no_grad()
+    def __call__(self, sentence: str, spans: list[tuple[int, int]]) -> tuple[int, int]:
+        from taalm_dist.losses import eager_per_token_nll
+
+        enc = self.tokenizer(sentence, return_offsets_mapping=True, add_special_tokens=True)
+        ids = torch.tensor([enc["input_ids"]])
+        nll = eager_per_token_nll(self.model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})[0]
+        offsets = enc["offset_mapping"]
+
+        def surprise(span):
+            tokens = [i for i, (a, b) in enumerate(offsets) if i > 0 and b > a and a < span[1] and b > span[0]]
+            return float(nll[tokens].mean()) if tokens else float("-inf")
+
+        return max(spans, key=surprise)

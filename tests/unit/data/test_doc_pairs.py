@@ -52,3 +52,28 @@ def test_the_command_writes_train_and_validation_by_document_and_never_overwrite
     (tmp_path / "none.jsonl").write_text(json.dumps({"text": "no names here."}) + "\n")
     assert cli_main(["data", "pairs", "--docs", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "q")]) == 2
     assert "only 0 of 1 documents gave a task" in capsys.readouterr().err
+
+
+def test_the_surprise_method_picks_the_candidate_the_model_finds_least_likely():
+    import torch
+
+    from taalm_dist.data.doc_pairs import SurprisePicker
+
+    sentence = "Ann Lee met Bob Ray in Oslo"
+    words = sentence.split()
+    starts = [sentence.index(w) for w in words]
+
+    class Tok:  # one token per word, with offsets; token 0 is a start token
+        def __call__(self, text, return_offsets_mapping=True, add_special_tokens=True):
+            return {"input_ids": [0] + list(range(1, len(words) + 1)),
+                    "offset_mapping": [(0, 0)] + [(a, a + len(w)) for a, w in zip(starts, words)]}
+
+    class Model(torch.nn.Module):  # predicts every next token surely, except "Bob" (token 4)
+        def forward(self, input_ids, attention_mask):
+            logits = torch.full((1, input_ids.shape[1], 10), -5.0)
+            for i in range(input_ids.shape[1] - 1):
+                logits[0, i, int(input_ids[0, i + 1])] = 5.0 if int(input_ids[0, i + 1]) != 4 else -9.0
+            return type("Out", (), {"logits": logits})()
+
+    spans = [(sentence.index("Bob Ray"), sentence.index("Bob Ray") + 7), (sentence.index("Oslo"), len(sentence))]
+    assert SurprisePicker(Model(), Tok())(sentence, spans) == spans[0]  # the last-name rule would take Oslo
