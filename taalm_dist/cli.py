@@ -73,14 +73,19 @@ def _program_config(args):
     """The program's config from ``--config``, its flags (``FLAGS``) and the overrides, strictly validated."""
     from taalm_dist.config import load_config
 
+    return load_config(args.config, _flag_overrides(args) + list(args.overrides), args.program)
+
+
+def _flag_overrides(args, skip: tuple[str, ...] = ()) -> list[str]:
+    """The program's flags as ``key=value`` overrides (``none`` → null), except the flags in ``skip``."""
     flags = []
     for flag, key in args.program.FLAGS.items():
         value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
-        if value is None:
+        if value is None or flag in skip:
             continue
         value = "null" if isinstance(value, str) and value.lower() == "none" else value
         flags.append(f"{key}={'true' if value is True else value}")
-    return load_config(args.config, flags + list(args.overrides), args.program)
+    return flags
 
 
 def _cmd_meta_train(args) -> int:
@@ -146,37 +151,21 @@ def _cmd_data_twiki_synth(args) -> int:
 
 
 def _cmd_data_pairs(args) -> int:
-    import random
-
-    from taalm_dist.data import write_pairs
-    from taalm_dist.data.doc_pairs import pair_rows
+    from taalm_dist.data.doc_pairs import write_doc_pairs
     from taalm_dist.data.documents import load_documents
 
-    out = Path(args.out)
-    files = [out / "meta_train.jsonl", out / "meta_val.jsonl"]
-    if any(f.exists() for f in files) and not args.overwrite:
-        raise TaalmError(f"{out} holds meta_train.jsonl / meta_val.jsonl; pass --overwrite or choose another --out")
     docs = load_documents(args.docs, args.text_field)
     pick = None
     if args.method == "surprise":
-        from taalm_dist.config import ModelSourceConfig
-        from taalm_dist.data.doc_pairs import SurprisePicker
-        from taalm_dist.models import load_causal_lm, load_tokenizer
-
         if not args.model:
             raise TaalmError("--method surprise scores the candidates with the base model: give --model (θ's source)")
-        spec = ModelSourceConfig(source=args.model)
-        pick = SurprisePicker(load_causal_lm(spec), load_tokenizer(spec))
-    rows = pair_rows([(d.id, d.text) for d in docs], pick, max_facts=args.max_facts)
-    made = sorted({r["evidence"] for r in rows})
-    if len(made) < 2:
-        raise TaalmError(f"{args.docs}: only {len(made)} of {len(docs)} documents gave a task (a document needs a name "
-                         "it mentions twice and a sentence naming it in full with another name or word after it)")
-    held = set(random.Random(args.seed).sample(made, max(1, min(len(made) - 1, round(args.val_share * len(made))))))
-    write_pairs([r for r in rows if r["evidence"] not in held], files[0])
-    write_pairs([r for r in rows if r["evidence"] in held], files[1])
-    print(f"{len(rows)} pairs from {len(made)} of {len(docs)} documents ({len(held)} documents held out for "
-          f"validation) written to {out}")
+        from taalm_dist.data.doc_pairs import SurprisePicker
+
+        pick = SurprisePicker.from_source(args.model)
+    n = write_doc_pairs([(d.id, d.text) for d in docs], args.out, pick, args.max_facts, args.val_share, args.seed,
+                        args.overwrite)
+    print(f"{n['pairs']} pairs from {n['with_tasks']} of {n['documents']} documents ({n['held_out_documents']} documents "
+          f"held out for validation) written to {args.out}")
     return 0
 
 
@@ -280,6 +269,24 @@ def _cmd_ckl_compare(args) -> int:
     return 0
 
 
+def _learn_with_phi_from_docs(args):
+    """``--phi from-docs`` (:mod:`taalm_dist.phi_from_docs`): each override goes to every stage that reads its key
+    (``train.*``, ``meta.*``, ``phi.*``, ``data.*``: meta-training; ``learn.*``: learning; ``theta.*`` and the
+    like: both)."""
+    from taalm_dist.config import LearnRunConfig, MetaTrainConfig, reads_key
+    from taalm_dist.phi_from_docs import learn_with_phi_from_docs
+
+    learn, meta = [], []
+    for o in args.overrides:
+        key = o.split("=", 1)[0]
+        to_meta = reads_key(MetaTrainConfig, key)
+        if reads_key(LearnRunConfig, key) or not to_meta:  # a key neither reads is refused by learn's config
+            learn.append(o)
+        if to_meta:
+            meta.append(o)
+    return learn_with_phi_from_docs(args.config, _flag_overrides(args, skip=("--phi",)) + learn, meta)
+
+
 def _cmd_twiki_run(args) -> int:
     from taalm_dist.engine import distributed as D
     from taalm_dist.programs.twiki_run import run_twiki
@@ -342,9 +349,14 @@ def _cmd_twiki_pairs(args) -> int:
 
 def _cmd_learn(args) -> int:
     from taalm_dist.engine import distributed as D
-    from taalm_dist.programs.learn import run_learn
+    from taalm_dist.phi_from_docs import PHI_FROM_DOCS
 
-    learner, summary = run_learn(_program_config(args))
+    if getattr(args, "phi", None) == PHI_FROM_DOCS:
+        learner, summary = _learn_with_phi_from_docs(args)
+    else:
+        from taalm_dist.programs.learn import run_learn
+
+        learner, summary = run_learn(_program_config(args))
     if not D.is_main():
         return 0
     last = summary["epochs"][-1]

@@ -589,7 +589,9 @@ class LearnConfig(DocumentLearningConfig):
     out_dir: str = "runs/learn"
     """Run directory: adapter/ (peft), merged/ (with merge), checkpoints/, metrics.jsonl, heatmap, curves."""
     phi_path: str | None = None
-    """A meta-trained φ (a run's phi/ directory); null: plain fine-tuning with the same settings (uniform weights)."""
+    """A meta-trained φ (a run's phi/ directory); null: plain fine-tuning with the same settings (uniform weights).
+    On the command line ``--phi from-docs`` makes one from the documents first (pairs, then meta-training with the
+    config file's train/meta/phi/data sections: taalm_dist/phi_from_docs.py)."""
     batch_size: int = 4
     """Windows per θ update."""
 
@@ -855,6 +857,12 @@ def _reader(program: type, key: str) -> str:
         if cls is None:
             return "read"
     return "read"
+
+
+def reads_key(program: type, key: str) -> bool:
+    """Whether ``program`` (a program's config class) reads the dotted ``key`` (a pipeline routes an override to every
+    program that does)."""
+    return _reader(program, key) == "read"
 
 
 def check_override_key(program: type, key: str) -> None:

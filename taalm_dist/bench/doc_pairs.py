@@ -27,11 +27,7 @@ def bench_doc_pairs(sets: dict[str, str], model: str | None = None, max_rows: in
 
     methods = {"last": None}
     if model:
-        from taalm_dist.config import ModelSourceConfig
-        from taalm_dist.models import load_causal_lm, load_tokenizer
-
-        spec = ModelSourceConfig(source=model)
-        methods["surprise"] = SurprisePicker(load_causal_lm(spec), load_tokenizer(spec))
+        methods["surprise"] = SurprisePicker.from_source(model)
     out = {"machine": machine_info(), "model": model, "sets": {}}
     for name, path in sets.items():
         rows = _human_rows(path)[:max_rows]

@@ -154,6 +154,34 @@ def pair_rows(docs: list[tuple[str, str]], pick=None, max_facts: int = 4) -> lis
     return rows
 
 
+def write_doc_pairs(docs: list[tuple[str, str]], out, pick=None, max_facts: int = 4, val_share: float = 0.05,
+                    seed: int = 0, overwrite: bool = False) -> dict:
+    """:func:`pair_rows` of ``docs`` written as ``out/meta_train.jsonl`` and ``out/meta_val.jsonl``, whole documents
+    held out for validation (``val_share`` of those that gave a task, at least 1, a seeded draw). Returns the counts.
+
+    Raises:
+        DataError: the files exist (without ``overwrite``), or fewer than 2 documents gave a task."""
+    import random
+    from pathlib import Path
+
+    from taalm_dist.data.lama_ckl import write_pairs
+    from taalm_dist.errors import DataError
+
+    out = Path(out)
+    files = [out / "meta_train.jsonl", out / "meta_val.jsonl"]
+    if any(f.exists() for f in files) and not overwrite:
+        raise DataError(f"{out} holds meta_train.jsonl / meta_val.jsonl; pass --overwrite or choose another --out")
+    rows = pair_rows(docs, pick, max_facts)
+    made = sorted({r["evidence"] for r in rows})
+    if len(made) < 2:
+        raise DataError(f"only {len(made)} of {len(docs)} documents gave a task (a document needs a name it mentions "
+                        "twice and a sentence naming it in full with another name or word after it)")
+    held = set(random.Random(seed).sample(made, max(1, min(len(made) - 1, round(val_share * len(made))))))
+    write_pairs([r for r in rows if r["evidence"] not in held], files[0])
+    write_pairs([r for r in rows if r["evidence"] in held], files[1])
+    return {"documents": len(docs), "with_tasks": len(made), "pairs": len(rows), "held_out_documents": len(held)}
+
+
 def agreement(rows: list[dict], pick=None, max_facts: int = 4) -> dict:
     """How the made tasks meet human-written ones on rows that have both (LAMA-CKL schema): ``docs`` — documents;
     ``made`` — tasks made; ``covered`` — share of documents one of whose made tasks asks the human task's object;
@@ -183,6 +211,15 @@ class SurprisePicker:
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model.eval(), tokenizer
+
+    @classmethod
+    def from_source(cls, source: str) -> "SurprisePicker":
+        """The picker of the base model at ``source`` (a model source: hub id, directory, .gguf, pkg:...)."""
+        from taalm_dist.config import ModelSourceConfig
+        from taalm_dist.models import load_causal_lm, load_tokenizer
+
+        spec = ModelSourceConfig(source=source)
+        return cls(load_causal_lm(spec), load_tokenizer(spec))
 
     @torch.no_grad()
     def __call__(self, sentence: str, spans: list[tuple[int, int]]) -> tuple[int, int]:

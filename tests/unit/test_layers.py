@@ -15,7 +15,7 @@ LAYERS = {
     "meta": 4, "weight_rules": 4, "ckl": 4, "familiarity": 4,
     "engine": 5,
     "programs": 6, "weigh": 6, "plan": 6,
-    "integrations": 7, "demo": 7, "bench": 7,
+    "integrations": 7, "demo": 7, "bench": 7, "phi_from_docs": 7,
     "cli": 8,
     "launch": 9, "__init__": 9,
 }
@@ -76,10 +76,11 @@ def _calls(pattern: str) -> set[str]:
 
 
 def test_theta_its_optimizer_and_a_run_directory_are_built_in_one_place_each():
-    # θ: build_theta (φ's backbone is built by build_phi; merge_adapter and ckl build load a base they do not train)
+    # θ: build_theta (φ's backbone is built by build_phi; merge_adapter, ckl build and data pairs' surprise method load
+    # a base they do not train)
     assert _calls(r"\bmake_trainable\(") == {"models/theta.py", "models/train_attention.py"}
     assert _calls(r"\bload_causal_lm\(") == {"models/theta.py", "models/train_attention.py", "programs/learn.py",
-                                             "ckl/build.py"}
+                                             "ckl/build.py", "data/doc_pairs.py"}
     # AdamW: θ's learners and φ's one-process update
     assert _calls(r"optim\.AdamW\(") == {"engine/theta.py", "engine/phi_update.py"}
     # a run directory: the run session
