@@ -690,19 +690,31 @@ class MetaTrainConfig:
                               "meta.method=fd or fd1 (finite differences on each rank's partitions)")
 
 
-def _check_documents(run, section: str, world_size: int) -> None:
-    """The checks of a program that teaches θ documents (``ckl run``, ``twiki run``, ``learn``) once it knows its
-    world: the batch must cover the processes."""
-    if world_size > 1 and run.batch_size % world_size and run.batch_size < world_size:
-        raise ConfigError(f"{section}.batch_size={run.batch_size} is smaller than the {world_size} processes: raise it "
-                          "or launch fewer")
+class _TeachesDocuments:
+    """What the configs of the programs that teach θ documents (``ckl run``, ``twiki run``, ``learn``) share: their
+    run section's name (``RUN_SECTION``) and the checks across sections once the world is known."""
+
+    RUN_SECTION: ClassVar[str]
+
+    def validate(self, world_size: int = 1) -> None:
+        """The checks across sections once the world is known (each section checks its own fields when built; the
+        method's own needs are checked by the method, :mod:`taalm_dist.programs.methods`): the batch must cover
+        the processes.
+
+        Raises:
+            ConfigError: naming the key and what to set."""
+        run, section = getattr(self, self.RUN_SECTION), self.RUN_SECTION
+        if world_size > 1 and run.batch_size % world_size and run.batch_size < world_size:
+            raise ConfigError(f"{section}.batch_size={run.batch_size} is smaller than the {world_size} processes: raise "
+                              "it or launch fewer")
 
 
 @dataclass
-class CklRunConfig:
+class CklRunConfig(_TeachesDocuments):
     """``taalm ckl run``: θ learns LAMA-CKL's To-Learn evidence with a method's token weights, scored every epoch."""
 
     COMMAND: ClassVar[str] = "ckl run"
+    RUN_SECTION: ClassVar[str] = "ckl"
     FLAGS: ClassVar[dict] = {"--method": "ckl.method", "--data-dir": "ckl.data_dir", "--phi": "ckl.phi_path",
                              "--out": "ckl.out_dir", "--resume": "ckl.resume", "--overwrite": "ckl.overwrite"}
 
@@ -719,17 +731,13 @@ class CklRunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow and JSONL logging."""
 
-    def validate(self, world_size: int = 1) -> None:
-        """The checks across sections once the world is known (each section checks its own fields when built;
-        the method's own needs are checked by the method, :mod:`taalm_dist.programs.methods`)."""
-        _check_documents(self.ckl, "ckl", world_size)
-
 
 @dataclass
-class LearnRunConfig:
+class LearnRunConfig(_TeachesDocuments):
     """``taalm learn``: θ learns a user's documents with φ's token weights (or uniform ones)."""
 
     COMMAND: ClassVar[str] = "learn"
+    RUN_SECTION: ClassVar[str] = "learn"
     FLAGS: ClassVar[dict] = {"--model": "theta.model.source", "--phi": "learn.phi_path", "--docs": "learn.docs",
                              "--out": "learn.out_dir", "--text-field": "learn.text_field", "--eval-qa": "learn.eval_qa",
                              "--retain": "learn.retain", "--merge": "learn.merge", "--overwrite": "learn.overwrite",
@@ -748,18 +756,14 @@ class LearnRunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow and JSONL logging."""
 
-    def validate(self, world_size: int = 1) -> None:
-        """The checks across sections once the world is known (each section checks its own fields when built;
-        the method's own needs are checked by the method, :mod:`taalm_dist.programs.methods`)."""
-        _check_documents(self.learn, "learn", world_size)
-
 
 @dataclass
-class TwikiRunConfig:
+class TwikiRunConfig(_TeachesDocuments):
     """``taalm twiki run``: θ learns TemporalWiki's diffsets period by period, probed after each on changed and
     unchanged facts."""
 
     COMMAND: ClassVar[str] = "twiki run"
+    RUN_SECTION: ClassVar[str] = "twiki"
     FLAGS: ClassVar[dict] = {"--method": "twiki.method", "--data-dir": "twiki.data_dir", "--phi": "twiki.phi_path",
                              "--out": "twiki.out_dir", "--resume": "twiki.resume", "--overwrite": "twiki.overwrite"}
 
@@ -773,11 +777,6 @@ class TwikiRunConfig:
     """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow and JSONL logging."""
-
-    def validate(self, world_size: int = 1) -> None:
-        """The checks across sections once the world is known (each section checks its own fields when built;
-        the method's own needs are checked by the method, :mod:`taalm_dist.programs.methods`)."""
-        _check_documents(self.twiki, "twiki", world_size)
 
 
 PROGRAM_CONFIGS = (MetaTrainConfig, CklRunConfig, LearnRunConfig, TwikiRunConfig)

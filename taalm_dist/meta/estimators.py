@@ -21,6 +21,7 @@ from typing import Mapping, Protocol, Sequence
 import torch
 
 from taalm_dist.models.precision import float32_compute
+from taalm_dist.registry import Registry
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -83,16 +84,14 @@ class Estimator(Protocol):
         """``[B, L]`` u."""
 
 
-ESTIMATORS: dict[str, Estimator] = {}
+ESTIMATORS: Registry[Estimator] = Registry(
+    "estimator", lambda name, known: ValueError(f"method={name!r} is not one of {(*known, 'double_backward')}"))
 """Every registered estimator by name."""
 
 
 def register_estimator(est: Estimator) -> Estimator:
     """Add ``est`` to :data:`ESTIMATORS` under ``est.name`` (refusing a name taken); returns it."""
-    if est.name in ESTIMATORS:
-        raise ValueError(f"an estimator named {est.name!r} is registered already")
-    ESTIMATORS[est.name] = est
-    return est
+    return ESTIMATORS.register(est.name, est)
 
 
 def estimator(name: str) -> Estimator:
@@ -100,10 +99,7 @@ def estimator(name: str) -> Estimator:
 
     Raises:
         ValueError: no such estimator (the message lists them)."""
-    try:
-        return ESTIMATORS[name]
-    except KeyError:
-        raise ValueError(f"method={name!r} is not one of {(*ESTIMATORS, 'double_backward')}") from None
+    return ESTIMATORS.lookup(name)
 
 
 def default_fd_eps(dtype: torch.dtype, inner: str = "sgd") -> float:
@@ -178,8 +174,7 @@ class CentralDifference:
     @torch.no_grad()
     def __call__(self, probe: Probe) -> torch.Tensor:
         view, at = probe.view, probe.at
-        eps = probe.eps or default_fd_eps(at[0].dtype, probe.inner)
-        norm = view.direction_norm(probe.direction)
+        eps, norm = probe.eps or default_fd_eps(at[0].dtype, probe.inner), view.direction_norm(probe.direction)
         if _is_zero(norm):
             return torch.zeros_like(view.loss(probe.batch))
         with float32_compute(view.model):  # [mixed precision note] in taalm_dist.models.precision
@@ -200,8 +195,7 @@ class OneSidedDifference:
     @torch.no_grad()
     def __call__(self, probe: Probe) -> torch.Tensor:
         view, at = probe.view, probe.at
-        eps = probe.eps or default_fd1_eps(at[0].dtype, probe.inner)
-        norm = view.direction_norm(probe.direction)
+        eps, norm = probe.eps or default_fd1_eps(at[0].dtype, probe.inner), view.direction_norm(probe.direction)
         if _is_zero(norm):
             return torch.zeros_like(view.loss(probe.batch) if probe.at_loss is None else probe.at_loss)
         with float32_compute(view.model):  # [mixed precision note] in taalm_dist.models.precision

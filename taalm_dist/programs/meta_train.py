@@ -27,6 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -136,7 +137,8 @@ class MetaTrainer(SessionProgram):
         self.state = MetaTrainState()
         self.select = t.select if t.select != "auto" else ("ckl_val" if t.ckl_val_every else "last")
         """How the exported φ is chosen: ``last``, ``objective`` or ``ckl_val`` (:class:`BestPhi`)."""
-        self.callbacks = [Validation(Every(t.val_every)), CklValidation(Every(t.ckl_val_every)), BestPhi(self.select)]
+        self.callbacks = [Validation(Every(t.val_every), MetaTrainer.validate),
+                          Validation(Every(t.ckl_val_every), MetaTrainer.ckl_validate), BestPhi(self.select)]
         """Run after every φ update, in order (:mod:`taalm_dist.engine.callbacks`)."""
         self.cadence = CheckpointCadence(t.save_every, t.save_every_s)
         # built by setup()
@@ -524,24 +526,15 @@ class MetaTrainer(SessionProgram):
 # ---------------------------------------------------------------------------------- after each φ update
 @dataclass
 class Validation:
-    """``train.val_every``: the validation objective (:meth:`MetaTrainer.validate`) when due."""
+    """A validation of φ when due: ``run`` is :meth:`MetaTrainer.validate` (``train.val_every``) or
+    :meth:`MetaTrainer.ckl_validate` (``train.ckl_val_every``); its metrics join the step's."""
 
     when: Every
+    run: Callable[..., dict]
 
     def on_step_end(self, trainer: MetaTrainer, end: StepEnd) -> None:
         if self.when.due(end):
-            end.metrics.update(trainer.validate(baselines=end.baselines))
-
-
-@dataclass
-class CklValidation:
-    """``train.ckl_val_every``: the benchmark-like validation (:meth:`MetaTrainer.ckl_validate`) when due."""
-
-    when: Every
-
-    def on_step_end(self, trainer: MetaTrainer, end: StepEnd) -> None:
-        if self.when.due(end):
-            end.metrics.update(trainer.ckl_validate(baselines=end.baselines))
+            end.metrics.update(self.run(trainer, baselines=end.baselines))
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch
 from taalm_dist import weight_rules
 from taalm_dist.ckl.methods import quadratic_pull, recadam_lambda
 from taalm_dist.errors import ConfigError
+from taalm_dist.registry import Registry
 
 
 class Trainer(Protocol):
@@ -179,16 +180,13 @@ class Method:
         self.change.check_distributed(trainer)
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method", lambda name, known: ConfigError(f"method {name!r} is not one of {known}"))
 """Every registered method by name."""
 
 
 def register_method(m: Method) -> Method:
     """Add ``m`` to :data:`METHODS` (refusing a name taken); returns it."""
-    if m.name in METHODS:
-        raise ValueError(f"a method named {m.name!r} is registered already")
-    METHODS[m.name] = m
-    return m
+    return METHODS.register(m.name, m)
 
 
 def method(name: str) -> Method:
@@ -196,10 +194,7 @@ def method(name: str) -> Method:
 
     Raises:
         ConfigError: no such method (the message lists them)."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ConfigError(f"method {name!r} is not one of {list(METHODS)}") from None
+    return METHODS.lookup(name)
 
 
 for _m in (Method("finetune", Uniform()), Method("oracle", Oracle()), Method("taalm", Phi()), Method("rho1", Rho1()),

@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "taalm_dist"
 
 LAYERS = {
-    "errors": 0, "cache": 0, "integrity": 0,
+    "errors": 0, "cache": 0, "integrity": 0, "registry": 0,
     "config": 1,
     "models": 2, "losses": 2, "tracking": 2,
     "data": 3,
