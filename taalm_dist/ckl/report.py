@@ -86,8 +86,10 @@ def provenance_table(runs: list[dict]) -> str:
             phi += f" (uniform share {c['phi_uniform_share']:g})"
         if c.get("phi_abstained"):
             a = c["phi_abstained"]
+            corpus = a.get("corpus") or {}
+            whole = f"; corpus share {corpus['share']:.2f}" if corpus.get("n") else ""
             phi += (f" (abstained: mean share {a['mean_share']:.2f}, {a['uniform']} of {a['docs_weighed']} documents "
-                    "uniform)")
+                    f"uniform{whole})")
         rows.append(f"| {run.get('run_name') or run['method']} | {c.get('date', '–')} | {c.get('machine', '–')} | "
                     f"{wall} | {phi} |")
     return "\n".join(rows)

@@ -42,6 +42,8 @@ def test_provenance_names_date_machine_wall_time_and_phi(tmp_path):
     assert lines[2] == ("| synth_phi_on_lama | 2026-12-04 | x86_64, 1 threads | 610 | runs/demo/meta_train/phi (floor 0.01) "
                         "(uniform share 0.5) (abstained: mean share 0.93, 270 of 300 documents uniform) |")
     assert lines[3] == "| finetune | 2026-12-05 | x86_64, 2 threads | 100+ | – |"
+    run["setup"]["phi_abstained"]["corpus"] = {"n": 60, "median": 1.13, "known_n": 0.78, "unknown_n": 1.05, "share": 1.0}
+    assert provenance_table([run]).splitlines()[2].endswith("270 of 300 documents uniform; corpus share 1.00) |")
 
 
 def test_the_papers_row_stands_beside_lama_ckl_runs_only(tmp_path):
