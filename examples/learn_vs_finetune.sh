@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # taalm learn with a meta-trained φ against plain fine-tuning (--phi none) on your-own-documents-style input:
 # 60 plain .txt documents, a questions file about them (--eval-qa) and one about facts the model already
-# knows (--retain). Reproduces the README's "taalm learn on SmolLM2" table.
+# knows (--retain). Reproduces the "Measured" table of docs/own_documents.md.
 #
 #   PHI=runs/transfer/phi_mix/phi bash examples/learn_vs_finetune.sh [WORK_DIR]   (default: runs/learn_vs_finetune)
 #   N_DOCS=60 SEEDS="0 1 2" bash examples/learn_vs_finetune.sh ...
 #
 # PHI: the φ to use — the general φ of taalm_dist/configs/meta_train_mixture_smollm2_cpu.yaml (launch/transfer_smollm2.sh
-# trains it; the README's table) or any exported phi/ directory. Without PHI, φ is meta-trained here on the
+# trains it; that table) or any exported phi/ directory. Without PHI, φ is meta-trained here on the
 # synthetic meta-training pairs with the demo's config for its train.max_steps updates (META_STEPS overrides).
 # Steps: the synthetic CKL benchmark (`taalm data synth`), tailored to SmolLM2 (`taalm ckl build`); the first
 # N_DOCS To-Learn evidences written as .txt files, their tasks as qa.jsonl, the Not-To-Forget tasks as

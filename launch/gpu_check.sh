@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run: bash launch/gpu_check.sh OUT_DIR
-# The GPU check as one command for a GPU machine without network (README, "GPU check"): installs the offline kit
+# The GPU check as one command for a GPU machine without network (docs/cluster.md, "GPU check"): installs the offline kit
 # (`make gpu-kit` made .gpu-kit/ beside this script's repository; GPU_KIT=DIR names another) into a temporary
 # target, then runs every stage of taalm_dist/bench/gpu_check.py in its own process under its own time budget
 # (stage list and budgets: STAGES there; the whole fits 8 minutes on one H100), writes OUT_DIR/STAGE.json for

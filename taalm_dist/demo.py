@@ -134,7 +134,7 @@ def _meta_train(plan: DemoPlan, out: Path) -> dict:
     if summary.get("stopped_by_time_limit"):
         print(f"taalm: WARNING: the safety time box ({plan.meta_time_s:g} s) stopped meta-training after "
               f"{summary['steps']} of train.max_steps={cfg.train.max_steps} φ updates; the results below are not "
-              "the step budget's (README). Raise --meta-time-s to train the whole budget.")
+              "the step budget's (docs/demo.md). Raise --meta-time-s to train the whole budget.")
     first, last = summary["first"], summary["last"]
     if "val/objective" in first and "val/objective" in last:
         print(f"held-out objective L(θ'): {first['val/objective']:.3f} (uniform weights) → {last['val/objective']:.3f} "
@@ -212,7 +212,7 @@ def _report(results: dict, table: str) -> str:
         f"Data: {results['data']}: {results['build']['to_learn']} To-Learn, {results['build']['not_to_forget']} "
         f"Not-To-Forget (the facts the model answered), {results['build']['meta_train']} meta-training pairs.", "",
         f"φ meta-trained for {mt['steps']} updates"
-        + (f" (stopped by the safety time box before train.max_steps={mt['max_steps']}: not the README's budget)"
+        + (f" (stopped by the safety time box before train.max_steps={mt['max_steps']}: not the budget of docs/demo.md)"
            if mt["stopped_by_time_limit"] else "")
         + (f"; held-out objective L(θ') {mt['val_objective_start']:.3f} → {mt['val_objective_end']:.3f}."
            if mt["val_objective_start"] is not None and mt["val_objective_end"] is not None else "."), "",

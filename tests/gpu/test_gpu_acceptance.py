@@ -4,7 +4,7 @@ the plan, a 1-rank ZeRO-3 NCCL meta-step against one process, device placement, 
 padded batch, per-document passes with the CKL validation under ZeRO-3, and QLoRA under ZeRO-3 on SmolLM2.
 
 Run with `make test-gpu` (TAALM_GPU_OUT=dir keeps the stages' JSON); skipped without CUDA. Without network, the same
-stages run as one command from the offline kit: `launch/gpu_check.sh OUT_DIR` (README, "GPU check")."""
+stages run as one command from the offline kit: `launch/gpu_check.sh OUT_DIR` (docs/cluster.md, "GPU check")."""
 
 import pytest
 import torch

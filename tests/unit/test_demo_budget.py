@@ -42,7 +42,7 @@ def test_the_report_says_when_the_safety_box_stopped_meta_training(tmp_path, mon
                "data": "synthetic", "benchmark": "synthetic", "build": {"to_learn": 6, "not_to_forget": 6, "meta_train": 12},
                "stage_wall_s": {}, "total_wall_s": 1.0, "mlflow": "mlflow ui"}
     report = demo._report(results, "| table |")
-    assert ("not the README's budget" in report) == stopped
+    assert ("not the budget of docs/demo.md" in report) == stopped
     assert f"φ meta-trained for {summary['steps']} updates" in report
     assert "Table 1" not in report  # the paper columns are named only for runs that learned LAMA-CKL
     assert "Table 1" in demo._report({**results, "benchmark": "LAMA-CKL"}, "| table |")
