@@ -1,4 +1,5 @@
-"""launch/ckl_smollm2_results.sh, transfer_smollm2.sh, abstain_smollm2.sh and twiki_smollm2.sh with a stub `taalm` that records each call and
+"""launch/ckl_smollm2_results.sh, transfer_smollm2.sh, abstain_smollm2.sh, twiki_smollm2.sh and doc_pairs_smollm2.sh with a stub `taalm`
+that records each call and
 writes what the real verb would leave behind: the order of the rows, resuming row by row, ONLY, refusals."""
 
 import os
@@ -27,6 +28,7 @@ case "$1 $2" in
   "data mix") mkdir -p "$(dirname "$out")"; touch "$out" ;;
   "phi familiarity") touch "$3/familiarity.json" ;;
   "data twiki-synth") mkdir -p "$out/TWiki_Diffsets" ;;
+  "data pairs") mkdir -p "$out"; touch "$out/meta_train.jsonl" "$out/meta_val.jsonl" ;;
   "twiki run") mkdir -p "$out"; echo '{}' > "$out/metrics.json" ;;
   "twiki pairs") mkdir -p "$out"; touch "$out/meta_train.jsonl" "$out/meta_val.jsonl" ;;
   "twiki compare") echo "| table of $# args |" ;;
@@ -197,3 +199,28 @@ def test_twiki_rows_run_in_order_with_the_phi_of_the_first_period_and_resume(stu
     assert run("twiki_smollm2.sh", out).returncode == 2  # no RESUME: refused
     r = run("twiki_smollm2.sh", out, RESUME="1", DATA_DIR=str(tmp_path / "official"))
     assert _rows(taken()) == [("twiki compare", None)]  # every row exists; the official files are never written
+
+
+def test_phi_from_documents_rows_pair_meta_train_and_run_both_benchmarks_per_seed(stub, tmp_path):
+    run, taken = stub
+    lama, demo = tmp_path / "lama", tmp_path / "demo"
+    for d in (lama / "finetune", demo / "ckl" / "finetune"):
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text("{}")
+    r = run("doc_pairs_smollm2.sh", lama, demo, tmp_path / "dp", SEEDS="0 1")
+    assert r.returncode == 0, r.stderr
+    lines = taken()
+    assert _rows(lines) == [("data pairs", "pairs_synth"), ("meta-train", "phi_synth_s0"), ("ckl run", "synth_phi_s0_on_synth"),
+                            ("ckl run", "synth_phi_s0_on_lama"), ("meta-train", "phi_synth_s1"),
+                            ("ckl run", "synth_phi_s1_on_synth"), ("ckl run", "synth_phi_s1_on_lama"),
+                            ("data pairs", "pairs_lama"), ("meta-train", "phi_lama_s0"), ("ckl run", "lama_phi_s0_on_lama"),
+                            ("ckl run", "lama_phi_s0_on_synth"), ("meta-train", "phi_lama_s1"),
+                            ("ckl run", "lama_phi_s1_on_lama"), ("ckl run", "lama_phi_s1_on_synth"),
+                            ("ckl compare", None), ("ckl compare", None)]
+    assert f"--docs {demo}/data/tailored/meta_train.jsonl --text-field evidence --method last" in lines[0]
+    assert "demo_smollm2.yaml" in lines[1] and "data.task_field=task_schematic" in lines[1] and "train.seed=0" in lines[1]
+    assert "meta_train_smollm2_cpu.yaml" in lines[8] and "ckl_smollm2_cpu.yaml" in lines[9]
+    assert f"--data-dir {lama}/tailored --phi {tmp_path}/dp/phi_synth_s0/phi" in lines[3]
+    assert run("doc_pairs_smollm2.sh", lama, demo, tmp_path / "dp").returncode == 2  # no RESUME: refused
+    r = run("doc_pairs_smollm2.sh", lama, demo, tmp_path / "dp", SEEDS="0 1", RESUME="1")
+    assert _rows(taken()) == [("ckl compare", None), ("ckl compare", None)]
