@@ -57,7 +57,8 @@ class TokenWeightedTrainer(Trainer):
         rows = [dataset[i] for i in range(0, len(dataset), step)][:CORPUS_MAX_N]
         if not all(isinstance(r, dict) and "input_ids" in r for r in rows):
             return None
-        ids = [[int(t) for t in r["input_ids"]] for r in rows]
+        ids = [[int(t) for t, m in zip(r["input_ids"], r.get("attention_mask", [1] * len(r["input_ids"]))) if int(m)]
+               for r in rows]  # padding left out
         return self.weigher.set_corpus([x for x in ids if x])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

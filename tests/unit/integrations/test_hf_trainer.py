@@ -66,3 +66,18 @@ def test_it_trains_and_refuses_a_tokenizer_other_than_phis(setup):
         TokenWeightedTrainer(model=theta, args=args, processing_class=other, phi=phi_dir)
     with pytest.raises(ConfigError, match="needs the model's tokenizer"):
         TokenWeightedTrainer(model=theta, args=args, phi=phi_dir)
+
+
+def test_the_training_set_is_the_corpus_of_phis_abstention(setup):
+    from taalm_dist.familiarity import make_familiarity
+
+    phi_dir, theta, tok, batch, args = setup
+    texts = [f"the code of {ENTITIES[i % len(ENTITIES)]} is {ANSWERS[i % len(ANSWERS)]} ." for i in range(24)]
+    docs = [tok(t)["input_ids"] for t in texts]
+    make_familiarity(phi_dir, docs[:18], docs[18:], {"test": True}).save(phi_dir)
+    rows = [{k: v[b] for k, v in batch.items()} for b in range(2)]
+    trainer = TokenWeightedTrainer(model=theta, args=args, train_dataset=rows, processing_class=tok, phi=phi_dir)
+    assert trainer.corpus["n"] == 2 and trainer.weigher.rule.corpus is trainer.corpus
+    trainer.weigher.weights(batch["input_ids"], batch["attention_mask"])
+    assert (trainer.weigher.rule.last_share >= trainer.corpus["share"]).all()
+    assert TokenWeightedTrainer(model=theta, args=args, processing_class=tok, phi=phi_dir).corpus is None  # no set

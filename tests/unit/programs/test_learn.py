@@ -331,6 +331,14 @@ def test_a_familiarity_record_is_made_once_weighed_with_and_learned_with(data, t
                      "--out", str(weights), "--html", str(page), "--device", "cpu"]) == 0
     rows = [json.loads(x) for x in weights.read_text().splitlines()]
     assert all(0 <= r["abstain_share"] <= 1 and r["familiarity_distance"] > 0 for r in rows)
+    assert f"φ's familiarity: the {len(rows)} documents' median distance" in capsys.readouterr().out  # one corpus
+    from taalm_dist.weigh import TokenWeigher
+
+    weigher = TokenWeigher.load(phi, device="cpu")
+    corpus = weigher.set_corpus(["Mira Olsen was born in Tallinn.", "Ola Berg lives in Oslo."])
+    assert corpus["n"] == 2 and weigher.rule.corpus is corpus
+    [one] = weigher.weigh(["Mira Olsen was born in Tallinn."])
+    assert one.meta["abstain_share"] >= corpus["share"]  # the corpus share floors every text's share
     assert page.read_text().count("familiarity distance") == len(rows)
     assert cli_main(["weigh", "--phi", str(phi), "--docs", str(data / "to_learn.jsonl"), "--text-field", "evidence",
                      "--out", str(weights), "--overwrite", "--no-abstain", "--device", "cpu"]) == 0
