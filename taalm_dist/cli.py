@@ -36,6 +36,26 @@ def _count(minimum: int):
     return parse
 
 
+def _fraction(lo: float, hi: float | None, hi_open: bool = True, lo_open: bool = False):
+    """An argparse type: a finite number in the range from ``lo`` to ``hi`` (open ends as said; None: unbounded)."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        above = value > lo if lo_open else value >= lo
+        below = hi is None or (value < hi if hi_open else value <= hi)
+        if not (math.isfinite(value) and above and below):
+            raise argparse.ArgumentTypeError(f"{value} must be in {'(' if lo_open else '['}{lo:g}, "
+                                             f"{'∞' if hi is None else format(hi, 'g')}{')' if hi_open else ']'}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
 OVERRIDE_TOKEN = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)+=")
 """A ``key.sub=value`` config override on the command line."""
 
@@ -474,9 +494,6 @@ def _cmd_plan(args) -> int:
     from taalm_dist.config import load_config
     from taalm_dist.plan import plan_report
 
-    if args.world_size < 1 or args.memory_gb <= 0 or not 0 <= args.reserve < 1:
-        raise TaalmError(f"--world-size {args.world_size} must be >= 1, --memory-gb {args.memory_gb} > 0 and --reserve "
-                         f"{args.reserve} in [0, 1)")
     cfg = load_config(args.config, list(args.overrides))
     report = plan_report(cfg, args.world_size, args.memory_gb, args.reserve, args.theta_shape, args.phi_shape)
     if args.json:
@@ -565,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--entities", type=_count(2), default=world["entities"], help="fictional people in the world")
     t.add_argument("--periods", type=_count(2), default=world["periods"], help="diffsets: the first introduces the "
                    "people, each later one changes some of their facts")
-    t.add_argument("--change-rate", type=float, default=world["change_rate"], help="share of the people who change one "
+    t.add_argument("--change-rate", type=_fraction(0, 1, hi_open=False, lo_open=True), default=world["change_rate"], help="share of the people who change one "
                    "fact per later period")
     t.add_argument("--noise-lines", type=_count(0), default=world["noise_lines"], help="changed lines per later period "
                    "that change no fact")
@@ -584,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=None, help="with --method surprise: the base model's source (θ's)")
     t.add_argument("--max-facts", type=_count(1), default=_defaults(pair_rows)["max_facts"],
                    help="tasks made from one document, at most")
-    t.add_argument("--val-share", type=float, default=0.05, help="share of the documents held out (whole) for "
+    t.add_argument("--val-share", type=_fraction(0, 1, lo_open=True), default=0.05, help="share of the documents held out (whole) for "
                    "validation")
     t.add_argument("--seed", type=int, default=0, help="seed of the held-out draw")
     t.add_argument("--overwrite", action="store_true", help="replace existing files")
@@ -693,9 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the previous one (as learn.window_overlap)")
     p.add_argument("--batch-size", type=_count(1), default=8, help="windows per φ forward")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--floor", type=float, default=0.0, help="every real token's weight at least this (the weights "
+    p.add_argument("--floor", type=_fraction(0, 1, hi_open=False), default=0.0, help="every real token's weight at least this (the weights "
                    "θ learns with under ckl.phi_weight_floor / learn.phi_weight_floor); 0: φ's own")
-    p.add_argument("--uniform-share", type=float, default=0.0, help="share of each window's weight spread uniformly, "
+    p.add_argument("--uniform-share", type=_fraction(0, 1, hi_open=False), default=0.0, help="share of each window's weight spread uniformly, "
                    "the rest φ's rescaled to mean 1 (as ckl.phi_uniform_share / learn.phi_uniform_share); 0: φ's own")
     p.add_argument("--no-abstain", action="store_true", help="φ's weights on every window, also where its familiarity "
                    "record says it does not know the text (as ckl.phi_abstain / learn.phi_abstain false)")
@@ -736,9 +753,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "longest document and most documents per pass that fit",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", required=True, help="meta-training config")
-    p.add_argument("--world-size", type=int, default=1, help="ranks (> 1: ZeRO-3)")
-    p.add_argument("--memory-gb", type=float, default=80.0, help="accelerator memory per rank, GB")
-    p.add_argument("--reserve", type=float, default=0.1, help="fraction kept free (allocator, CUDA context)")
+    p.add_argument("--world-size", type=_count(1), default=1, help="ranks (> 1: ZeRO-3)")
+    p.add_argument("--memory-gb", type=_fraction(0, None, lo_open=True), default=80.0,
+                   help="accelerator memory per rank, GB")
+    p.add_argument("--reserve", type=_fraction(0, 1), default=0.1, help="fraction kept free (allocator, CUDA context)")
     p.add_argument("--theta-shape", default=None, help="θ's shape by name when its config cannot be read here "
                    "(smollm2-135m, tinyllama-1.1b, llama2-7b, llama2-13b)")
     p.add_argument("--phi-shape", default=None, help="φ's backbone shape by name (as --theta-shape)")

@@ -104,7 +104,12 @@ def test_cli_prints_the_plan_and_refuses_bad_arguments(capsys):
                  "--phi-shape", "tinyllama-1.1b", "--memory-gb", "16"]) == 0
     out = capsys.readouterr().out
     assert "total per rank" in out and "does NOT fit in 16 GB" in out
-    assert main(["plan", "--config", "taalm_dist/configs/meta_train_tiny.yaml", "--world-size", "0"]) == 2
-    assert "--world-size 0 must be >= 1" in capsys.readouterr().err
+    import pytest
+
+    for flag, value, said in (("--world-size", "0", "0 must be >= 1"), ("--reserve", "1", "1.0 must be in [0, 1)"),
+                              ("--memory-gb", "0", "0.0 must be in (0, ∞)")):
+        with pytest.raises(SystemExit) as e:
+            main(["plan", "--config", "taalm_dist/configs/meta_train_tiny.yaml", flag, value])
+        assert e.value.code == 2 and f"argument {flag}: {said}" in capsys.readouterr().err
     assert main(["plan", "--config", "taalm_dist/configs/meta_train_tiny.yaml", "--theta-shape", "gpt5"]) == 2
     assert "unknown shape 'gpt5'" in capsys.readouterr().err
