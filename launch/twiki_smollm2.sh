@@ -5,8 +5,9 @@
 # finetune and kadapter over every period, make φ's meta-training pairs from the first period (`taalm twiki pairs
 # --period 0809`: its lines and its changed probes, as TAALM made its TemporalWiki φ), meta-train φ on them (SEEDS,
 # default "0"), run taalm and taalm+kadapter with each seed's φ, and compare. EXTRA_PHI="NAME=PHI_DIR ..." adds a
-# taalm row for each other φ (e.g. the demo's). Refuses an existing OUT_DIR unless RESUME=1 (a finished step is
-# skipped, an interrupted one resumes).
+# taalm row for each other φ (e.g. the demo's), named taalm_NAME; EXTRA_ARGS="key=value ..." are given to those rows
+# (e.g. twiki.phi_abstain=false), whose names then end in _EXTRA_TAG (default "args"). Refuses an existing OUT_DIR
+# unless RESUME=1 (a finished step is skipped, an interrupted one resumes).
 set -euo pipefail
 out="${1:-runs/twiki_smollm2}"
 source "$(dirname "$0")/results_steps.bash"
@@ -14,11 +15,12 @@ results_out "$out"
 config=taalm_dist/configs/twiki_smollm2_cpu.yaml
 data="${DATA_DIR:-$out/data}"
 [[ -n "${DATA_DIR:-}" || -e "$data/TWiki_Diffsets" ]] || timed data taalm data twiki-synth --out "$data"
-row() {  # NAME METHOD [PHI]: one `twiki run`, skipped when its metrics.json exists
+row() {  # NAME METHOD [PHI [OVERRIDES...]]: one `twiki run`, skipped when its metrics.json exists
   local name=$1 method=$2 phi=()
-  [[ $# -ge 3 ]] && phi=(--phi "$3")
+  shift 2
+  if [[ $# -ge 1 ]]; then phi=(--phi "$1"); shift; fi
   [[ -e "$out/$name/metrics.json" ]] || timed "$name" taalm twiki run --config "$config" --data-dir "$data" \
-    --method "$method" "${phi[@]}" --out "$out/$name" --resume auto twiki.progress=false
+    --method "$method" "${phi[@]}" --out "$out/$name" --resume auto twiki.progress=false "$@"
 }
 row finetune finetune
 row kadapter kadapter
@@ -32,8 +34,11 @@ for seed in "${seeds[@]}"; do
   row "taalm_s$seed" taalm "$out/phi_s$seed/phi"
   row "taalm_kadapter_s$seed" taalm+kadapter "$out/phi_s$seed/phi"
 done
+read -ra extra_args <<< "${EXTRA_ARGS:-}"
+suffix=""
+[[ ${#extra_args[@]} -gt 0 ]] && suffix="_${EXTRA_TAG:-args}"
 for extra in ${EXTRA_PHI:-}; do
-  row "taalm_${extra%%=*}" taalm "${extra#*=}"
+  row "taalm_${extra%%=*}$suffix" taalm "${extra#*=}" "${extra_args[@]}"
 done
 rows=()
 for r in "$out"/*/metrics.json; do rows+=("$(dirname "$r")"); done

@@ -199,6 +199,11 @@ def test_twiki_rows_run_in_order_with_the_phi_of_the_first_period_and_resume(stu
     assert run("twiki_smollm2.sh", out).returncode == 2  # no RESUME: refused
     r = run("twiki_smollm2.sh", out, RESUME="1", DATA_DIR=str(tmp_path / "official"))
     assert _rows(taken()) == [("twiki compare", None)]  # every row exists; the official files are never written
+    r = run("twiki_smollm2.sh", out, RESUME="1", EXTRA_PHI=f"demo={tmp_path}/demo_phi",
+            EXTRA_ARGS="twiki.phi_abstain=false", EXTRA_TAG="no_abstain")
+    lines = taken()
+    assert _rows(lines) == [("twiki run", "taalm_demo_no_abstain"), ("twiki compare", None)]
+    assert lines[0].endswith("--resume auto twiki.progress=false twiki.phi_abstain=false")
 
 
 def test_phi_from_documents_rows_pair_meta_train_and_run_both_benchmarks_per_seed(stub, tmp_path):
