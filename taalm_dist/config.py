@@ -690,11 +690,29 @@ class MetaTrainConfig:
                               "meta.method=fd or fd1 (finite differences on each rank's partitions)")
 
 
+def _flags(section: str, *fields: str) -> dict:
+    """Command-line flags of a program for fields of its run ``section``: ``--phi`` for ``phi_path``, ``--out`` for
+    ``out_dir``, else the field's name with dashes (``data_dir`` → ``--data-dir``); ``flag → dotted key``."""
+    special = {"phi_path": "--phi", "out_dir": "--out"}
+    return {special.get(f, "--" + f.replace("_", "-")): f"{section}.{f}" for f in fields}
+
+
+@dataclass
 class _TeachesDocuments:
-    """What the configs of the programs that teach θ documents (``ckl run``, ``twiki run``, ``learn``) share: their
-    run section's name (``RUN_SECTION``) and the checks across sections once the world is known."""
+    """What the configs of the programs that teach θ documents (``ckl run``, ``twiki run``, ``learn``) share: θ, the
+    engine, the loss and tracking sections, their run section's name (``RUN_SECTION``) and the checks across
+    sections once the world is known."""
 
     RUN_SECTION: ClassVar[str]
+
+    theta: ThetaConfig = field(default_factory=ThetaConfig)
+    """θ, the base model."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Single process or DeepSpeed ZeRO-3 (θ data parallel)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow and JSONL logging."""
 
     def validate(self, world_size: int = 1) -> None:
         """The checks across sections once the world is known (each section checks its own fields when built; the
@@ -715,21 +733,12 @@ class CklRunConfig(_TeachesDocuments):
 
     COMMAND: ClassVar[str] = "ckl run"
     RUN_SECTION: ClassVar[str] = "ckl"
-    FLAGS: ClassVar[dict] = {"--method": "ckl.method", "--data-dir": "ckl.data_dir", "--phi": "ckl.phi_path",
-                             "--out": "ckl.out_dir", "--resume": "ckl.resume", "--overwrite": "ckl.overwrite"}
+    FLAGS: ClassVar[dict] = _flags("ckl", "method", "data_dir", "phi_path", "out_dir", "resume", "overwrite")
 
     ckl: CklConfig = field(default_factory=CklConfig)
     """The run: method, epochs, optimizer, output."""
-    theta: ThetaConfig = field(default_factory=ThetaConfig)
-    """θ, the base model."""
     data: PairsConfig = field(default_factory=PairsConfig)
     """How the benchmark's pairs are read and tokenised."""
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    """Single process or DeepSpeed ZeRO-3 (θ data parallel)."""
-    loss: LossConfig = field(default_factory=LossConfig)
-    """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    """MLflow and JSONL logging."""
 
 
 @dataclass
@@ -738,23 +747,13 @@ class LearnRunConfig(_TeachesDocuments):
 
     COMMAND: ClassVar[str] = "learn"
     RUN_SECTION: ClassVar[str] = "learn"
-    FLAGS: ClassVar[dict] = {"--model": "theta.model.source", "--phi": "learn.phi_path", "--docs": "learn.docs",
-                             "--out": "learn.out_dir", "--text-field": "learn.text_field", "--eval-qa": "learn.eval_qa",
-                             "--retain": "learn.retain", "--merge": "learn.merge", "--overwrite": "learn.overwrite",
-                             "--resume": "learn.resume"}
+    FLAGS: ClassVar[dict] = {"--model": "theta.model.source", **_flags("learn", "phi_path", "docs", "out_dir", "text_field",
+                                                                       "eval_qa", "retain", "merge", "overwrite", "resume")}
     REQUIRED_FLAGS: ClassVar[tuple] = ("--phi",)
     """Flags the command line must give (``--phi none``: plain fine-tuning, said on purpose)."""
 
     learn: LearnConfig = field(default_factory=LearnConfig)
     """The documents, φ, epochs, optimizer, output."""
-    theta: ThetaConfig = field(default_factory=ThetaConfig)
-    """θ, the base model."""
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    """Single process or DeepSpeed ZeRO-3 (θ data parallel)."""
-    loss: LossConfig = field(default_factory=LossConfig)
-    """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    """MLflow and JSONL logging."""
 
 
 @dataclass
@@ -764,19 +763,10 @@ class TwikiRunConfig(_TeachesDocuments):
 
     COMMAND: ClassVar[str] = "twiki run"
     RUN_SECTION: ClassVar[str] = "twiki"
-    FLAGS: ClassVar[dict] = {"--method": "twiki.method", "--data-dir": "twiki.data_dir", "--phi": "twiki.phi_path",
-                             "--out": "twiki.out_dir", "--resume": "twiki.resume", "--overwrite": "twiki.overwrite"}
+    FLAGS: ClassVar[dict] = _flags("twiki", "method", "data_dir", "phi_path", "out_dir", "resume", "overwrite")
 
     twiki: TwikiConfig = field(default_factory=TwikiConfig)
     """The run: data, periods, method, epochs, optimizer, output."""
-    theta: ThetaConfig = field(default_factory=ThetaConfig)
-    """θ, the base model."""
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    """Single process or DeepSpeed ZeRO-3 (θ data parallel)."""
-    loss: LossConfig = field(default_factory=LossConfig)
-    """θ's per-token loss implementation (eager spec or fused chunked / Triton)."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    """MLflow and JSONL logging."""
 
 
 PROGRAM_CONFIGS = (MetaTrainConfig, CklRunConfig, LearnRunConfig, TwikiRunConfig)

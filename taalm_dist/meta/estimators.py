@@ -8,8 +8,8 @@ the token's loss at θ_pre along the inner step's direction ṽ (docs/design.md 
 * ``fd1`` — a one-sided difference of one forward against the per-token losses at θ_pre that the inner step
   already computed (:attr:`Probe.at_loss`).
 
-:func:`~taalm_dist.meta.hypergradient.meta_gradient` looks the method up by name (:func:`estimator`); a new
-estimator is a class with the :class:`Estimator` members passed to :func:`register_estimator` — nothing else changes
+:func:`~taalm_dist.meta.hypergradient.meta_gradient` looks the method up by name in :data:`ESTIMATORS`; a new
+estimator is an object with the :class:`Estimator` members registered there — nothing else changes
 (``meta.method`` in the config lists the shipped names for users; a test keeps the two lists equal).
 """
 
@@ -86,20 +86,8 @@ class Estimator(Protocol):
 
 ESTIMATORS: Registry[Estimator] = Registry(
     "estimator", lambda name, known: ValueError(f"method={name!r} is not one of {(*known, 'double_backward')}"))
-"""Every registered estimator by name."""
-
-
-def register_estimator(est: Estimator) -> Estimator:
-    """Add ``est`` to :data:`ESTIMATORS` under ``est.name`` (refusing a name taken); returns it."""
-    return ESTIMATORS.register(est.name, est)
-
-
-def estimator(name: str) -> Estimator:
-    """The registered estimator ``name``.
-
-    Raises:
-        ValueError: no such estimator (the message lists them)."""
-    return ESTIMATORS.lookup(name)
+"""Every registered estimator by name: ``ESTIMATORS.register(est.name, est)`` adds one, ``ESTIMATORS.lookup(name)``
+finds one (a ValueError listing them when there is none)."""
 
 
 def default_fd_eps(dtype: torch.dtype, inner: str = "sgd") -> float:
@@ -164,47 +152,39 @@ class Jvp:
         return u
 
 
-class CentralDifference:
-    """``u`` by a central difference of two no-grad forwards along the unit direction, computed in float32 even when
-    θ's frozen base is bfloat16 (:func:`taalm_dist.models.precision.float32_compute`). Step:
-    :func:`default_fd_eps`."""
+@dataclass(frozen=True)
+class Difference:
+    """``u`` by a finite difference along the unit direction, computed in float32 even when θ's frozen base is bfloat16
+    (:func:`taalm_dist.models.precision.float32_compute`): ``central`` — two no-grad forwards at ``at ± eps·d̂``
+    (``fd``; step :func:`default_fd_eps`); else one forward at ``at + eps·d̂`` against :attr:`Probe.at_loss`,
+    computed here when None (``fd1``; step :func:`default_fd1_eps`)."""
 
-    name, needs_functional, reuses_at_loss = "fd", False, False
+    name: str
+    central: bool
+    needs_functional: bool = False
 
-    @torch.no_grad()
-    def __call__(self, probe: Probe) -> torch.Tensor:
-        view, at = probe.view, probe.at
-        eps, norm = probe.eps or default_fd_eps(at[0].dtype, probe.inner), view.direction_norm(probe.direction)
-        if _is_zero(norm):
-            return torch.zeros_like(view.loss(probe.batch))
-        with float32_compute(view.model):  # [mixed precision note] in taalm_dist.models.precision
-            view.assign_step(at, probe.direction, eps, norm)  # syncs
-            plus = view.loss(probe.batch)
-            view.assign_step(at, probe.direction, -eps, norm)
-            minus = view.loss(probe.batch)
-            view.assign(at)
-        return (plus - minus) * (view.per_row(norm, plus) / (2 * eps))
-
-
-class OneSidedDifference:
-    """``u`` by a one-sided difference: one no-grad forward at ``at + eps·d̂`` against :attr:`Probe.at_loss` (computed
-    here when None). Step: :func:`default_fd1_eps`."""
-
-    name, needs_functional, reuses_at_loss = "fd1", False, True
+    @property
+    def reuses_at_loss(self) -> bool:
+        return not self.central
 
     @torch.no_grad()
     def __call__(self, probe: Probe) -> torch.Tensor:
-        view, at = probe.view, probe.at
-        eps, norm = probe.eps or default_fd1_eps(at[0].dtype, probe.inner), view.direction_norm(probe.direction)
+        view, at, d, batch = probe.view, probe.at, probe.direction, probe.batch
+        default = default_fd_eps if self.central else default_fd1_eps
+        eps, norm = probe.eps or default(at[0].dtype, probe.inner), view.direction_norm(d)
+        known = None if self.central else probe.at_loss
         if _is_zero(norm):
-            return torch.zeros_like(view.loss(probe.batch) if probe.at_loss is None else probe.at_loss)
+            return torch.zeros_like(view.loss(batch) if known is None else known)
         with float32_compute(view.model):  # [mixed precision note] in taalm_dist.models.precision
-            base = view.loss(probe.batch) if probe.at_loss is None else probe.at_loss
-            view.assign_step(at, probe.direction, eps, norm)  # syncs
-            plus = view.loss(probe.batch)
+            lower = None if self.central else (view.loss(batch) if known is None else known)
+            view.assign_step(at, d, eps, norm)  # syncs
+            upper = view.loss(batch)
+            if self.central:
+                view.assign_step(at, d, -eps, norm)
+                lower = view.loss(batch)
             view.assign(at)
-        return (plus - base) * (view.per_row(norm, plus) / eps)
+        return (upper - lower) * (view.per_row(norm, upper) / (2 * eps if self.central else eps))
 
 
-for _est in (Jvp(), CentralDifference(), OneSidedDifference()):
-    register_estimator(_est)
+for _est in (Jvp(), Difference("fd", central=True), Difference("fd1", central=False)):
+    ESTIMATORS.register(_est.name, _est)

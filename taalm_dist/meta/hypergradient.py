@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 from taalm_dist.losses import PerTokenLossFn, WEIGHT_SUM_EPS, next_token_valid_mask, token_weighted_mean
-from taalm_dist.meta.estimators import ESTIMATORS, Batch, Probe, estimator
+from taalm_dist.meta.estimators import ESTIMATORS, Batch, Probe
 from taalm_dist.meta.functional import ThetaView, eval_mode
 from taalm_dist.meta.inner import InnerStep, adamw_update_, apply_adamw, apply_sgd
 from taalm_dist.models.precision import float32_compute
@@ -188,7 +188,7 @@ def meta_gradient(
             theta, doc_batch, weights, task_batch, inner=inner, objective=objective,
             per_token_loss=per_token_loss, restrict_batch=restrict_batch, restrict_coef=restrict_coef,
         )
-    est = estimator(method)
+    est = ESTIMATORS.lookup(method)
     view = theta if isinstance(theta, ThetaView) else ThetaView(theta, per_token_loss)
     if est.needs_functional and not view.supports_functional:
         raise ValueError(f"method={method!r} needs θ's full tensors (functional_call); on sharded θ use method='fd'")

@@ -33,7 +33,7 @@ from taalm_dist.losses.lm_head import per_token_loss_fn, token_weighted_loss
 from taalm_dist.models import check_same_tokenizer, load_phi, load_tokenizer
 from taalm_dist.models.theta import build_theta
 from taalm_dist.models.train_attention import load_phi_tokenizer, phi_fingerprint
-from taalm_dist.programs.methods import Method, method
+from taalm_dist.programs.methods import METHODS, Method
 from taalm_dist.tracking.heatmap import heatmap
 
 
@@ -100,8 +100,6 @@ class DocumentTrainer(SessionProgram):
 
     def _check_method(self) -> None:
         """Refuse an unknown method, or one this program cannot run (:meth:`_refuse_method`), naming the field."""
-        from taalm_dist.programs.methods import METHODS
-
         if self.method not in METHODS:
             raise ConfigError(f"{self.SECTION}.method={self.method!r} is not one of {list(METHODS)}")
         self._refuse_method(self.m)
@@ -112,7 +110,7 @@ class DocumentTrainer(SessionProgram):
     @property
     def m(self) -> Method:
         """The :class:`~taalm_dist.programs.methods.Method` of :attr:`method`."""
-        return method(self.method)
+        return METHODS.lookup(self.method)
 
     # ---------------------------------------------------------------------------------------- setup
     def setup(self) -> None:

@@ -16,7 +16,7 @@ taalm+X                   φ's weights                 X's change
 
 Every program that teaches θ documents with a method (``ckl run``, ``twiki run``, ``learn``:
 :class:`~taalm_dist.programs.document_training.DocumentTrainer`) asks its :class:`Method` and never its name; a new
-method is one :func:`register_method` call (``ckl.method`` / ``twiki.method`` are checked against :data:`METHODS`
+method is one ``METHODS.register`` call (``ckl.method`` / ``twiki.method`` are checked against :data:`METHODS`
 when a run starts). The pieces the rules and changes use: :mod:`taalm_dist.weight_rules`,
 :mod:`taalm_dist.ckl.methods` (RecAdam's annealing), :mod:`taalm_dist.models.kadapter`.
 """
@@ -181,24 +181,12 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("method", lambda name, known: ConfigError(f"method {name!r} is not one of {known}"))
-"""Every registered method by name."""
-
-
-def register_method(m: Method) -> Method:
-    """Add ``m`` to :data:`METHODS` (refusing a name taken); returns it."""
-    return METHODS.register(m.name, m)
-
-
-def method(name: str) -> Method:
-    """The registered method ``name``.
-
-    Raises:
-        ConfigError: no such method (the message lists them)."""
-    return METHODS.lookup(name)
+"""Every registered method by name: ``METHODS.register(m.name, m)`` adds one, ``METHODS.lookup(name)`` finds one (a
+ConfigError listing them when there is none)."""
 
 
 for _m in (Method("finetune", Uniform()), Method("oracle", Oracle()), Method("taalm", Phi()), Method("rho1", Rho1()),
            Method("mix_review", Uniform(), MixReview()), Method("recadam", Uniform(), RecAdam()),
            Method("kadapter", Uniform(), KAdapter()), Method("taalm+mix_review", Phi(), MixReview()),
            Method("taalm+recadam", Phi(), RecAdam()), Method("taalm+kadapter", Phi(), KAdapter())):
-    register_method(_m)
+    METHODS.register(_m.name, _m)

@@ -8,7 +8,7 @@ import torch
 
 from taalm_dist.config import MetaConfig
 from taalm_dist.meta import METHODS, InnerStep, meta_gradient
-from taalm_dist.meta.estimators import ESTIMATORS, Probe, estimator, register_estimator
+from taalm_dist.meta.estimators import ESTIMATORS, Probe
 from tiny_models import make_batches, tiny_theta
 
 
@@ -21,7 +21,7 @@ def test_the_config_lists_exactly_the_registered_methods():
     assert typing.get_args(typing.get_type_hints(MetaConfig)["method"]) == METHODS
     assert METHODS == ("jvp", "fd", "fd1", "double_backward")
     with pytest.raises(ValueError, match=r"method='nope' is not one of \('jvp', 'fd', 'fd1', 'double_backward'\)"):
-        estimator("nope")
+        ESTIMATORS.lookup("nope")
 
 
 def test_a_new_estimator_registers_in_one_place_and_meta_gradient_uses_it():
@@ -41,7 +41,7 @@ def test_a_new_estimator_registers_in_one_place_and_meta_gradient_uses_it():
                     u[b, j] = sum((x * d.to(x.dtype)).sum() for x, d in zip(g, probe.direction))
             return u.detach()
 
-    register_estimator(Backward())
+    ESTIMATORS.register("per_token_backward", Backward())
     try:
         theta, doc, w, task = _case()
         kw = dict(inner=InnerStep("adamw", 1e-2), objective="task_nll")
@@ -50,7 +50,7 @@ def test_a_new_estimator_registers_in_one_place_and_meta_gradient_uses_it():
         assert Backward.calls == 1
         torch.testing.assert_close(new, exact, rtol=1e-9, atol=1e-12)
         with pytest.raises(ValueError, match="registered already"):
-            register_estimator(Backward())
+            ESTIMATORS.register("per_token_backward", Backward())
     finally:
         del ESTIMATORS["per_token_backward"]
 

@@ -10,8 +10,7 @@ from taalm_dist.config import load_config
 from taalm_dist.data import toy_rows, write_pairs
 from taalm_dist.errors import ConfigError
 from taalm_dist.programs.ckl_run import CklRunner
-from taalm_dist.programs.methods import (METHODS, KAdapter, Method, MixReview, Oracle, Phi, RecAdam, Rho1, Uniform,
-                                         method, register_method)
+from taalm_dist.programs.methods import METHODS, KAdapter, Method, MixReview, Oracle, Phi, RecAdam, Rho1, Uniform
 
 TINY = ["theta.model.tiny.hidden_size=32", "theta.model.tiny.intermediate_size=64"]
 
@@ -22,12 +21,12 @@ def test_each_shipped_name_is_its_rule_and_its_change():
             "taalm+mix_review": (Phi, MixReview), "taalm+recadam": (Phi, RecAdam), "taalm+kadapter": (Phi, KAdapter)}
     assert list(METHODS) == list(want)
     for name, (rule, change) in want.items():
-        m = method(name)
+        m = METHODS.lookup(name)
         assert type(m.rule) is rule and (m.change.name is None if change is None else type(m.change) is change)
         assert m.uses_phi == name.startswith("taalm")
-    assert method("mix_review").change.replays and method("taalm+kadapter").change.kadapter
+    assert METHODS.lookup("mix_review").change.replays and METHODS.lookup("taalm+kadapter").change.kadapter
     with pytest.raises(ConfigError, match="'nope' is not one of"):
-        method("nope")
+        METHODS.lookup("nope")
 
 
 def test_a_new_method_registers_in_one_place_and_a_run_learns_with_it(tmp_path):
@@ -44,7 +43,7 @@ def test_a_new_method_registers_in_one_place_and_a_run_learns_with_it(tmp_path):
                 return mask * (torch.arange(mask.shape[1]) < n / 2).float()
             return rule
 
-    register_method(Method("first_half", FirstHalf()))
+    METHODS.register("first_half", Method("first_half", FirstHalf()))
     try:
         write_pairs(toy_rows(4, seed=0, filler_words=6), tmp_path / "to_learn.jsonl")
         write_pairs(toy_rows(3, seed=1, filler_words=6, entity_offset=50), tmp_path / "not_to_forget.jsonl")
@@ -61,7 +60,7 @@ def test_a_new_method_registers_in_one_place_and_a_run_learns_with_it(tmp_path):
         assert runs["first_half"]["method"] == "first_half"
         assert runs["first_half"]["epochs"][1]["train_loss"] != runs["finetune"]["epochs"][1]["train_loss"]
         with pytest.raises(ValueError, match="registered already"):
-            register_method(Method("first_half", FirstHalf()))
+            METHODS.register("first_half", Method("first_half", FirstHalf()))
     finally:
         del METHODS["first_half"]
     with pytest.raises(ConfigError, match=r"ckl.method='first_half' is not one of \['finetune'"):
