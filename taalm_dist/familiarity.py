@@ -76,7 +76,8 @@ def _fit_gaussian(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mu = x.mean(0)
     c = (x - mu).T @ (x - mu) / max(len(x) - 1, 1)
     diag = torch.diag(torch.diag(c))
-    c = (1 - SHRINK) * c + SHRINK * diag + 1e-8 * torch.eye(len(mu), dtype=c.dtype) * diag.diagonal().mean()
+    floor = max(float(diag.diagonal().mean()), 1e-12)  # features that never vary must not make it singular
+    c = (1 - SHRINK) * c + SHRINK * diag + 1e-8 * floor * torch.eye(len(mu), dtype=c.dtype)
     return mu.float(), torch.linalg.inv(c).float()
 
 
@@ -228,6 +229,10 @@ def fit_familiarity(train: torch.Tensor, heldout: torch.Tensor, shuffled: torch.
     negative = _distance(shuffled, mean, precision)
     known = _q(own, KNOWN_QUANTILE)
     unknown = max(_q(negative, UNKNOWN_QUANTILE), known * (1 + MIN_GAP))
+    if not unknown > known:
+        raise ModelError("φ's features do not tell documents apart (its own held-out documents and their shuffled "
+                         f"versions all lie at distance {known:.3g}): no familiarity record can be made from them; "
+                         "give documents that differ, or run φ without abstention")
     source = {**source, "own_kind": _summary(own), "shuffled": _summary(negative), "shrink": SHRINK,
               "known_quantile": KNOWN_QUANTILE, "unknown_quantile": UNKNOWN_QUANTILE, "min_gap": MIN_GAP}
     return Familiarity(mean, precision, known, unknown, phi_fingerprint, source, own.float())

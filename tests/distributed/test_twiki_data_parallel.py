@@ -11,7 +11,8 @@ from taalm_dist.config import load_config
 from taalm_dist.data.twiki_synth import write_twiki_synth
 from taalm_dist.programs.twiki_run import TwikiRunner
 
-pytestmark = pytest.mark.distributed
+# slow: the same DocumentTrainer as ckl run's 2-rank tests (in the default run); this adds the periods' switch
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def test_two_ranks_equal_one_process_period_by_period(tmp_path):

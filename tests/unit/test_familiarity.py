@@ -50,6 +50,12 @@ def test_unknown_keeps_a_gap_when_shuffling_moves_nothing():
     assert rec.unknown == pytest.approx(rec.known * 1.1)
 
 
+def test_features_that_never_vary_are_refused_clearly_not_with_a_singular_matrix():
+    same = torch.ones(30, 24)
+    with pytest.raises(ModelError, match="do not tell documents apart"):
+        fit_familiarity(same, same[:8], same[:8], {}, {})
+
+
 def test_too_few_documents_are_refused():
     with pytest.raises(ModelError, match="needs ≥ 5 meta-training and ≥ 2 held-out"):
         fit_familiarity(_features(3), _features(1), _features(4), {}, {})

@@ -10,6 +10,7 @@ import pytest
 
 from taalm_dist.cli import main as cli_main
 from taalm_dist.config import ModelSourceConfig, PhiConfig, TinyModelConfig, load_config
+from taalm_dist.data import toy_rows
 from taalm_dist.data.twiki_synth import write_twiki_synth
 from taalm_dist.errors import ConfigError, DataError
 from taalm_dist.models import build_phi, save_phi
@@ -114,7 +115,7 @@ def test_phis_corpus_rule_judges_each_periods_diffset(world, tmp_path):
     phi = tmp_path / "phi"
     shutil.copytree(world / "phi", phi)
     tok = load_phi_tokenizer(phi)
-    texts = [f"Person {i} lives in town {i % 7} and works as a baker for company {i % 5}." for i in range(40)]
+    texts = [r["evidence"] for r in toy_rows(40, seed=5, filler_words=6)]  # words the toy tokenizer knows
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     ids = document_ids(tmp_path / "docs.jsonl", tok)
     make_familiarity(phi, ids[:30], ids[30:], {"test": True}).save(phi)
