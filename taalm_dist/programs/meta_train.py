@@ -500,18 +500,25 @@ class MetaTrainer(SessionProgram):
             else:
                 chosen = last
                 save_phi(state, self.cfg.phi, path, {"selection.json": json.dumps(chosen, indent=2)})
-            for exported in (self.out / "phi_last", path):
-                self.record_familiarity(exported)
+            self.record_familiarity(self.out / "phi_last")
+            self.record_familiarity(path, same_as=self.out / "phi_last")
             print(f"φ exported to {path} ({chosen['rule']}: step {chosen['step']}"
                   + (f", {chosen['metric']} {chosen['score']:.4f})" if chosen.get("metric") else ")"))
         D.barrier()
         return path
 
-    def record_familiarity(self, phi_dir: Path) -> None:
+    def record_familiarity(self, phi_dir: Path, same_as: Path | None = None) -> None:
         """φ's familiarity record in an exported ``phi_dir`` (:mod:`taalm_dist.familiarity`): its meta-training
-        documents against its validation documents, measured by the exported φ in this process (rank 0)."""
+        documents against its validation documents, measured by the exported φ in this process (rank 0). When
+        ``same_as`` holds the same φ (the same files' hashes) with its record, that record is copied, not made again."""
         from taalm_dist.familiarity import make_familiarity
+        from taalm_dist.models.train_attention import FAMILIARITY_FILES, phi_fingerprint
 
+        if same_as is not None and all((same_as / f).is_file() for f in FAMILIARITY_FILES) \
+                and phi_fingerprint(same_as) == phi_fingerprint(phi_dir):
+            for f in FAMILIARITY_FILES:
+                shutil.copyfile(same_as / f, phi_dir / f)
+            return
         if len(self.data.val) < 2:
             print(f"note: no familiarity record for {phi_dir} (it needs ≥ 2 validation documents; φ will not abstain "
                   "on documents unlike its data): `taalm phi familiarity` makes one later")
