@@ -5,9 +5,12 @@
 #
 #   PHI=runs/transfer/phi_mix/phi bash examples/learn_vs_finetune.sh [WORK_DIR]   (default: runs/learn_vs_finetune)
 #   N_DOCS=60 SEEDS="0 1 2" bash examples/learn_vs_finetune.sh ...
+#   PHI=from-docs bash examples/learn_vs_finetune.sh ...   (φ made from the 60 documents alone, per seed)
 #
 # PHI: the φ to use — the general φ of taalm_dist/configs/meta_train_mixture_smollm2_cpu.yaml (launch/transfer_smollm2.sh
-# trains it; that table) or any exported phi/ directory. Without PHI, φ is meta-trained here on the
+# trains it; that table) or any exported phi/ directory; or `from-docs`: each seed's `taalm learn --phi from-docs`
+# (config phi_from_docs_smollm2_cpu: pairs made from the documents, φ meta-trained on them, then learning — the
+# same learning settings as learn_smollm2_cpu). Without PHI, φ is meta-trained here on the
 # synthetic meta-training pairs with the demo's config for its train.max_steps updates (META_STEPS overrides).
 # Steps: the synthetic CKL benchmark (`taalm data synth`), tailored to SmolLM2 (`taalm ckl build`); the first
 # N_DOCS To-Learn evidences written as .txt files, their tasks as qa.jsonl, the Not-To-Forget tasks as
@@ -22,8 +25,9 @@ N_DOCS=${N_DOCS:-60}
 SEEDS=${SEEDS:-0 1 2}
 TAALM=${TAALM:-taalm}
 if [[ -e $W ]]; then echo "error: $W exists; give a new WORK_DIR" >&2; exit 2; fi
-if [[ -n $PHI && ! -e $PHI/phi_config.json ]]; then
-  echo "error: PHI=$PHI is not an exported φ (no phi_config.json): give a phi/ directory of taalm meta-train" >&2
+if [[ -n $PHI && $PHI != from-docs && ! -e $PHI/phi_config.json ]]; then
+  echo "error: PHI=$PHI is not an exported φ (no phi_config.json): give a phi/ directory of taalm meta-train" \
+    "or PHI=from-docs" >&2
   exit 2
 fi
 mkdir -p "$W"
@@ -61,19 +65,26 @@ for i, row in enumerate(to_learn):
 (user / "retain.jsonl").write_text("".join(json.dumps(question(r)) + "\n" for r in rows("not_to_forget.jsonl")))
 PY
 
+printf 'run\twall_s\n' > "$W/times.tsv"
 for seed in $SEEDS; do
   for phi in "$PHI" none; do
     name=$([[ $phi == none ]] && echo finetune || echo taalm)-seed$seed
-    $TAALM learn --config taalm_dist/configs/learn_smollm2_cpu.yaml --phi "$phi" --docs "$W/userdocs/docs" \
+    config=$([[ $phi == from-docs ]] && echo phi_from_docs_smollm2_cpu || echo learn_smollm2_cpu)
+    start=$SECONDS
+    $TAALM learn --config "taalm_dist/configs/$config.yaml" --phi "$phi" --docs "$W/userdocs/docs" \
       --eval-qa "$W/userdocs/qa.jsonl" --retain "$W/userdocs/retain.jsonl" --out "$W/$name" \
       learn.seed="$seed" learn.progress=false
+    printf '%s\t%s\n' "$name" $((SECONDS - start)) >> "$W/times.tsv"
   done
 done
 python - "$W" <<'PY'
 import json, sys
 from pathlib import Path
 
-for run in sorted(Path(sys.argv[1]).glob("*-seed*/summary.json")):
+work = Path(sys.argv[1])
+wall = dict(line.split("\t") for line in (work / "times.tsv").read_text().splitlines()[1:])
+for run in sorted(work.glob("*-seed*/summary.json")):
     last = json.loads(run.read_text())["epochs"][-1]
-    print(f"{run.parent.name:>16}: qa_acc {last['qa_acc']:.3f}  retain_acc {last['retain_acc']:.3f}")
+    print(f"{run.parent.name:>16}: qa_acc {last['qa_acc']:.3f}  retain_acc {last['retain_acc']:.3f}  "
+          f"wall {wall.get(run.parent.name, '?')} s")
 PY

@@ -183,7 +183,7 @@ def _cmd_data_pairs(args) -> int:
 
         pick = SurprisePicker.from_source(args.model)
     n = write_doc_pairs([(d.id, d.text) for d in docs], args.out, pick, args.max_facts, args.val_share, args.seed,
-                        args.overwrite)
+                        args.overwrite, args.min_val_docs)
     print(f"{n['pairs']} pairs from {n['with_tasks']} of {n['documents']} documents ({n['held_out_documents']} documents "
           f"held out for validation) written to {args.out}")
     return 0
@@ -538,7 +538,7 @@ def _defaults(fn) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from taalm_dist.config import CklRunConfig, LearnRunConfig, MetaTrainConfig, TwikiRunConfig, config_field
-    from taalm_dist.data.doc_pairs import pair_rows
+    from taalm_dist.data.doc_pairs import pair_rows, write_doc_pairs
     from taalm_dist.data.synth import synth_benchmark
     from taalm_dist.data.twiki_synth import twiki_world
     from taalm_dist.familiarity import document_ids
@@ -601,8 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=None, help="with --method surprise: the base model's source (θ's)")
     t.add_argument("--max-facts", type=_count(1), default=_defaults(pair_rows)["max_facts"],
                    help="tasks made from one document, at most")
-    t.add_argument("--val-share", type=_fraction(0, 1, lo_open=True), default=0.05, help="share of the documents held out (whole) for "
-                   "validation")
+    t.add_argument("--val-share", type=_fraction(0, 1, lo_open=True), default=_defaults(write_doc_pairs)["val_share"],
+                   help="share of the documents held out (whole) for validation (at least --min-val-docs while that "
+                   "leaves three quarters for training)")
+    t.add_argument("--min-val-docs", type=_count(1), default=_defaults(write_doc_pairs)["min_val_docs"],
+                   help="documents held out for validation, at least (a small corpus)")
     t.add_argument("--seed", type=int, default=0, help="seed of the held-out draw")
     t.add_argument("--overwrite", action="store_true", help="replace existing files")
     t.set_defaults(func=_cmd_data_pairs)

@@ -154,10 +154,17 @@ def pair_rows(docs: list[tuple[str, str]], pick=None, max_facts: int = 4) -> lis
     return rows
 
 
+def held_out_count(n: int, val_share: float, min_val_docs: int) -> int:
+    """How many of ``n`` documents (those that gave a task) are held out for φ's validation: ``val_share`` of them,
+    but at least ``min_val_docs`` while that leaves three quarters for training (a selection decided on two
+    documents is a coin toss), at least 1, and never all."""
+    return max(1, min(n - 1, max(round(val_share * n), min(min_val_docs, n // 4))))
+
+
 def write_doc_pairs(docs: list[tuple[str, str]], out, pick=None, max_facts: int = 4, val_share: float = 0.05,
-                    seed: int = 0, overwrite: bool = False) -> dict:
+                    seed: int = 0, overwrite: bool = False, min_val_docs: int = 8) -> dict:
     """:func:`pair_rows` of ``docs`` written as ``out/meta_train.jsonl`` and ``out/meta_val.jsonl``, whole documents
-    held out for validation (``val_share`` of those that gave a task, at least 1, a seeded draw). Returns the counts.
+    held out for validation (:func:`held_out_count` of those that gave a task, a seeded draw). Returns the counts.
 
     Raises:
         DataError: the files exist (without ``overwrite``), or fewer than 2 documents gave a task."""
@@ -176,7 +183,7 @@ def write_doc_pairs(docs: list[tuple[str, str]], out, pick=None, max_facts: int 
     if len(made) < 2:
         raise DataError(f"only {len(made)} of {len(docs)} documents gave a task (a document needs a name it mentions "
                         "twice and a sentence naming it in full with another name or word after it)")
-    held = set(random.Random(seed).sample(made, max(1, min(len(made) - 1, round(val_share * len(made))))))
+    held = set(random.Random(seed).sample(made, held_out_count(len(made), val_share, min_val_docs)))
     write_pairs([r for r in rows if r["evidence"] not in held], files[0])
     write_pairs([r for r in rows if r["evidence"] in held], files[1])
     return {"documents": len(docs), "with_tasks": len(made), "pairs": len(rows), "held_out_documents": len(held)}

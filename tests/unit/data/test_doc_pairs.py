@@ -77,3 +77,12 @@ def test_the_surprise_method_picks_the_candidate_the_model_finds_least_likely():
 
     spans = [(sentence.index("Bob Ray"), sentence.index("Bob Ray") + 7), (sentence.index("Oslo"), len(sentence))]
     assert SurprisePicker(Model(), Tok())(sentence, spans) == spans[0]  # the last-name rule would take Oslo
+
+
+def test_a_small_corpus_holds_out_enough_documents_to_select_on_and_a_large_one_its_share():
+    from taalm_dist.data.doc_pairs import held_out_count
+
+    assert held_out_count(48, 0.05, 8) == 8  # 2 by the share alone: a selection decided on two documents
+    assert held_out_count(400, 0.05, 8) == 20 and held_out_count(670, 0.05, 8) == 34  # the share, as before
+    assert held_out_count(12, 0.05, 8) == 3  # three quarters stay for training
+    assert held_out_count(2, 0.05, 8) == 1 and held_out_count(3, 0.9, 8) == 2  # at least one, never all
