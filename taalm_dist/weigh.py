@@ -129,18 +129,26 @@ class TokenWeigher:
             distances.append(self.rule.distances({k: v.to(self.device) for k, v in batch.items()}).cpu())
         return self.rule.set_corpus(torch.cat(distances) if distances else torch.zeros(0))
 
-    def weigh(self, texts: str | Sequence[str] | Sequence[Sequence[int]], batch_size: int = 8) -> list[WeightedTokens]:
-        """φ's weight for every token of each text (or of each list of token ids), in order."""
+    def weigh(self, texts: str | Sequence[str] | Sequence[Sequence[int]], batch_size: int = 8,
+              corpus: bool = False) -> list[WeightedTokens]:
+        """φ's weight for every token of each text (or of each list of token ids), in order. ``corpus``: the texts are
+        the documents learnt together — φ's corpus rule is set from them first (:meth:`set_corpus`), from the same
+        φ forward that weighs them (φ's raw weights are held until every text's distance is known)."""
         if isinstance(texts, str):
             texts = [texts]
-        out = []
+        batches = []
         for s in range(0, len(texts), batch_size):
             chunk = texts[s : s + batch_size]
             ids = self._ids(chunk)
-            batch = pad_batch(ids, self.pad_id)
-            w = self.weights(batch["input_ids"], batch["attention_mask"]).float().cpu()
+            batch = {k: v.to(self.device) for k, v in pad_batch(ids, self.pad_id).items()}
+            batches.append((chunk, ids, batch["attention_mask"], *self.rule.raw(batch)))
+        if corpus and self.familiarity is not None:
+            self.rule.set_corpus(torch.cat([b[4].cpu() for b in batches]) if batches else torch.zeros(0))
+        out = []
+        for chunk, ids, mask, raw, distance in batches:
+            w = self.rule.apply(raw, mask, distance).float().cpu()
             for b, (t, x) in enumerate(zip(chunk, ids)):
-                meta = {} if self.familiarity is None else {
+                meta = {} if distance is None else {
                     "familiarity_distance": float(self.rule.last_distance[b]),
                     "abstain_share": float(self.rule.last_share[b])}
                 out.append(WeightedTokens(x, [self.tokenizer.decode([i]) for i in x], w[b, : len(x)].tolist(),
@@ -154,7 +162,7 @@ def weigh_documents(weigher: TokenWeigher, path: str | Path, text_field: str = "
     :func:`taalm_dist.data.documents.load_documents`), windowed as ``taalm learn`` learns them; each result's
     ``meta`` holds the document ``id``, the ``window`` index and ``context`` (leading tokens repeated from the
     previous window, whose loss ``taalm learn`` does not count). The windows are one corpus for φ's abstention
-    (:meth:`TokenWeigher.set_corpus`), as in ``taalm learn``."""
+    (``weigh(..., corpus=True)``: one φ pass), as in ``taalm learn``."""
     from taalm_dist.data.documents import load_documents, token_windows
 
     windows, meta = [], []
@@ -162,8 +170,7 @@ def weigh_documents(weigher: TokenWeigher, path: str | Path, text_field: str = "
         for k, (ids, context) in enumerate(token_windows(weigher.encode(doc.text), window_tokens, window_overlap)):
             windows.append(ids)
             meta.append({"id": doc.id, "window": k, "context": context})
-    weigher.set_corpus(windows, batch_size=batch_size)
-    out = weigher.weigh(windows, batch_size=batch_size)
+    out = weigher.weigh(windows, batch_size=batch_size, corpus=True)
     for w, m in zip(out, meta):
         w.meta = {**m, **w.meta}
     return out

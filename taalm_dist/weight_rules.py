@@ -120,8 +120,7 @@ class PhiWeights:
     @torch.no_grad()
     def distances(self, doc: dict) -> torch.Tensor:
         """``[B]`` familiarity distances of a document batch (φ's forward; needs a record)."""
-        _, features = self.phi(doc["input_ids"], doc["attention_mask"], features=True)
-        return self.familiarity.distance(features)
+        return self.raw(doc)[1]
 
     def set_corpus(self, distances: torch.Tensor) -> dict:
         """Apply the corpus rule to the ``[N]`` distances of every document learnt together (:meth:`distances`);
@@ -130,16 +129,28 @@ class PhiWeights:
         return self.corpus
 
     @torch.no_grad()
-    def __call__(self, doc: dict) -> torch.Tensor:
-        mask = doc["attention_mask"]
+    def raw(self, doc: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One φ forward over a document batch: φ's own ``[B, L]`` weights (float32) and the ``[B]`` familiarity
+        distances (None without a record) — what :meth:`apply` turns into the weights θ learns with."""
         if self.familiarity is None:
-            return applied_phi_weights(self.phi(doc["input_ids"], mask).float(), mask, self.floor, self.uniform_share)
-        w, features = self.phi(doc["input_ids"], mask, features=True)
-        self.last_distance = self.familiarity.distance(features)
-        self.last_share = self.familiarity.share(self.last_distance)
+            return self.phi(doc["input_ids"], doc["attention_mask"]).float(), None
+        w, features = self.phi(doc["input_ids"], doc["attention_mask"], features=True)
+        return w.float(), self.familiarity.distance(features)
+
+    def apply(self, weights: torch.Tensor, attention_mask: torch.Tensor, distance: torch.Tensor | None) -> torch.Tensor:
+        """The ``[B, L]`` weights θ learns with from :meth:`raw`'s output: each document's abstention share from its
+        ``distance`` (at least the corpus share), then :func:`applied_phi_weights`; counted in :attr:`abstained`."""
+        if distance is None:
+            return applied_phi_weights(weights, attention_mask, self.floor, self.uniform_share)
+        self.last_distance = distance
+        self.last_share = self.familiarity.share(distance)
         if self.corpus is not None:
             self.last_share = self.last_share.clamp_min(self.corpus["share"])
         self.abstained["docs"] += len(self.last_share)
         self.abstained["share_sum"] += float(self.last_share.sum())
         self.abstained["full"] += int((self.last_share >= 1).sum())
-        return applied_phi_weights(w.float(), mask, self.floor, self.uniform_share, self.last_share)
+        return applied_phi_weights(weights, attention_mask, self.floor, self.uniform_share, self.last_share)
+
+    def __call__(self, doc: dict) -> torch.Tensor:
+        weights, distance = self.raw(doc)
+        return self.apply(weights, doc["attention_mask"], distance)

@@ -144,3 +144,42 @@ def test_weigh_with_a_nan_phi_exits_2_and_writes_nothing(phi_dir, docs, tmp_path
     integrity.write_record(path)
     assert _weigh(path, docs, tmp_path / "w.jsonl") == 2
     assert "non-finite values in head.bias" in capsys.readouterr().err and not (tmp_path / "w.jsonl").exists()
+
+
+class _CountingPhi(torch.nn.Module):
+    """A stand-in φ with a familiarity feature (the mean id: large ids are 'far away') that counts its forwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, ids, mask, features=False):
+        self.calls += 1
+        w = torch.sigmoid(ids.float() - 3) * mask
+        f = ((ids.float() * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)).repeat(1, 2)
+        return (w, f) if features else w
+
+
+class _IdTokenizer:
+    pad_token_id = 0
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def test_weighing_a_corpus_sets_its_rule_from_the_same_phi_pass(phi_dir):
+    from taalm_dist.familiarity import Familiarity
+
+    record = Familiarity(torch.zeros(2), torch.eye(2), known=2.0, unknown=4.0, phi_fingerprint={}, source={},
+                         own=torch.linspace(0.5, 2.5, 50))
+    docs = [[1, 2, 1, 2], [9, 8, 9], [2, 3, 2, 2, 1], [8, 9, 9, 9], [9, 9, 8]]  # a mostly foreign corpus
+    one = TokenWeigher(_CountingPhi(), _IdTokenizer(), familiarity=record)
+    got = one.weigh(docs, batch_size=2, corpus=True)
+    assert one.phi.calls == 3  # one forward per batch of 2
+    two = TokenWeigher(_CountingPhi(), _IdTokenizer(), familiarity=record)
+    verdict = two.set_corpus(docs, batch_size=2)
+    want = two.weigh(docs, batch_size=2)
+    assert two.phi.calls == 6 and one.rule.corpus == verdict and verdict["share"] > 0
+    for g, w in zip(got, want):
+        assert g.weights == pytest.approx(w.weights) and g.meta == pytest.approx(w.meta)
+    assert TokenWeigher(_CountingPhi(), _IdTokenizer()).weigh(docs, corpus=True)[0].meta == {}  # no record: no rule
