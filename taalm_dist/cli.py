@@ -466,7 +466,8 @@ def _cmd_phi_familiarity(args) -> int:
     path = rec.save(args.phi)
     own, shuffled = rec.source["own_kind"], rec.source["shuffled"]
     print(f"{path}: from {rec.source['train_docs']} meta-training and {rec.source['heldout_docs']} held-out documents; "
-          f"distances of unseen documents of φ's kind: median {own['median']:.3f}, 90 % ≤ {own['q90']:.3f}; of them "
+          f"distances of unseen documents of φ's kind: median {own['median']:.3f}, 90 % ≤ {own['q90']:.3f}, 99 % ≤ "
+          f"{own['q99']:.3f}; of them "
           f"shuffled: median {shuffled['median']:.3f}. φ's own weights up to {rec.known:.3f}, uniform from "
           f"{rec.unknown:.3f}")
     return 0

@@ -38,7 +38,7 @@ def test_thresholds_keep_phis_own_kind_and_give_up_on_the_shuffled():
     rec = _record()
     own, far = rec.distance(_features(500, seed=4)), rec.distance(_features(200, shift=3.0, seed=5))
     assert rec.known < rec.unknown
-    assert (rec.share(own) == 0).float().mean() >= 0.85  # ~9 in 10 of φ's kind keep φ's weights whole
+    assert (rec.share(own) == 0).float().mean() >= 0.97  # ~99 in 100 of φ's kind keep φ's weights whole
     assert (rec.share(far) >= 0.9).float().mean() >= 0.85  # ~9 in 10 of the unlike kind: (about) uniform weights
     mid = torch.tensor([(rec.known + rec.unknown) / 2])
     assert rec.share(mid).item() == pytest.approx(0.5)
@@ -89,10 +89,12 @@ def test_the_corpus_rule_keeps_corpora_of_phis_kind_and_gives_up_on_a_foreign_on
     # with more documents the median is surer: known_n falls toward the median of φ's kind
     known = [rec.corpus(rec.distance(_features(n, seed=40)))["known_n"] for n in (1, 10, 100)]
     assert known[0] > known[1] > known[2] > float(rec.own.median())
-    assert known[0] == pytest.approx(rec.known, rel=0.05)  # one document: the per-document rule's threshold
+    q90 = float(rec.own.double().quantile(0.9))
+    assert rec.known > q90 * 1.05  # the per-document rule keeps φ's weights on 99 in 100 of its kind ...
+    assert known[0] == pytest.approx(q90, rel=0.05)  # ... a corpus of one is judged at 9 in 10 (erring to fine-tuning)
     assert rec.corpus(torch.zeros(0))["share"] == 0.0
     # the share is the median's place between the two thresholds
-    c = rec.corpus(torch.full((30,), 0.5 * (rec.known + rec.corpus(torch.ones(30))["known_n"])))
+    c = rec.corpus(torch.full((30,), 0.5 * (q90 + rec.corpus(torch.ones(30))["known_n"])))
     assert 0 < c["share"] < 1
     assert c["share"] == pytest.approx((c["median"] - c["known_n"]) / (c["unknown_n"] - c["known_n"]), abs=1e-3)
 
