@@ -21,7 +21,10 @@ for a in "$@"; do
   prev=$a
 done
 case "$1 $2" in
-  "ckl build") mkdir -p "$out"; touch "$out/meta_train.jsonl" "$out/meta_val.jsonl" ;;
+  "ckl build") mkdir -p "$out"; touch "$out/meta_train.jsonl" "$out/meta_val.jsonl"
+    for f in to_learn not_to_forget; do
+      echo '{"evidence": "Ana Roe is a nurse.", "task_descriptive": "The occupation of Ana Roe is nurse", "object": "nurse"}' > "$out/$f.jsonl"
+    done ;;
   "ckl run") mkdir -p "$out"; echo '{}' > "$out/metrics.json" ;;
   "ckl compare") echo "| table of $# args |" ;;
   "data synth") mkdir -p "$out"; touch "$out/meta_train.jsonl" ;;
@@ -30,6 +33,7 @@ case "$1 $2" in
   "data twiki-synth") mkdir -p "$out/TWiki_Diffsets" ;;
   "data pairs") mkdir -p "$out"; touch "$out/meta_train.jsonl" "$out/meta_val.jsonl" ;;
   "twiki run") mkdir -p "$out"; echo '{}' > "$out/metrics.json" ;;
+  learn*) mkdir -p "$out"; echo '{"epochs": [{"qa_acc": 0.5, "retain_acc": 0.25}]}' > "$out/summary.json" ;;
   "twiki pairs") mkdir -p "$out"; touch "$out/meta_train.jsonl" "$out/meta_val.jsonl" ;;
   "twiki compare") echo "| table of $# args |" ;;
   meta-train*)
@@ -180,6 +184,27 @@ def test_learn_example_refuses_a_phi_that_is_not_an_exported_phi_before_writing(
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no phi_config.json" in r.stderr
     assert not work.exists() and not taken()
+
+
+def test_learn_example_with_a_phi_from_the_documents_runs_the_one_command_path_beside_finetune_and_times_both(
+        stub, tmp_path):
+    _, taken = stub
+    work = tmp_path / "work"
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls.txt"),
+           "PHI": "from-docs", "SEEDS": "0 1", "N_DOCS": "1"}
+    r = subprocess.run(["bash", str(ROOT / "examples" / "learn_vs_finetune.sh"), str(work)], cwd=ROOT, timeout=60,
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    learns = [line for line in taken() if line.startswith("learn ")]
+    assert len(learns) == 4 and not any("meta-train" in line for line in learns)
+    for line, seed in zip(learns[::2], "01"):  # φ made from the documents, its own config, beside fine-tuning
+        assert "phi_from_docs_smollm2_cpu.yaml --phi from-docs" in line and f"learn.seed={seed}" in line
+    assert all("learn_smollm2_cpu.yaml --phi none" in line for line in learns[1::2])
+    assert (work / "userdocs" / "qa.jsonl").read_text().strip() == '{"question": "The occupation of Ana Roe is", ' \
+                                                                     '"answer": "nurse"}'
+    assert [line.split("\t")[0] for line in (work / "times.tsv").read_text().splitlines()] == [
+        "run", "taalm-seed0", "finetune-seed0", "taalm-seed1", "finetune-seed1"]
+    assert "taalm-seed1: qa_acc 0.500  retain_acc 0.250  wall 0 s" in r.stdout
 
 
 def test_twiki_rows_run_in_order_with_the_phi_of_the_first_period_and_resume(stub, tmp_path):
