@@ -175,7 +175,9 @@ def _cmd_data_pairs(args) -> int:
     from taalm_dist.data.documents import load_documents
 
     docs = load_documents(args.docs, args.text_field)
-    pick = None
+    from taalm_dist.data.doc_pairs import PICKS
+
+    pick = PICKS.get(args.method)
     if args.method == "surprise":
         if not args.model:
             raise TaalmError("--method surprise scores the candidates with the base model: give --model (θ's source)")
@@ -596,9 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--docs", required=True, help="a .jsonl file, a directory of .txt/.md files, or a datasets dataset")
     t.add_argument("--out", required=True, help="directory for meta_train.jsonl and meta_val.jsonl")
     t.add_argument("--text-field", default=learn["text_field"], help="the jsonl field / dataset column with the text")
-    t.add_argument("--method", choices=["last", "surprise"], default="last", help="each fact's object: its "
-                   "sentence's last name or number (else last word), or the candidate the base model finds least "
-                   "likely (needs --model)")
+    t.add_argument("--method", choices=["last", "every", "surprise"], default="last", help="each fact's object: "
+                   "its sentence's last name or number (else last word), each candidate (name, number, last word) a "
+                   "task of its own, or the candidate the base model finds least likely (needs --model)")
     t.add_argument("--model", default=None, help="with --method surprise: the base model's source (θ's)")
     t.add_argument("--max-facts", type=_count(1), default=_defaults(pair_rows)["max_facts"],
                    help="tasks made from one document, at most")

