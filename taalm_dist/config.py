@@ -350,7 +350,10 @@ class TrainConfig(RunConfig):
     select: Literal["auto", "last", "ckl_val", "objective"] = "auto"
     """Which φ ``phi/`` holds: ``ckl_val`` the one with the highest CKL validation Top Acc
     (``ckl_val/top_acc``: the best accuracy over the passes, as the benchmark's Top Acc; ties: the earlier), ``objective`` the lowest one-step validation objective, ``last`` the last one; ``auto``:
-    ckl_val when ckl_val_every > 0, else last. The last φ is also exported as ``phi_last/``."""
+    ckl_val when ckl_val_every > 0, else last. The last φ is also exported as ``phi_last/``. When the first CKL
+    validation's baselines show it cannot tell weights apart (the oracle's Top Acc no higher than uniform's: too
+    few or too hard validation documents), ``ckl_val`` selects by ``objective`` instead (``last`` when
+    val_every = 0), and says so."""
 
     RANGES: ClassVar[dict] = {**RunConfig.RANGES,
         "max_steps": NON_NEGATIVE, "docs_per_step": AT_LEAST_1, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,

@@ -280,7 +280,7 @@ class MetaTrainer(SessionProgram):
         st = self.state
         summary = {"steps": st.step, "max_steps": cfg.max_steps, "skipped_steps": st.skipped_steps,
                    "first": st.first_val, "last": last, "phi_dir": str(phi_dir),
-                   "selected": {"rule": self.select, **st.best}, "world_size": self.world,
+                   "selected": {"rule": self.selection_rule(), **st.best}, "world_size": self.world,
                    "stopped_by_time_limit": stop}
         if D.is_main():
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -478,6 +478,16 @@ class MetaTrainer(SessionProgram):
         if D.is_main():
             print(f"resumed from {directory} at step {self.step}")
 
+    def selection_rule(self, first_val: dict | None = None) -> str:
+        """``train.select`` as it applies (:class:`BestPhi`): ``ckl_val`` becomes ``objective`` (``last`` without
+        ``train.val_every``) when the first CKL validation's baselines (``first_val``, default the run's) show it
+        cannot tell weights apart — the oracle's Top Acc no higher than uniform weights'."""
+        v = self.state.first_val if first_val is None else first_val
+        oracle, uniform = v.get("ckl_val/top_acc_oracle"), v.get("ckl_val/top_acc_uniform")
+        if self.select != "ckl_val" or oracle is None or uniform is None or oracle > uniform:
+            return self.select
+        return "objective" if self.cfg.train.val_every else "last"
+
     def export_phi(self) -> Path:
         """The last φ as ``phi_last/`` and the selected one (``train.select``) as ``phi/``, each safetensors +
         config (loadable in one process without DeepSpeed) + ``selection.json``; every rank calls it."""
@@ -487,12 +497,13 @@ class MetaTrainer(SessionProgram):
             last = {"rule": "last", "step": self.step}
             save_phi(state, self.cfg.phi, self.out / "phi_last", {"selection.json": json.dumps(last, indent=2)})
             best = self.out / "best_phi"
-            if self.select != "last" and best.is_dir():
+            rule = self.selection_rule()
+            if rule != "last" and best.is_dir():
                 damaged = integrity.verify_record(best)
                 if damaged:
                     raise TrainingError(f"{best} is damaged ({'; '.join(damaged[:3])}); the last φ is in "
                                         f"{self.out / 'phi_last'}")
-                chosen = {"rule": self.select, **self.best}
+                chosen = {"rule": rule, **self.best}
                 shutil.rmtree(path, ignore_errors=True)
                 shutil.copytree(best, path)
                 (path / "selection.json").write_text(json.dumps(chosen, indent=2))
@@ -546,21 +557,29 @@ class Validation:
 
 @dataclass
 class BestPhi:
-    """``train.select``: keep φ in ``best_phi/`` when this step's selection metric (``ckl_val/top_acc``, or minus
-    ``val/objective``) beats the best so far (ties keep the earlier φ); ``last`` keeps none."""
+    """``train.select`` (as :meth:`MetaTrainer.selection_rule` applies it): keep φ in ``best_phi/`` when this step's
+    selection metric (``ckl_val/top_acc``, or minus ``val/objective``) beats the best so far (ties keep the earlier
+    φ); ``last`` keeps none."""
 
     select: str
 
     def on_step_end(self, trainer: MetaTrainer, end: StepEnd) -> None:
-        metric = {"ckl_val": "ckl_val/top_acc", "objective": "val/objective"}.get(self.select)
+        rule = trainer.selection_rule(end.metrics if end.baselines else None)
+        if end.baselines and rule != self.select and D.is_main():
+            m = end.metrics
+            print(f"note: the CKL validation cannot tell weights apart here (Top Acc: oracle "
+                  f"{m['ckl_val/top_acc_oracle']:.3f}, uniform {m['ckl_val/top_acc_uniform']:.3f} on "
+                  f"{len(trainer.data.val[: trainer.cfg.train.ckl_val_docs])} documents): φ is selected by "
+                  + ("the validation objective" if rule == "objective" else "the last update") + " instead")
+        metric = {"ckl_val": "ckl_val/top_acc", "objective": "val/objective"}.get(rule)
         if metric not in end.metrics:
             return
-        score = end.metrics[metric] if self.select == "ckl_val" else -end.metrics[metric]
+        score = end.metrics[metric] if rule == "ckl_val" else -end.metrics[metric]
         best = trainer.state.best
         if best["score"] is not None and not score > best["score"]:
             return
         trainer.state.best = {"step": trainer.step, "score": score,
-                              "metric": metric if self.select == "ckl_val" else f"-{metric}"}
+                              "metric": metric if rule == "ckl_val" else f"-{metric}"}
         state = trainer.phi.export_state()
         if D.is_main():
             selection = {"selection.json": json.dumps(trainer.state.best, indent=2)}

@@ -71,3 +71,24 @@ def test_zero_updates_export_the_initial_near_uniform_phi(tmp_path):
     _, summary = run_trainer(toy_config(tmp_path, "train.max_steps=0", "train.val_every=0"))
     assert summary["steps"] == 0
     assert _selection(tmp_path / "run" / "phi") == {"rule": "last", "step": 0}
+
+
+def test_a_validation_that_cannot_tell_weights_apart_hands_the_selection_to_the_objective(tmp_path, capsys):
+    blind = ["train.ckl_val_passes=1", "train.ckl_val_lr=1e-12", "train.ckl_val_batch_size=4"]  # θ learns nothing
+    cfg = toy_config(tmp_path, *blind, "train.ckl_val_every=4", "train.val_every=2", "train.max_steps=8",
+                     "train.docs_per_step=4")
+    _, summary = run_trainer(cfg)
+    first = summary["first"]
+    assert first["ckl_val/top_acc_oracle"] <= first["ckl_val/top_acc_uniform"]
+    assert "the CKL validation cannot tell weights apart here" in capsys.readouterr().out
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    objective = {r["step"]: r["val/objective"] for r in records if "val/objective" in r}
+    assert sorted(objective) == [0, 2, 4, 6, 8]
+    best = min(objective, key=lambda s: (objective[s], s))
+    chosen = _selection(tmp_path / "run" / "phi")
+    assert chosen == {"rule": "objective", "step": best, "score": -objective[best], "metric": "-val/objective"}
+    assert summary["selected"]["rule"] == "objective"
+    # without the objective's validation: the last φ
+    _, summary = run_trainer(toy_config(tmp_path, *blind, "train.ckl_val_every=4", "train.val_every=0",
+                                        "train.max_steps=4", f"train.out_dir={tmp_path / 'last'}"))
+    assert _selection(tmp_path / "last" / "phi") == {"rule": "last", "step": 4}
