@@ -498,7 +498,8 @@ class MetaTrainer(SessionProgram):
             save_phi(state, self.cfg.phi, self.out / "phi_last", {"selection.json": json.dumps(last, indent=2)})
             best = self.out / "best_phi"
             rule = self.selection_rule()
-            if rule != "last" and best.is_dir():
+            # a run resumed from before a change of rule may hold a best of the other metric: the last φ then
+            if rule != "last" and best.is_dir() and self.best["metric"] == SELECTION_METRIC[rule]:
                 damaged = integrity.verify_record(best)
                 if damaged:
                     raise TrainingError(f"{best} is damaged ({'; '.join(damaged[:3])}); the last φ is in "
@@ -555,6 +556,10 @@ class Validation:
             end.metrics.update(self.run(trainer, baselines=end.baselines))
 
 
+SELECTION_METRIC = {"ckl_val": "ckl_val/top_acc", "objective": "-val/objective"}
+"""What :class:`BestPhi` maximises per ``train.select`` rule (as ``selection.json``'s ``metric`` names it)."""
+
+
 @dataclass
 class BestPhi:
     """``train.select`` (as :meth:`MetaTrainer.selection_rule` applies it): keep φ in ``best_phi/`` when this step's
@@ -576,10 +581,9 @@ class BestPhi:
             return
         score = end.metrics[metric] if rule == "ckl_val" else -end.metrics[metric]
         best = trainer.state.best
-        if best["score"] is not None and not score > best["score"]:
+        if best["score"] is not None and best["metric"] == SELECTION_METRIC[rule] and not score > best["score"]:
             return
-        trainer.state.best = {"step": trainer.step, "score": score,
-                              "metric": metric if rule == "ckl_val" else f"-{metric}"}
+        trainer.state.best = {"step": trainer.step, "score": score, "metric": SELECTION_METRIC[rule]}
         state = trainer.phi.export_state()
         if D.is_main():
             selection = {"selection.json": json.dumps(trainer.state.best, indent=2)}
