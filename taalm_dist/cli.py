@@ -171,19 +171,11 @@ def _cmd_data_twiki_synth(args) -> int:
 
 
 def _cmd_data_pairs(args) -> int:
-    from taalm_dist.data.doc_pairs import write_doc_pairs
+    from taalm_dist.data.doc_pairs import make_pick, write_doc_pairs
     from taalm_dist.data.documents import load_documents
 
     docs = load_documents(args.docs, args.text_field)
-    from taalm_dist.data.doc_pairs import PICKS
-
-    pick = PICKS.get(args.method)
-    if args.method == "surprise":
-        if not args.model:
-            raise TaalmError("--method surprise scores the candidates with the base model: give --model (θ's source)")
-        from taalm_dist.data.doc_pairs import SurprisePicker
-
-        pick = SurprisePicker.from_source(args.model)
+    pick = make_pick(args.method, [d.text for d in docs], args.model)
     n = write_doc_pairs([(d.id, d.text) for d in docs], args.out, pick, args.max_facts, args.val_share, args.seed,
                         args.overwrite, args.min_val_docs)
     print(f"{n['pairs']} pairs from {n['with_tasks']} of {n['documents']} documents ({n['held_out_documents']} documents "
@@ -541,6 +533,7 @@ def _defaults(fn) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from taalm_dist.config import CklRunConfig, LearnRunConfig, MetaTrainConfig, TwikiRunConfig, config_field
+    from taalm_dist.data.doc_pairs import METHODS as doc_pair_methods
     from taalm_dist.data.doc_pairs import pair_rows, write_doc_pairs
     from taalm_dist.data.synth import synth_benchmark
     from taalm_dist.data.twiki_synth import twiki_world
@@ -598,9 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--docs", required=True, help="a .jsonl file, a directory of .txt/.md files, or a datasets dataset")
     t.add_argument("--out", required=True, help="directory for meta_train.jsonl and meta_val.jsonl")
     t.add_argument("--text-field", default=learn["text_field"], help="the jsonl field / dataset column with the text")
-    t.add_argument("--method", choices=["last", "every", "surprise"], default="last", help="each fact's object: "
-                   "its sentence's last name or number (else last word), each candidate (name, number, last word) a "
-                   "task of its own, or the candidate the base model finds least likely (needs --model)")
+    t.add_argument("--method", choices=doc_pair_methods, default="last", help="each fact's object: "
+                   "its sentence's last name or number (else last word); each candidate (name, number, last word) a "
+                   "task of its own; of the sentence's words, the one in fewest documents of the corpus (rare); or "
+                   "the candidate the base model finds least likely (surprise: needs --model)")
     t.add_argument("--model", default=None, help="with --method surprise: the base model's source (θ's)")
     t.add_argument("--max-facts", type=_count(1), default=_defaults(pair_rows)["max_facts"],
                    help="tasks made from one document, at most")

@@ -597,6 +597,9 @@ class LearnConfig(DocumentLearningConfig):
     config file's train/meta/phi/data sections: taalm_dist/phi_from_docs.py)."""
     batch_size: int = 4
     """Windows per θ update."""
+    pairs_method: str = "last"
+    """With ``--phi from-docs``: how the meta-training pairs are made from the documents (``taalm data pairs
+    --method``: ``last``, ``every``, ``rare``, or ``surprise``, scored with θ's model; taalm_dist/data/doc_pairs.py)."""
 
     docs: str = ""
     """The documents: a .jsonl file (field ``text_field``), a directory of .txt/.md files, or a `datasets` dataset
@@ -620,9 +623,13 @@ class LearnConfig(DocumentLearningConfig):
     RESUMABLE: ClassVar[tuple[str, ...]] = (*DocumentLearningConfig.RESUMABLE, "docs", "merge")
 
     def __post_init__(self):
+        from taalm_dist.data.doc_pairs import METHODS
+
         if self.window_overlap >= self.window_tokens:
             raise ConfigError(f"learn.window_overlap={self.window_overlap} must be in [0, window_tokens="
                               f"{self.window_tokens})")
+        if self.pairs_method not in METHODS:
+            raise ConfigError(f"learn.pairs_method={self.pairs_method!r} is not one of {list(METHODS)}")
         self._resume_auto_only()
 
 

@@ -34,7 +34,7 @@ def learn_with_phi_from_docs(config: str | Path | None, learn_overrides: list[st
     flags and overrides it was given, ``learn.phi_path`` left out) and ``meta_overrides`` (extra ``key=value`` for the
     meta-training stage). Returns ``(learner, summary)`` of the learn stage, the stages' times in the summary."""
     from taalm_dist.config import LearnRunConfig, MetaTrainConfig, load_config
-    from taalm_dist.data.doc_pairs import write_doc_pairs
+    from taalm_dist.data.doc_pairs import make_pick, write_doc_pairs
     from taalm_dist.data.documents import load_documents
     from taalm_dist.engine import distributed as D
     from taalm_dist.programs.learn import run_learn
@@ -58,7 +58,8 @@ def learn_with_phi_from_docs(config: str | Path | None, learn_overrides: list[st
 
     def make_pairs() -> None:
         docs = load_documents(cfg.learn.docs, cfg.learn.text_field)
-        n = write_doc_pairs([(d.id, d.text) for d in docs], pairs, seed=cfg.learn.seed)
+        pick = make_pick(cfg.learn.pairs_method, [d.text for d in docs], cfg.theta.model.source)
+        n = write_doc_pairs([(d.id, d.text) for d in docs], pairs, pick, seed=cfg.learn.seed)
         print(f"{n['pairs']} pairs from {n['with_tasks']} of {n['documents']} documents "
               f"({n['held_out_documents']} held out for φ's validation)")
 

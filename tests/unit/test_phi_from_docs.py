@@ -6,6 +6,7 @@ import json
 import yaml
 
 from taalm_dist.cli import main as cli_main
+from taalm_dist.data.doc_pairs import facts, make_pick
 from taalm_dist.data.synth import synth_benchmark
 from taalm_dist.phi_from_docs import phi_dir_of
 
@@ -26,12 +27,15 @@ def test_one_command_makes_pairs_meta_trains_phi_and_learns_and_resumes_stage_by
         "learn": {"batch_size": 4, "progress": False}, "tracking": {"mlflow": False}}))
     out = tmp_path / "run"
     cmd = ["learn", "--config", str(config), "--docs", str(docs), "--phi", "from-docs", "--out", str(out),
-           "train.max_steps=2", "learn.epochs=1", "theta.lora.alpha=8"]
+           "learn.pairs_method=rare", "train.max_steps=2", "learn.epochs=1", "theta.lora.alpha=8"]
     assert cli_main(cmd) == 0
     text = capsys.readouterr().out
     assert "[1/3] pairs from the documents:" in text and "[2/3] meta-train φ on them:" in text
     where = phi_dir_of(out)
     assert where == tmp_path / "run.phi" and (where / "pairs" / "meta_train.jsonl").is_file()
+    made = [json.loads(x) for f in ("meta_train.jsonl", "meta_val.jsonl") for x in (where / "pairs" / f).open()]
+    rare = make_pick("rare", [r["evidence"] for r in rows])  # learn.pairs_method chose how the pairs were made
+    assert sorted(r["object"] for r in made) == sorted(f.object for r in rows for f in facts(r["evidence"], rare))
     assert json.loads((where / "meta_train" / "summary.json").read_text())["steps"] == 2  # train.* went to meta-train
     learned = json.loads((out / "summary.json").read_text())
     assert learned["phi"] == str(where / "meta_train" / "phi") and len(learned["epochs"]) == 2  # learn.epochs=1
@@ -42,3 +46,5 @@ def test_one_command_makes_pairs_meta_trains_phi_and_learns_and_resumes_stage_by
     assert "[1/3] pairs from the documents: done before, skipped" in text
     assert "[2/3] meta-train φ on them: done before, skipped" in text
     assert cli_main([*cmd[:-3], "nope.key=1"]) == 2  # a key no stage reads is refused
+    assert cli_main([*cmd[:-4], "learn.pairs_method=salient"]) == 2
+    assert "learn.pairs_method='salient' is not one of" in capsys.readouterr().err

@@ -100,3 +100,33 @@ def test_a_small_corpus_holds_out_enough_documents_to_select_on_and_a_large_one_
     assert held_out_count(400, 0.05, 8) == 20 and held_out_count(670, 0.05, 8) == 34  # the share, as before
     assert held_out_count(12, 0.05, 8) == 3  # three quarters stay for training
     assert held_out_count(2, 0.05, 8) == 1 and held_out_count(3, 0.9, 8) == 2  # at least one, never all
+
+
+def test_the_rare_method_asks_the_word_that_sets_the_document_apart_wherever_it_stands():
+    from taalm_dist.data.doc_pairs import RarePicker, make_pick
+
+    docs = [f"{n} lives in a small town. Madrid is where {n} Vaskel was born. {n} plays the piano."
+            for n in ("Orla", "Pim", "Quade")]
+    docs[1] = docs[1].replace("Madrid", "Lisbon")
+    docs[2] = docs[2].replace("Madrid", "Oslo")
+    pick = make_pick("rare", docs)
+    assert isinstance(pick, RarePicker) and [f.object for f in facts(docs[0], pick)] == ["Madrid"]  # before the subject
+    assert [f.object for f in facts(docs[0])] == ["born"]  # `last` looks after the subject only
+    assert facts(docs[0], pick)[0].relation == "is where"
+    copula = "By profession, Baxpon Brethklal is a surgeon. Baxpon paints. Baxpon Brethklal reads."
+    assert [(f.relation, f.object) for f in facts(copula)] == [("profession", "surgeon")]  # the copula's context
+    rows = synth_benchmark(n_to_learn=10, n_meta=60, seed=3)["meta_train"]
+    texts = sorted({r["evidence"] for r in rows})
+    assert agreement(rows, make_pick("rare", texts))["covered"] > agreement(rows)["covered"] + 0.15
+
+
+def test_an_unknown_method_or_surprise_without_a_model_is_refused_by_name():
+    import pytest
+
+    from taalm_dist.data.doc_pairs import make_pick
+    from taalm_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'salient' is not one of"):
+        make_pick("salient", [])
+    with pytest.raises(ConfigError, match="give its source"):
+        make_pick("surprise", [])
