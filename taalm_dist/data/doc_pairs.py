@@ -21,8 +21,9 @@ sentence itself (φ would learn a position, not a fact).
    where X was born"), the one in the fewest documents of the corpus (a fact is what sets a document apart; the
    words that frame it recur), the first in that order that gives a relation.
 4. The **relation** is the words between the subject and the object (or after the object when it comes first),
-   without leading and trailing function words; when none are left ("By profession, X is a surgeon") the sentence's
-   other words that are not function words ("profession"); a fact with no relation words at all is dropped.
+   without leading and trailing function words; with ``rare``, when none are left ("By profession, X is a surgeon"),
+   the sentence's other words that are neither function words nor names ("profession"); a fact with no relation
+   words is dropped.
 
 Every choice is measured against human-written tasks where both exist (``taalm bench doc-pairs``).
 """
@@ -96,14 +97,14 @@ def document_subject(text: str) -> str | None:
     return best[2] if best[0] >= 2 else None
 
 
-def _relation(sentence: str, subj: tuple[int, int], obj: tuple[int, int]) -> str:
+def _relation(sentence: str, subj: tuple[int, int], obj: tuple[int, int], context: bool = False) -> str:
     between = sentence[subj[1]:obj[0]] if subj[1] <= obj[0] else sentence[obj[1]:subj[0]]
     words = [w.lower() for w in _WORD.findall(between)]
     while words and words[0] in FUNCTION_WORDS - {"is", "was", "has", "are", "were", "had"}:
         words.pop(0)
     while words and words[-1] in FUNCTION_WORDS:
         words.pop()
-    if not words:  # a copula between them: the sentence's other words say what is asked (not its names: facts too)
+    if not words and context:  # a copula between them: the sentence's other words say what is asked (not its names)
         named = {i for a, b in names(sentence) for i in range(a, b)}
         words = [m.group().lower() for m in _WORD.finditer(sentence) if m.group().lower() not in FUNCTION_WORDS
                  and m.start() not in named and not subj[0] <= m.start() < subj[1] and not obj[0] <= m.start() < obj[1]]
@@ -148,7 +149,7 @@ def facts(text: str, pick=None, max_facts: int = 4) -> list[Fact]:
         picked = pick(s, spans)
         made = []
         for obj in picked if isinstance(picked, list) else [picked]:
-            relation = _relation(s, subj, obj)
+            relation = _relation(s, subj, obj, context=getattr(pick, "wide", False))
             if relation and s[obj[0]:obj[1]].lower() not in FUNCTION_WORDS:
                 made.append(Fact(subject, relation, s[obj[0]:obj[1]], s))
         for f in made[:1] if getattr(pick, "ranked", False) else made:

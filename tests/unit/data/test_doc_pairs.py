@@ -111,10 +111,12 @@ def test_the_rare_method_asks_the_word_that_sets_the_document_apart_wherever_it_
     docs[2] = docs[2].replace("Madrid", "Oslo")
     pick = make_pick("rare", docs)
     assert isinstance(pick, RarePicker) and [f.object for f in facts(docs[0], pick)] == ["Madrid"]  # before the subject
-    assert [f.object for f in facts(docs[0])] == ["born"]  # `last` looks after the subject only
+    assert [f.object for f in facts(docs[0])] == []  # `last` looks after the subject only: "born", no relation
     assert facts(docs[0], pick)[0].relation == "is where"
     copula = "By profession, Baxpon Brethklal is a surgeon. Baxpon paints. Baxpon Brethklal reads."
-    assert [(f.relation, f.object) for f in facts(copula)] == [("profession", "surgeon")]  # the copula's context
+    corpus = [copula, "By profession, Ann Lee is a nurse.", "By profession, Bo Rask is a cook."]
+    assert [(f.relation, f.object) for f in facts(copula, make_pick("rare", corpus))] == [("profession", "surgeon")]
+    assert facts(copula) == []  # `last`: the copula leaves no relation (its rows were measured so)
     rows = synth_benchmark(n_to_learn=10, n_meta=60, seed=3)["meta_train"]
     texts = sorted({r["evidence"] for r in rows})
     assert agreement(rows, make_pick("rare", texts))["covered"] > agreement(rows)["covered"] + 0.15
