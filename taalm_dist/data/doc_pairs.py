@@ -136,7 +136,8 @@ def facts(text: str, pick=None, max_facts: int = 4) -> list[Fact]:
     spans) -> span`` chooses each sentence's object among its candidates (default: the last name or number, else the
     last word); a ``pick`` that returns a list of spans makes a task of each (:func:`pick_every`), one whose
     ``ranked`` is true a task of the first that gives a relation (:class:`RarePicker`); a ``pick`` whose ``wide`` is
-    true is offered every content word (:func:`candidates`)."""
+    true is offered every content word (:func:`candidates`) and, where only a copula joins subject and object, the
+    sentence's other words as the relation (module docstring, 4.)."""
     subject = document_subject(text)
     if subject is None:
         return []
