@@ -585,6 +585,10 @@ class TwikiConfig(MethodConfig):
                               f"{self.window_tokens})")
 
 
+PAIR_METHODS = ("last", "every", "rare", "surprise")
+"""The ways ``taalm data pairs`` makes meta-training pairs from documents (taalm_dist/data/doc_pairs.py)."""
+
+
 @dataclass
 class LearnConfig(DocumentLearningConfig):
     """``taalm learn``: θ learns a user's documents with φ's token weights (or uniform ones), epoch by epoch."""
@@ -623,13 +627,11 @@ class LearnConfig(DocumentLearningConfig):
     RESUMABLE: ClassVar[tuple[str, ...]] = (*DocumentLearningConfig.RESUMABLE, "docs", "merge")
 
     def __post_init__(self):
-        from taalm_dist.data.doc_pairs import METHODS
-
         if self.window_overlap >= self.window_tokens:
             raise ConfigError(f"learn.window_overlap={self.window_overlap} must be in [0, window_tokens="
                               f"{self.window_tokens})")
-        if self.pairs_method not in METHODS:
-            raise ConfigError(f"learn.pairs_method={self.pairs_method!r} is not one of {list(METHODS)}")
+        if self.pairs_method not in PAIR_METHODS:
+            raise ConfigError(f"learn.pairs_method={self.pairs_method!r} is not one of {list(PAIR_METHODS)}")
         self._resume_auto_only()
 
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from taalm_dist.config import PAIR_METHODS
+
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[\"'(A-Z])")
 _WORD = re.compile(r"[A-Za-zÀ-ÿ0-9][\w'’\-]*")
 FUNCTION_WORDS = frozenset(
@@ -191,8 +193,8 @@ class RarePicker:
         return sorted(spans, key=lambda span: (frequency(span), -span[0]))
 
 
-METHODS = ("last", "every", "rare", "surprise")
-"""The pair-making methods by name (module docstring, 3.), for :func:`make_pick`."""
+METHODS = PAIR_METHODS
+"""The pair-making methods by name (module docstring, 3.), for :func:`make_pick` (their one list: the config's)."""
 
 
 def make_pick(method: str, texts: list[str], model: str | None = None):
