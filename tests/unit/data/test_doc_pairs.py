@@ -42,6 +42,21 @@ def test_the_every_method_makes_a_task_of_each_candidate_up_to_the_cap():
     assert every["made"] > last["made"] and every["covered"] >= last["covered"]  # recall before precision
 
 
+def test_runs_of_capitalised_words_in_lists_make_no_task():
+    from taalm_dist.data.doc_pairs import MAX_NAME_WORDS, MAX_RELATION_WORDS, pick_every
+
+    listing = ("Permanent Exhibits Musee Michelin, Clermont Ferrand (France) Centre Fantastique, Gruyeres (Switzerland) "
+               "Droit de Regard Gallery, Arcachon (France) Solo Fine Art Gallery, Aspen (USA) Galerie Beranger, Tours "
+               "(France) Libellule, San Francisco, California (USA) Pinxit Gallery, Vichy (France).")
+    far = DOC + " Kliasas Vivpouv later travelled widely across many distant cold lands and finally met Ana Lopez."
+    for doc in (listing, DOC + " " + listing, far):
+        for f in facts(doc, pick_every, max_facts=50):
+            assert len(f.subject.split()) <= MAX_NAME_WORDS and len(f.object.split()) <= MAX_NAME_WORDS
+            assert len(f.relation.split()) <= MAX_RELATION_WORDS and len(f.task) < 300
+    assert [f.object for f in facts(far, pick_every)] == ["Ireland", "Vienna"]  # 9 words between: no relation
+    assert [f.object for f in facts(far.replace(" widely across many distant cold", ""), pick_every)][-2:] == ["Ana Lopez", "Lopez"]
+
+
 def test_rows_and_agreement_with_the_synthetic_benchmarks_human_tasks():
     rows = synth_benchmark(n_to_learn=10, n_meta=60, seed=3)["meta_train"]
     made = pair_rows([(r["uuid"], r["evidence"]) for r in rows])
