@@ -5,8 +5,9 @@
 # finetune and kadapter over every period, make φ's meta-training pairs from the first period (`taalm twiki pairs
 # --period 0809`: its lines and its changed probes, as TAALM made its TemporalWiki φ), meta-train φ on them (SEEDS,
 # default "0"), run taalm and taalm+kadapter with each seed's φ, and compare. EXTRA_PHI="NAME=PHI_DIR ..." adds a
-# taalm row for each other φ (e.g. the demo's), named taalm_NAME; EXTRA_ARGS="key=value ..." are given to those rows
-# (e.g. twiki.phi_abstain=false), whose names then end in _EXTRA_TAG (default "args"). Refuses an existing OUT_DIR
+# row for each other φ (e.g. the demo's) and each of EXTRA_METHODS (default "taalm"; taalm+kadapter), named
+# taalm_NAME / taalm_kadapter_NAME; EXTRA_ARGS="key=value ..." are given to those rows (e.g. twiki.phi_abstain=false),
+# whose names then end in _EXTRA_TAG (default "args"). Refuses an existing OUT_DIR
 # unless RESUME=1 (a finished step is skipped, an interrupted one resumes).
 set -euo pipefail
 out="${1:-runs/twiki_smollm2}"
@@ -37,8 +38,11 @@ done
 read -ra extra_args <<< "${EXTRA_ARGS:-}"
 suffix=""
 [[ ${#extra_args[@]} -gt 0 ]] && suffix="_${EXTRA_TAG:-args}"
+read -ra extra_methods <<< "${EXTRA_METHODS:-taalm}"
 for extra in ${EXTRA_PHI:-}; do
-  row "taalm_${extra%%=*}$suffix" taalm "${extra#*=}" "${extra_args[@]}"
+  for method in "${extra_methods[@]}"; do
+    row "${method/+/_}_${extra%%=*}$suffix" "$method" "${extra#*=}" "${extra_args[@]}"
+  done
 done
 rows=()
 for r in "$out"/*/metrics.json; do rows+=("$(dirname "$r")"); done

@@ -229,6 +229,11 @@ def test_twiki_rows_run_in_order_with_the_phi_of_the_first_period_and_resume(stu
     lines = taken()
     assert _rows(lines) == [("twiki run", "taalm_demo_no_abstain"), ("twiki compare", None)]
     assert lines[0].endswith("--resume auto twiki.progress=false twiki.phi_abstain=false")
+    r = run("twiki_smollm2.sh", out, RESUME="1", EXTRA_PHI=f"demo={tmp_path}/demo_phi", EXTRA_METHODS="taalm taalm+kadapter",
+            EXTRA_ARGS="twiki.phi_abstain=false", EXTRA_TAG="no_abstain")
+    lines = taken()
+    assert _rows(lines) == [("twiki run", "taalm_kadapter_demo_no_abstain"), ("twiki compare", None)]
+    assert f"--method taalm+kadapter --phi {tmp_path}/demo_phi" in lines[0]
 
 
 def test_phi_from_documents_rows_pair_meta_train_and_run_both_benchmarks_per_seed(stub, tmp_path):
