@@ -7,7 +7,8 @@
 # default "0"), run taalm and taalm+kadapter with each seed's φ, and compare. EXTRA_PHI="NAME=PHI_DIR ..." adds a
 # row for each other φ (e.g. the demo's) and each of EXTRA_METHODS (default "taalm"; taalm+kadapter), named
 # taalm_NAME / taalm_kadapter_NAME; EXTRA_ARGS="key=value ..." are given to those rows (e.g. twiki.phi_abstain=false),
-# whose names then end in _EXTRA_TAG (default "args"). Refuses an existing OUT_DIR
+# whose names then end in _EXTRA_TAG (default "args"). KADAPTER=0 leaves out the K-Adapter rows (kadapter,
+# taalm+kadapter: a later RESUME=1 run adds them). Refuses an existing OUT_DIR
 # unless RESUME=1 (a finished step is skipped, an interrupted one resumes).
 set -euo pipefail
 out="${1:-runs/twiki_smollm2}"
@@ -23,8 +24,9 @@ row() {  # NAME METHOD [PHI [OVERRIDES...]]: one `twiki run`, skipped when its m
   [[ -e "$out/$name/metrics.json" ]] || timed "$name" taalm twiki run --config "$config" --data-dir "$data" \
     --method "$method" "${phi[@]}" --out "$out/$name" --resume auto twiki.progress=false "$@"
 }
+kadapter=${KADAPTER:-1}
 row finetune finetune
-row kadapter kadapter
+[[ $kadapter == 0 ]] || row kadapter kadapter
 [[ -e "$out/pairs/meta_train.jsonl" ]] || timed pairs taalm twiki pairs --data-dir "$data" --period "${PHI_PERIOD:-0809}" \
   --out "$out/pairs"
 read -ra seeds <<< "${SEEDS:-0}"
@@ -33,7 +35,7 @@ for seed in "${seeds[@]}"; do
     --resume auto data.train_file="$out/pairs/meta_train.jsonl" data.val_file="$out/pairs/meta_val.jsonl" \
     train.out_dir="$out/phi_s$seed" train.seed="$seed" train.progress=false
   row "taalm_s$seed" taalm "$out/phi_s$seed/phi"
-  row "taalm_kadapter_s$seed" taalm+kadapter "$out/phi_s$seed/phi"
+  [[ $kadapter == 0 ]] || row "taalm_kadapter_s$seed" taalm+kadapter "$out/phi_s$seed/phi"
 done
 read -ra extra_args <<< "${EXTRA_ARGS:-}"
 suffix=""

@@ -3,6 +3,7 @@ that records each call and
 writes what the real verb would leave behind: the order of the rows, resuming row by row, ONLY, refusals."""
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -210,6 +211,16 @@ def test_learn_example_with_a_phi_from_the_documents_runs_the_one_command_path_b
 def test_twiki_rows_run_in_order_with_the_phi_of_the_first_period_and_resume(stub, tmp_path):
     run, taken = stub
     out = tmp_path / "tw"
+    r = run("twiki_smollm2.sh", out, SEEDS="0 1", KADAPTER="0")
+    assert r.returncode == 0, r.stderr
+    assert _rows(taken()) == [("data twiki-synth", "data"), ("twiki run", "finetune"), ("twiki pairs", "pairs"),
+                              ("meta-train", "phi_s0"), ("twiki run", "taalm_s0"), ("meta-train", "phi_s1"),
+                              ("twiki run", "taalm_s1"), ("twiki compare", None)]
+    r = run("twiki_smollm2.sh", out, SEEDS="0 1", EXTRA_PHI=f"demo={tmp_path}/demo_phi", RESUME="1")
+    assert r.returncode == 0, r.stderr
+    assert _rows(taken()) == [("twiki run", "kadapter"), ("twiki run", "taalm_kadapter_s0"),
+                              ("twiki run", "taalm_kadapter_s1"), ("twiki run", "taalm_demo"), ("twiki compare", None)]
+    shutil.rmtree(out)
     r = run("twiki_smollm2.sh", out, SEEDS="0 1", EXTRA_PHI=f"demo={tmp_path}/demo_phi")
     assert r.returncode == 0, r.stderr
     lines = taken()
