@@ -6,7 +6,7 @@
 #   DEMO_DIR          the output of `taalm demo` (data/tailored, ckl/{finetune,oracle})
 #   OUT_DIR           default runs/doc_pairs
 # BENCH=synth|lama|"synth lama" (default "synth lama") picks the benchmarks, SEEDS (default "0 1 2") the φ seeds,
-# METHOD (default last; every; rare; surprise, scored with SmolLM2, θ's model) the pair-making method, ACROSS=0 leaves out
+# METHOD (default last; every; rare; links; surprise, scored with SmolLM2, θ's model) the pair-making method, ACROSS=0 leaves out
 # the other benchmark's rows (an alternative method's in-domain rows only). Each benchmark: pairs from its meta-training documents, φ per seed with
 # that benchmark's recipe (demo_smollm2 / meta_train_smollm2_cpu, data.task_field=task_schematic), its own rows
 # (`taalm ckl run --method taalm`) and the other benchmark's rows (do no harm). RESUME=1 continues (finished steps

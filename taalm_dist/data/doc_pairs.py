@@ -24,6 +24,10 @@ sentence itself (φ would learn a position, not a fact).
    without leading and trailing function words; with ``rare``, when none are left ("By profession, X is a surgeon"),
    the sentence's other words that are neither function words nor names ("profession"); a fact with no relation
    words is dropped.
+   ``links`` needs no subject (a one-sentence passage — LAMA-CKL's web text — seldom names anything twice): in each
+   sentence, each two neighbouring names (a run broken at punctuation: "Gruyères (Switzerland)" is two) with relation
+   words between them is a fact, the earlier name its subject and the later its object, a sentence's closest pairs
+   first.
 5. A fact whose subject or object runs past ``MAX_NAME_WORDS`` words, or whose relation past ``MAX_RELATION_WORDS``,
    is dropped: in a list, a table or a run of titles (web text: "Galerie X, Tours (France) Galerie Y, Paris ...")
    capitalised words run on for lines and the "relation" between two of them is not one (LAMA-CKL's passages made
@@ -76,9 +80,10 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
 
 
-def names(sentence: str) -> list[tuple[int, int]]:
+def names(sentence: str, split_at_punctuation: bool = False) -> list[tuple[int, int]]:
     """Character spans of the names (runs of capitalised words; the first word of the sentence only in a run of two or
-    more) and numbers in ``sentence``."""
+    more) and numbers in ``sentence``; ``split_at_punctuation``: a run also ends where anything but spaces stands
+    between two of its words (a period after an initial excepted: "John F. Kennedy")."""
     words = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(sentence)]
     out, run = [], []
 
@@ -89,6 +94,10 @@ def names(sentence: str) -> list[tuple[int, int]]:
 
     for start, end, w in words:
         if w[0].isupper() or w[0].isdigit():
+            if run and split_at_punctuation:
+                gap, before = sentence[run[-1][1]:start], sentence[run[-1][0]:run[-1][1]]
+                if not (gap.isspace() or (gap.strip() == "." and len(before) == 1)):
+                    close()
             run.append((start, end))
         else:
             close()
@@ -148,6 +157,8 @@ def facts(text: str, pick=None, max_facts: int = 4) -> list[Fact]:
     ``ranked`` is true a task of the first that gives a relation (:class:`RarePicker`); a ``pick`` whose ``wide`` is
     true is offered every content word (:func:`candidates`) and, where only a copula joins subject and object, the
     sentence's other words as the relation (module docstring, 4.)."""
+    if hasattr(pick, "facts"):  # a method that finds its own subjects (links)
+        return pick.facts(text, max_facts)
     subject = document_subject(text)
     if subject is None or len(subject.split()) > MAX_NAME_WORDS:
         return []
@@ -203,6 +214,29 @@ class RarePicker:
         return sorted(spans, key=lambda span: (frequency(span), -span[0]))
 
 
+class LinksMethod:
+    """The ``links`` method: the facts between two neighbouring names of one sentence, no document subject needed
+    (module docstring, 3.). A sentence's pairs closest first (fewest relation words, then sentence order), sentences
+    in document order; the same limits on names and relations as every method."""
+
+    @staticmethod
+    def facts(text: str, max_facts: int = 4) -> list[Fact]:
+        out = []
+        for s in sentences(text):
+            spans = names(s, split_at_punctuation=True)
+            made = []
+            for subj, obj in zip(spans, spans[1:]):  # neighbours: no other name in the relation
+                subject, answer, relation = s[subj[0]:subj[1]], s[obj[0]:obj[1]], _relation(s, subj, obj)
+                if (relation and not subject.isdigit() and len(relation.split()) <= MAX_RELATION_WORDS
+                        and max(len(subject.split()), len(answer.split())) <= MAX_NAME_WORDS
+                        and not {subject.lower(), answer.lower()} & FUNCTION_WORDS):
+                    made.append((len(relation.split()), subj[0], Fact(subject, relation, answer, s)))
+            out += [m[-1] for m in sorted(made, key=lambda m: m[:2])]
+            if len(out) >= max_facts:
+                return out[:max_facts]
+        return out
+
+
 METHODS = PAIR_METHODS
 """The pair-making methods by name (module docstring, 3.), for :func:`make_pick` (their one list: the config's)."""
 
@@ -224,6 +258,8 @@ def make_pick(method: str, texts: list[str], model: str | None = None):
         return SurprisePicker.from_source(model)
     if method == "rare":
         return RarePicker(texts)
+    if method == "links":
+        return LinksMethod()
     return {"last": pick_last, "every": pick_every}[method]
 
 
@@ -267,7 +303,8 @@ def write_doc_pairs(docs: list[tuple[str, str]], out, pick=None, max_facts: int 
     made = sorted({r["evidence"] for r in rows})
     if len(made) < 2:
         raise DataError(f"only {len(made)} of {len(docs)} documents gave a task (a document needs a name it mentions "
-                        "twice and a sentence naming it in full with another name or word after it)")
+                        "twice and a sentence naming it in full with another name or word after it; with --method "
+                        "links, a sentence with two names and words between them)")
     held = set(random.Random(seed).sample(made, held_out_count(len(made), val_share, min_val_docs)))
     write_pairs([r for r in rows if r["evidence"] not in held], files[0])
     write_pairs([r for r in rows if r["evidence"] in held], files[1])

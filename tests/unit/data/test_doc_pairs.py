@@ -147,3 +147,26 @@ def test_an_unknown_method_or_surprise_without_a_model_is_refused_by_name():
         make_pick("salient", [])
     with pytest.raises(ConfigError, match="give its source"):
         make_pick("surprise", [])
+
+
+def test_the_links_method_asks_between_neighbouring_names_without_a_document_subject(tmp_path):
+    from taalm_dist.data.doc_pairs import make_pick, pick_every
+
+    passage = "The Saint Paul Cathedral stands in Mdina, the old capital of Malta. Its dome was built by Lorenzo Gafa."
+    assert all(f.subject == "The Saint Paul Cathedral" for f in facts(passage, pick_every))  # one subject a document
+    links = make_pick("links", [passage])
+    assert [(f.subject, f.relation, f.object) for f in facts(passage, links)] == [
+        ("The Saint Paul Cathedral", "stands", "Mdina"), ("Mdina", "old capital", "Malta")]
+    assert len(facts(passage, links, max_facts=1)) == 1
+    s = "Its dome, like the one in Gruyères (Switzerland), was built by John F. Smithers."
+    assert [s[a:b] for a, b in names(s, split_at_punctuation=True)] == ["Gruyères", "Switzerland", "John F. Smithers"]
+    assert [s[a:b] for a, b in names(s)] == ["Gruyères (Switzerland", "John F. Smithers"]
+    listing = "Musee Michelin, Clermont Ferrand (France) Centre Fantastique, Gruyeres (Switzerland) Galerie Beranger."
+    assert facts(listing, links, max_facts=50) == []  # punctuation, not words, between the names: no relation
+    for f in facts(passage, links):
+        assert f.sentence not in f.task and f.task.endswith(f.object)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": passage.replace("Malta", m)}) + "\n" for m in ("Malta", "Gozo", "Rome")))
+    cli_main(["data", "pairs", "--docs", str(docs), "--out", str(tmp_path / "pairs"), "--method", "links"])
+    made = [json.loads(x) for f in ("meta_train", "meta_val") for x in (tmp_path / "pairs" / f"{f}.jsonl").open()]
+    assert sorted(r["object"] for r in made if r["subject"] == "Mdina") == ["Gozo", "Malta", "Rome"]
