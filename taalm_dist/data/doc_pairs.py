@@ -32,6 +32,8 @@ sentence itself (φ would learn a position, not a fact).
    is dropped: in a list, a table or a run of titles (web text: "Galerie X, Tours (France) Galerie Y, Paris ...")
    capitalised words run on for lines and the "relation" between two of them is not one (LAMA-CKL's passages made
    tasks of up to 2,558 characters; its human tasks' subjects have at most 6 words, the synthetic ones' relations 7).
+   So is a fact whose object stands in the document only inside other words (a name in unspaced Chinese or Japanese
+   text: "富士急行8000系"): meta-training's loader refuses such a row, its tokens are not the object's.
 
 Every choice is measured against human-written tasks where both exist (``taalm bench doc-pairs``).
 """
@@ -265,13 +267,25 @@ def make_pick(method: str, texts: list[str], model: str | None = None):
 
 def pair_rows(docs: list[tuple[str, str]], pick=None, max_facts: int = 4) -> list[dict]:
     """Meta-training rows (LAMA-CKL schema: ``evidence``, ``task_schematic`` = ``task_descriptive``, ``object``,
-    ``subject``, ``relation_label``, ``uuid``) of ``(id, text)`` documents, each fact of each document a row."""
+    ``subject``, ``relation_label``, ``uuid``) of ``(id, text)`` documents, each fact of each document a row — but
+    not a fact the meta-training loader would refuse (:func:`~taalm_dist.data.lama_ckl.parse_row`: an object that
+    stands in the document only inside other words, as a name does in Chinese or Japanese text with no spaces)."""
+    from taalm_dist.data.lama_ckl import parse_row
+    from taalm_dist.errors import DataError
+
     rows = []
     for doc_id, text in docs:
-        for k, f in enumerate(facts(text, pick, max_facts)):
-            rows.append({"uuid": f"doc-pairs:{doc_id}:{k}", "evidence": text, "task_schematic": f.task,
-                         "task_descriptive": f.task, "object": f.object, "subject": f.subject,
-                         "relation_label": f.relation, "sentence": f.sentence})
+        kept = 0
+        for f in facts(text, pick, max_facts):
+            row = {"uuid": f"doc-pairs:{doc_id}:{kept}", "evidence": text, "task_schematic": f.task,
+                   "task_descriptive": f.task, "object": f.object, "subject": f.subject,
+                   "relation_label": f.relation, "sentence": f.sentence}
+            try:
+                parse_row(row, row["uuid"], "task_schematic")
+            except DataError:
+                continue
+            rows.append(row)
+            kept += 1
     return rows
 
 

@@ -170,3 +170,16 @@ def test_the_links_method_asks_between_neighbouring_names_without_a_document_sub
     cli_main(["data", "pairs", "--docs", str(docs), "--out", str(tmp_path / "pairs"), "--method", "links"])
     made = [json.loads(x) for f in ("meta_train", "meta_val") for x in (tmp_path / "pairs" / f"{f}.jsonl").open()]
     assert sorted(r["object"] for r in made if r["subject"] == "Mdina") == ["Gozo", "Malta", "Rome"]
+
+
+def test_a_fact_the_meta_training_loader_would_refuse_is_not_made(tmp_path):
+    from taalm_dist.data.doc_pairs import make_pick
+    from taalm_dist.data.lama_ckl import load_pairs
+
+    doc = "Otsuki Station is served by 富士急行8000系 Fuji. Otsuki Station lies in Yamanashi."
+    links = make_pick("links", [doc])
+    assert "8000系 Fuji" in [f.object for f in facts(doc, links)]  # the name starts inside an unspaced word
+    rows = pair_rows([("d", doc)], links)
+    assert [(r["uuid"], r["object"]) for r in rows] == [("doc-pairs:d:0", "Yamanashi")]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert len(load_pairs(tmp_path / "p.jsonl", "task_schematic")[0]) == 1
