@@ -118,6 +118,17 @@ def document_subject(text: str) -> str | None:
     return best[2] if best[0] >= 2 else None
 
 
+def _keeps(text: str, relation: str, answer: str) -> bool:
+    """Whether a fact of ``text`` asking ``answer`` through ``relation`` is made (module docstring, 4. and 5.): a
+    relation of 1 to ``MAX_RELATION_WORDS`` words, an answer of at most ``MAX_NAME_WORDS`` that is not a function word
+    and stands in ``text`` as a word of its own (meta-training's loader refuses an object found only inside other
+    words: :func:`~taalm_dist.data.lama_ckl.object_spans`)."""
+    from taalm_dist.data.lama_ckl import object_spans
+
+    return bool(relation and len(relation.split()) <= MAX_RELATION_WORDS and answer.lower() not in FUNCTION_WORDS
+                and len(answer.split()) <= MAX_NAME_WORDS and object_spans(text, answer))
+
+
 def _relation(sentence: str, subj: tuple[int, int], obj: tuple[int, int], context: bool = False) -> str:
     between = sentence[subj[1]:obj[0]] if subj[1] <= obj[0] else sentence[obj[1]:subj[0]]
     words = [w.lower() for w in _WORD.findall(between)]
@@ -175,8 +186,7 @@ def facts(text: str, pick=None, max_facts: int = 4) -> list[Fact]:
         for obj in picked if isinstance(picked, list) else [picked]:
             relation = _relation(s, subj, obj, context=getattr(pick, "wide", False))
             answer = s[obj[0]:obj[1]]
-            if (relation and answer.lower() not in FUNCTION_WORDS and len(answer.split()) <= MAX_NAME_WORDS
-                    and len(relation.split()) <= MAX_RELATION_WORDS):
+            if _keeps(text, relation, answer):
                 made.append(Fact(subject, relation, answer, s))
         for f in made[:1] if getattr(pick, "ranked", False) else made:
             out.append(f)
@@ -229,9 +239,8 @@ class LinksMethod:
             made = []
             for subj, obj in zip(spans, spans[1:]):  # neighbours: no other name in the relation
                 subject, answer, relation = s[subj[0]:subj[1]], s[obj[0]:obj[1]], _relation(s, subj, obj)
-                if (relation and not subject.isdigit() and len(relation.split()) <= MAX_RELATION_WORDS
-                        and max(len(subject.split()), len(answer.split())) <= MAX_NAME_WORDS
-                        and not {subject.lower(), answer.lower()} & FUNCTION_WORDS):
+                if (_keeps(text, relation, answer) and not subject.isdigit()
+                        and len(subject.split()) <= MAX_NAME_WORDS and subject.lower() not in FUNCTION_WORDS):
                     made.append((len(relation.split()), subj[0], Fact(subject, relation, answer, s)))
             out += [m[-1] for m in sorted(made, key=lambda m: m[:2])]
             if len(out) >= max_facts:
@@ -267,25 +276,13 @@ def make_pick(method: str, texts: list[str], model: str | None = None):
 
 def pair_rows(docs: list[tuple[str, str]], pick=None, max_facts: int = 4) -> list[dict]:
     """Meta-training rows (LAMA-CKL schema: ``evidence``, ``task_schematic`` = ``task_descriptive``, ``object``,
-    ``subject``, ``relation_label``, ``uuid``) of ``(id, text)`` documents, each fact of each document a row — but
-    not a fact the meta-training loader would refuse (:func:`~taalm_dist.data.lama_ckl.parse_row`: an object that
-    stands in the document only inside other words, as a name does in Chinese or Japanese text with no spaces)."""
-    from taalm_dist.data.lama_ckl import parse_row
-    from taalm_dist.errors import DataError
-
+    ``subject``, ``relation_label``, ``uuid``) of ``(id, text)`` documents, each fact of each document a row."""
     rows = []
     for doc_id, text in docs:
-        kept = 0
-        for f in facts(text, pick, max_facts):
-            row = {"uuid": f"doc-pairs:{doc_id}:{kept}", "evidence": text, "task_schematic": f.task,
-                   "task_descriptive": f.task, "object": f.object, "subject": f.subject,
-                   "relation_label": f.relation, "sentence": f.sentence}
-            try:
-                parse_row(row, row["uuid"], "task_schematic")
-            except DataError:
-                continue
-            rows.append(row)
-            kept += 1
+        for k, f in enumerate(facts(text, pick, max_facts)):
+            rows.append({"uuid": f"doc-pairs:{doc_id}:{k}", "evidence": text, "task_schematic": f.task,
+                         "task_descriptive": f.task, "object": f.object, "subject": f.subject,
+                         "relation_label": f.relation, "sentence": f.sentence})
     return rows
 
 

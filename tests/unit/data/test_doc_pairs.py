@@ -173,12 +173,15 @@ def test_the_links_method_asks_between_neighbouring_names_without_a_document_sub
 
 
 def test_a_fact_the_meta_training_loader_would_refuse_is_not_made(tmp_path):
-    from taalm_dist.data.doc_pairs import make_pick
+    from taalm_dist.data.doc_pairs import make_pick, pick_every
     from taalm_dist.data.lama_ckl import load_pairs
 
     doc = "Otsuki Station is served by 富士急行8000系 Fuji. Otsuki Station lies in Yamanashi."
+    s = sentences(doc)[0]
+    assert [s[a:b] for a, b in names(s)][-1] == "8000系 Fuji"  # a name that starts inside an unspaced word
     links = make_pick("links", [doc])
-    assert "8000系 Fuji" in [f.object for f in facts(doc, links)]  # the name starts inside an unspaced word
+    assert [f.object for f in facts(doc, links)] == ["Yamanashi"]
+    assert "8000系 Fuji" not in [f.object for f in facts(doc, pick_every)]  # every method: the same rule
     rows = pair_rows([("d", doc)], links)
     assert [(r["uuid"], r["object"]) for r in rows] == [("doc-pairs:d:0", "Yamanashi")]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
