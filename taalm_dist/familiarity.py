@@ -270,16 +270,23 @@ def phi_features(phi: torch.nn.Module, docs: list[list[int]], pad_id: int, batch
     return torch.cat(out)
 
 
+def distinct(docs: list[list[int]]) -> list[list[int]]:
+    """``docs`` (token-id lists) without repeats, in their first order."""
+    return [list(d) for d in dict.fromkeys(tuple(d) for d in docs)]
+
+
 def make_familiarity(phi_dir: str | Path, train_docs: list[list[int]], heldout_docs: list[list[int]], source: dict,
                      max_docs: int = 1024) -> Familiarity:
     """The record of the φ saved in ``phi_dir`` from token ids of its meta-training documents (the first
-    ``max_docs``) and of held-out documents of the same kind (module docstring); not saved."""
+    ``max_docs`` distinct ones) and of held-out documents of the same kind (module docstring); not saved. A document
+    given more than once — a pairs file repeats it for each of its tasks — counts once: a copy of a document in the
+    fit that measures it would put φ's own kind closer than it is, and the thresholds with it."""
     from taalm_dist.models import load_phi
     from taalm_dist.models.train_attention import load_phi_tokenizer, phi_fingerprint
 
     phi = load_phi(phi_dir, device=torch.device("cpu")).eval()
     pad = load_phi_tokenizer(phi_dir).pad_token_id or 0
-    train, heldout = train_docs[:max_docs], heldout_docs[:max_docs]
+    train, heldout = distinct(train_docs)[:max_docs], distinct(heldout_docs)[:max_docs]
     negatives = shuffled_tokens(heldout + train[: max(0, 64 - len(heldout))])
     source = {**source, "train_docs": len(train), "heldout_docs": len(heldout)}
     return fit_familiarity(phi_features(phi, train, pad), phi_features(phi, heldout, pad),
