@@ -594,8 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", choices=doc_pair_methods, default="last", help="each fact's object: "
                    "its sentence's last name or number (else last word); each candidate (name, number, last word) a "
                    "task of its own; of the sentence's words, the one in fewest documents of the corpus (rare); or "
-                   "the candidate the base model finds least likely (surprise: needs --model); or, with no document subject, each "
-                   "pair of names in a sentence, the later one asked (links: short passages that name nothing twice)")
+                   "the candidate the base model finds least likely (surprise: needs --model); or, with no document "
+                   "subject, each two neighbouring names of a sentence, the later one asked (links: short passages "
+                   "that name nothing twice)")
     t.add_argument("--model", default=None, help="with --method surprise: the base model's source (θ's)")
     t.add_argument("--max-facts", type=_count(1), default=_defaults(pair_rows)["max_facts"],
                    help="tasks made from one document, at most")

@@ -163,3 +163,23 @@ def test_the_record_round_trips_and_refuses_another_phi_or_damage(tmp_path):
     (tmp_path / RECORD).write_text("{not json")
     with pytest.raises(ModelError, match="unreadable familiarity record"):
         Familiarity.load(tmp_path)
+
+
+def test_a_document_given_once_per_task_counts_once_in_phis_record(tmp_path):
+    from taalm_dist.config import LoraConfig, ModelSourceConfig, PhiConfig, TinyModelConfig
+    from taalm_dist.familiarity import make_familiarity
+    from taalm_dist.models import build_phi, save_phi
+    from taalm_dist.models.toy_tokenizer import ANSWERS, ENTITIES, toy_tokenizer
+
+    cfg = PhiConfig(model=ModelSourceConfig(tiny=TinyModelConfig(hidden_size=32, intermediate_size=64)),
+                    lora=LoraConfig(rank=4, target_modules=["q_proj"]), head_init_std=0.5)
+    phi_dir = save_phi(build_phi(cfg), cfg, tmp_path / "phi")
+    tok = toy_tokenizer()
+    texts = [f"the code of {ENTITIES[i % len(ENTITIES)]} is {ANSWERS[(i // len(ENTITIES)) % len(ANSWERS)]} ."
+             for i in range(24)]
+    docs = [tok(t)["input_ids"] for t in texts]
+    once = make_familiarity(phi_dir, docs[:18], docs[18:], {"test": True})
+    repeated = make_familiarity(phi_dir, [d for d in docs[:18] for _ in range(4)], docs[18:] * 2, {"test": True})
+    assert repeated.source["train_docs"] == 18 and repeated.source["heldout_docs"] == 6
+    assert (repeated.known, repeated.unknown) == (once.known, once.unknown)
+    torch.testing.assert_close(repeated.own, once.own)

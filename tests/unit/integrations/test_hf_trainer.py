@@ -82,16 +82,3 @@ def test_the_training_set_is_the_corpus_of_phis_abstention(setup):
     assert (trainer.weigher.rule.last_share >= trainer.corpus["share"]).all()
     assert TokenWeightedTrainer(model=theta, args=args, processing_class=tok, phi=phi_dir).corpus is None  # no set
 
-
-def test_a_document_given_once_per_task_counts_once_in_phis_record(setup):
-    from taalm_dist.familiarity import make_familiarity
-
-    phi_dir, theta, tok, batch, args = setup
-    texts = [f"the code of {ENTITIES[i % len(ENTITIES)]} is {ANSWERS[(i // len(ENTITIES)) % len(ANSWERS)]} ."
-             for i in range(24)]
-    docs = [tok(t)["input_ids"] for t in texts]
-    once = make_familiarity(phi_dir, docs[:18], docs[18:], {"test": True})
-    repeated = make_familiarity(phi_dir, [d for d in docs[:18] for _ in range(4)], docs[18:] * 2, {"test": True})
-    assert repeated.source["train_docs"] == 18 and repeated.source["heldout_docs"] == 6
-    assert (repeated.known, repeated.unknown) == (once.known, once.unknown)
-    torch.testing.assert_close(repeated.own, once.own)
