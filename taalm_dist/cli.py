@@ -596,8 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "task of its own; of the sentence's words, the one in fewest documents of the corpus (rare); or "
                    "the candidate the base model finds least likely (surprise: needs --model); or, with no document "
                    "subject, each two neighbouring names of a sentence, the later one asked (links: short passages "
-                   "that name nothing twice)")
-    t.add_argument("--model", default=None, help="with --method surprise: the base model's source (θ's)")
+                   "that name nothing twice); or each sentence's two words the corpus uses far more than the language "
+                   "does, asked about the closest name (keywords: needs --model, for its tokenizer)")
+    t.add_argument("--model", default=None, help="with --method surprise or keywords: the base model's source (θ's)")
     t.add_argument("--max-facts", type=_count(1), default=_defaults(pair_rows)["max_facts"],
                    help="tasks made from one document, at most")
     t.add_argument("--val-share", type=_fraction(0, 1, lo_open=True), default=_defaults(write_doc_pairs)["val_share"],

