@@ -215,6 +215,14 @@ def pick_every(sentence: str, spans: list[tuple[int, int]]) -> list[tuple[int, i
     return sorted(spans)
 
 
+def document_frequency(texts) -> Counter:
+    """How many of ``texts`` hold each word (lowercased): a text given twice counts twice."""
+    frequency: Counter = Counter()
+    for text in texts:
+        frequency.update({w.lower() for w in _WORD.findall(text)})
+    return frequency
+
+
 class RarePicker:
     """The ``rare`` method: a sentence's content words (``wide`` candidates) ranked by how few documents of the corpus
     hold them (a name's rarest word; ties: the later word), for :func:`facts` to take the first that gives a relation.
@@ -224,9 +232,7 @@ class RarePicker:
     ranked = True
 
     def __init__(self, texts: list[str]):
-        self.document_frequency: Counter = Counter()
-        for text in texts:
-            self.document_frequency.update({w.lower() for w in _WORD.findall(text)})
+        self.document_frequency = document_frequency(texts)
 
     def __call__(self, sentence: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
         def frequency(span):
@@ -277,9 +283,7 @@ class KeywordsMethod:
         per_sentence: tasks one sentence gives, at most."""
 
     def __init__(self, texts: list[str], vocabulary_rank, per_sentence: int = KEYWORDS_PER_SENTENCE):
-        self.document_frequency: Counter = Counter()
-        for text in set(texts):
-            self.document_frequency.update({w.lower() for w in _WORD.findall(text)})
+        self.document_frequency = document_frequency(set(texts))
         self.vocabulary_rank, self.per_sentence = vocabulary_rank, per_sentence
 
     @staticmethod
