@@ -8,7 +8,8 @@ For each named pairs file (LAMA-CKL schema: each row a document and a human-writ
 (:mod:`taalm_dist.data.doc_pairs`: ``last``, ``every``, ``rare``, ``links``; ``surprise`` and ``keywords`` with
 ``--model``) is run on the documents alone and scored (:func:`~taalm_dist.data.doc_pairs.agreement`): ``covered`` —
 share of documents one of whose made tasks asks a human task's object; ``precise`` — share of made tasks whose
-object is one; ``subject`` — share of documents whose found subject is a human task's. Prints one JSON object (with the machine and the wall time).
+object is one; ``subject`` — share of documents whose found subject is a human task's. Prints one JSON object (with
+the machine and the wall time).
 """
 
 from __future__ import annotations
@@ -23,17 +24,16 @@ from taalm_dist.bench.common import machine_info
 
 def bench_doc_pairs(sets: dict[str, str], model: str | None = None, max_rows: int | None = None) -> dict:
     """``{set: {method: agreement}}`` for the pairs files ``sets`` (name → path), the first ``max_rows`` rows each."""
-    from taalm_dist.data.doc_pairs import METHODS, SurprisePicker, agreement, make_pick
+    from taalm_dist.data.doc_pairs import METHODS, MODEL_METHODS, SurprisePicker, agreement, make_pick
 
     surprise = SurprisePicker.from_source(model) if model else None
-    needs_model = {"surprise", "keywords"}
     out = {"machine": machine_info(), "model": model, "sets": {}}
     for name, path in sets.items():
         rows = _human_rows(path)[:max_rows]
         texts = sorted({r["evidence"] for r in rows})
         out["sets"][name] = {}
         for method in METHODS:
-            if method in needs_model and model is None:
+            if method in MODEL_METHODS and model is None:
                 continue
             t0 = time.perf_counter()
             pick = surprise if method == "surprise" else make_pick(method, texts, model)

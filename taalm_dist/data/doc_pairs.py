@@ -326,11 +326,12 @@ class KeywordsMethod:
             words = [(m.start(), m.end()) for m in _WORD.finditer(s) if m.start() not in named
                      and m.group()[0].islower() and len(m.group()) > 2
                      and m.group().lower() not in FUNCTION_WORDS | NOT_OBJECTS]
-            ranked = sorted(words + [n for n in spans if not s[n[0]:n[1]].isdigit()],
+            not_numbers = [n for n in spans if not s[n[0]:n[1]].isdigit()]
+            ranked = sorted(words + not_numbers,
                             key=lambda span: -max(self.keyness(w) for w in s[span[0]:span[1]].split()))
             made = 0
             for obj in ranked:
-                subjects = [n for n in spans if (n[1] <= obj[0] or n[0] >= obj[1]) and not s[n[0]:n[1]].isdigit()]
+                subjects = [n for n in not_numbers if n[1] <= obj[0] or n[0] >= obj[1]]
                 if subjects:
                     subj = min(subjects, key=lambda n: min(abs(n[0] - obj[1]), abs(obj[0] - n[1])))
                     relation = _relation(s, subj, obj, context=True)
@@ -345,6 +346,8 @@ class KeywordsMethod:
         return out
 
 
+MODEL_METHODS = ("surprise", "keywords")
+"""The methods that read the base model: ``surprise`` its likelihoods, ``keywords`` its tokenizer."""
 METHODS = PAIR_METHODS
 """The pair-making methods by name (module docstring, 3.), for :func:`make_pick` (their one list: the config's)."""
 
@@ -359,7 +362,7 @@ def make_pick(method: str, texts: list[str], model: str | None = None):
 
     if method not in METHODS:
         raise ConfigError(f"pair-making method {method!r} is not one of {list(METHODS)}")
-    if method in ("surprise", "keywords") and not model:
+    if method in MODEL_METHODS and not model:
         raise ConfigError(f"the {method} method scores the candidates with the base model's "
                           f"{'likelihoods' if method == 'surprise' else 'tokenizer'}: give its source (--model, θ's)")
     if method == "surprise":
