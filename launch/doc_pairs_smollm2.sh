@@ -12,7 +12,8 @@
 # (`taalm ckl run --method taalm`) and the other benchmark's rows (do no harm). RESUME=1 continues (finished steps
 # are skipped, an interrupted meta-training or row resumes). SELECT=objective keeps the φ of the lowest validation
 # objective (no CKL validation during meta-training) instead of the recipe's selection: on pairs made from documents
-# the CKL validation of the made tasks kept the untrained φ (RESULTS.md, "φ from documents alone").
+# the CKL validation of the made tasks kept the untrained φ (RESULTS.md, "φ from documents alone"). META_ARGS adds
+# meta-training overrides (e.g. META_ARGS="train.max_steps=120": more φ updates than the recipe's).
 set -euo pipefail
 lama="${1:?usage: $0 LAMA_RESULTS_DIR DEMO_DIR [OUT_DIR]}"
 demo="${2:?usage: $0 LAMA_RESULTS_DIR DEMO_DIR [OUT_DIR]}"
@@ -37,7 +38,7 @@ for b in "${benches[@]}"; do
     [[ -e "$phi/phi/phi_config.json" ]] || timed "meta_train_${b}_s$seed" taalm meta-train --config "$(config_of "$b")" \
       --resume auto data.train_file="$out/pairs_$b/meta_train.jsonl" data.val_file="$out/pairs_$b/meta_val.jsonl" \
       data.task_field=task_schematic train.seed="$seed" train.out_dir="$phi" train.progress=false \
-      $([[ ${SELECT:-} == objective ]] && echo train.select=objective train.ckl_val_every=0)
+      $([[ ${SELECT:-} == objective ]] && echo train.select=objective train.ckl_val_every=0) ${META_ARGS:-}
     row "${b}_phi_s${seed}_on_$b" "$b" "$phi/phi"
     other=$([[ $b == synth ]] && echo lama || echo synth)
     [[ ${ACROSS:-1} == 0 ]] || row "${b}_phi_s${seed}_on_$other" "$other" "$phi/phi"

